@@ -1,0 +1,87 @@
+"""Command line: `ragkv serve`, `ragkv --version`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ragkv import __version__
+from ragkv.errors import RagkvError
+from ragkv.settings import Settings
+
+app = typer.Typer(help="ragkv: cache-aware serving middleware for RAG and agents.")
+log = logging.getLogger("ragkv")
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (default: $RAGKV_CONFIG)")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ragkv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """ragkv: cache-aware serving middleware for RAG and agents."""
+
+
+def load_settings(config: Path | None, **overrides: Any) -> Settings:
+    """Settings from env/file/defaults with CLI overrides; exits with the message on error."""
+    try:
+        return Settings.load(config, **overrides)
+    except RagkvError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def configure_logging(level: str) -> None:
+    """Plain log lines on stderr; the access log lines are JSON themselves."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000)")] = None,
+) -> None:
+    """Run the OpenAI-compatible gateway."""
+    import uvicorn
+
+    from ragkv.server.app import build_app
+
+    server: dict[str, Any] = {}
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    settings = load_settings(config, server=server) if server else load_settings(config)
+    configure_logging(settings.server.log_level)
+    bind = settings.server.host
+    if not settings.auth.enabled and bind not in LOOPBACK:
+        log.warning("auth is off (no API keys configured): binding to 127.0.0.1, not %s", bind)
+        bind = "127.0.0.1"
+    uvicorn.run(
+        build_app(settings),
+        host=bind,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""The model runner: weights, paged KV pool, scheduler, prefill/decode, sampling."""

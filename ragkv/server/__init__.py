@@ -1,0 +1,1 @@
+"""The FastAPI gateway: app factory, routes, auth, error handlers."""

@@ -1,0 +1,61 @@
+"""The app factory: `build_app(settings)` wires settings, middleware, error handlers and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from ragkv import __version__
+from ragkv.assets import generation_model_path
+from ragkv.engine.config import load_config
+from ragkv.server.errors import install_error_handlers
+from ragkv.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from ragkv.server.routes import health, models
+from ragkv.settings import Settings
+
+log = logging.getLogger("ragkv.server")
+
+
+def model_card(settings: Settings) -> models.ModelCard:
+    """Describe the configured generation model from its own file (id, context length)."""
+    path = generation_model_path(settings.model.gguf_path, settings.model.hf_dir)
+    config = load_config(path)
+    model_id = settings.model.served_name or (path.name if path.is_dir() else Path(path).stem)
+    created = int(path.stat().st_mtime)
+    return models.ModelCard(id=model_id, created=created, context_length=config.context_length)
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """A ready-to-serve FastAPI app for `settings`; components load in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.model_card = model_card(settings)
+        if not settings.auth.enabled:
+            log.warning("no API keys configured: auth is off, serving localhost only")
+        app.state.ready = True
+        log.info("ragkv %s ready, model %s", __version__, app.state.model_card.id)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+
+    app = FastAPI(
+        title="ragkv",
+        version=__version__,
+        description="Cache-aware serving middleware for RAG and agents (OpenAI-compatible).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ready = False
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, log_requests=settings.server.access_log)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    return app

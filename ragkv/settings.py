@@ -1,0 +1,142 @@
+"""One `Settings` object for the whole process, sliced into typed sub-configs per component.
+
+Sources, strongest first: environment (`RAGKV_*`, nested with `__`, e.g. `RAGKV_SERVER__PORT`),
+then a TOML file (`--config` or `RAGKV_CONFIG`), then the defaults written here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ragkv.errors import InvalidRequest
+
+AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.expanduser().absolute())]
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
+    """HTTP gateway: where to listen and how big a request may be."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AuthSettings(Section):
+    """API keys map to tenants; a separate admin key opens /admin/*.
+
+    With no keys at all, auth is off and the server binds to localhost only.
+    """
+
+    api_keys: dict[str, str] = Field(default_factory=dict, description="API key -> tenant name")
+    admin_key: SecretStr | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when any key is configured."""
+        return bool(self.api_keys) or self.admin_key is not None
+
+
+class ModelSettings(Section):
+    """Which generation model to serve and how to run it."""
+
+    gguf_path: Path | None = Field(None, description="GGUF file; default: bundled SmolLM2")
+    hf_dir: Path | None = Field(None, description="Hugging Face folder (config + safetensors)")
+    served_name: str | None = Field(None, description="model id to report; default from file")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    backend: Literal["auto", "torch", "triton"] = "auto"
+
+
+class EmbeddingSettings(Section):
+    """Sentence embedder used by retrieval and the semantic cache."""
+
+    model_dir: Path | None = Field(None, description="default: bundled all-MiniLM-L6-v2")
+    batch_size: int = Field(64, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything configurable in ragkv. Build with `Settings.load()`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGKV_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: AbsolutePath = Field(
+        Path(".ragkv"), description="where caches, indexes and stores live"
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the values passed in (which come from the TOML file).
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **overrides: Any) -> Settings:
+        """Read env > TOML file > defaults; then apply `overrides` (e.g. CLI flags) on top.
+
+        `config_file` defaults to `$RAGKV_CONFIG`. A missing or malformed file raises
+        `InvalidRequest` naming the file.
+        """
+        path = config_file or os.environ.get("RAGKV_CONFIG")
+        file_values = read_toml(Path(path)) if path else {}
+        settings = cls(**file_values)
+        if not overrides:
+            return settings
+        # Re-validating the whole object would read the environment again and let it win.
+        merged = _deep_merge(settings.model_dump(), overrides)
+        update = {key: _validate_field(cls, key, merged[key]) for key in overrides}
+        return settings.model_copy(update=update)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Load a TOML config file, with an error a user can act on."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise InvalidRequest(f"config file '{path}' does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"config file '{path}' is not valid TOML: {exc}") from exc
+
+
+def _validate_field(model: type[BaseModel], name: str, value: Any) -> Any:
+    if name not in model.model_fields:
+        raise InvalidRequest(f"unknown setting '{name}'")
+    info = model.model_fields[name]
+    annotated = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return TypeAdapter(annotated).validate_python(value)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
