@@ -68,6 +68,21 @@ class EmbeddingSettings(Section):
     batch_size: int = Field(64, ge=1)
 
 
+class RetrievalSettings(Section):
+    """Chunker, FAISS index and document store (owned by ragkv/retrieval)."""
+
+    chunk_tokens: int = Field(256, ge=16, le=4096, description="target tokens per chunk")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+
+
+class SemanticCacheSettings(Section):
+    """Category-aware semantic cache (owned by ragkv/cache/semantic.py)."""
+
+    enabled: bool = True
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef: int = Field(64, ge=8, le=4096)
+
+
 class Settings(BaseSettings):
     """Everything configurable in ragkv. Build with `Settings.load()`."""
 
@@ -82,6 +97,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,81 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 (transformers + mean pooling), offline, batched."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ragkv.assets import embedding_model_dir
+from ragkv.errors import Unprocessable
+from ragkv.settings import EmbeddingSettings
+
+
+class Embedder:
+    """Turn texts into L2-normalised float32 vectors `[n, dim]`; thread-safe.
+
+    The model loads lazily on first use (no import-time or construction-time work).
+    """
+
+    max_tokens = 256
+
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        self.settings = settings
+        self.model_dir: Path = embedding_model_dir(settings.model_dir)
+        self.model_name = "all-MiniLM-L6-v2" if settings.model_dir is None else self.model_dir.name
+        self._lock = threading.Lock()
+        self._model = None
+        self._tokenizer = None
+
+    def _load(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        model = AutoModel.from_pretrained(str(self.model_dir))
+        model.eval()
+        self._model = model
+
+    @property
+    def dim(self) -> int:
+        """Vector width (384 for MiniLM)."""
+        with self._lock:
+            if self._model is None:
+                self._load()
+            return int(self._model.config.hidden_size)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts` in batches: returns `[len(texts), dim]` float32."""
+        if isinstance(texts, str):
+            raise Unprocessable("embed() takes a list of strings, not one string")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        out: list[np.ndarray] = []
+        with self._lock:
+            if self._model is None:
+                self._load()
+            for start in range(0, len(texts), self.settings.batch_size):
+                batch = list(texts[start : start + self.settings.batch_size])
+                encoded = self._tokenizer(
+                    batch,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                )
+                with torch.inference_mode():
+                    hidden = self._model(**encoded).last_hidden_state
+                mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out.append(pooled.float().numpy())
+        return np.concatenate(out, axis=0)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        """One text -> `[dim]` float32."""
+        return self.embed([text])[0]
