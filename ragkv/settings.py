@@ -73,6 +73,17 @@ class RetrievalSettings(Section):
 
     chunk_tokens: int = Field(256, ge=16, le=4096, description="target tokens per chunk")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    index_factory: str = Field(
+        "Flat",
+        description="FAISS factory string of each collection's index (inner product): 'Flat' "
+        "(exact), 'HNSW32,Flat', 'IVF1024,Flat'; IVF trains once it holds 39 x nlist vectors",
+    )
+    hnsw_ef_search: int = Field(128, ge=1, le=65536, description="HNSW search breadth")
+    ivf_nprobe: int = Field(32, ge=1, le=65536, description="IVF lists probed per query")
+    use_gpu: bool = Field(True, description="search on a GPU when faiss has one")
+    max_document_bytes: int = Field(1024 * 1024, gt=0, description="largest document text (413)")
+    max_documents_per_request: int = Field(1000, ge=1, description="documents per ingest call")
+    max_top_k: int = Field(100, ge=1, le=10000, description="largest search top_k (422 above)")
 
 
 class SemanticCacheSettings(Section):

@@ -56,11 +56,13 @@ class Embedder:
         import torch
 
         out: list[np.ndarray] = []
+        # Batching texts of similar length wastes less compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._lock:
             if self._model is None:
                 self._load()
             for start in range(0, len(texts), self.settings.batch_size):
-                batch = list(texts[start : start + self.settings.batch_size])
+                batch = [texts[i] for i in order[start : start + self.settings.batch_size]]
                 encoded = self._tokenizer(
                     batch,
                     padding=True,
@@ -74,8 +76,18 @@ class Embedder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 out.append(pooled.float().numpy())
-        return np.concatenate(out, axis=0)
+        vectors = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(out, axis=0)
+        return vectors
 
     def embed_one(self, text: str) -> np.ndarray:
         """One text -> `[dim]` float32."""
         return self.embed([text])[0]
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads for `texts` (with specials, after truncation), for usage."""
+        with self._lock:
+            if self._model is None:
+                self._load()
+            encoded = self._tokenizer(list(texts), truncation=True, max_length=self.max_tokens)
+        return sum(len(ids) for ids in encoded["input_ids"])
