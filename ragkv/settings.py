@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, Ty
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ragkv.errors import InvalidRequest
+from ragkv.cache.semantic_defaults import default_examples, default_policies
 
 AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.expanduser().absolute())]
 
@@ -61,6 +62,19 @@ class ModelSettings(Section):
     backend: Literal["auto", "torch", "triton"] = "auto"
 
 
+class EngineSettings(Section):
+    """Paged KV pool, batching and queue limits of the model engine."""
+
+    page_size: int = Field(16, ge=1, le=256, description="tokens per KV page")
+    kv_cache_mb: int = Field(1024, ge=1, description="KV pool size in MiB")
+    max_num_seqs: int = Field(32, ge=1, description="sequences running at once")
+    max_batch_tokens: int = Field(512, ge=16, description="token budget per step (chunked prefill)")
+    max_waiting: int = Field(256, ge=1, description="queue bound; beyond it requests get 503")
+    lpm_queue_limit: int = Field(128, ge=0, description="longest-prefix-match order up to this")
+    default_max_tokens: int = Field(256, ge=1)
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 when overloaded")
+
+
 class EmbeddingSettings(Section):
     """Sentence embedder used by retrieval and the semantic cache."""
 
@@ -86,12 +100,57 @@ class RetrievalSettings(Section):
     max_top_k: int = Field(100, ge=1, le=10000, description="largest search top_k (422 above)")
 
 
+class CategoryPolicy(Section):
+    """One question category's semantic-cache rules (owned by ragkv/cache/categories.py)."""
+
+    threshold: float = Field(0.92, gt=0.0, le=1.0, description="raw cosine needed for a hit")
+    floor: float = Field(0.88, gt=0.0, le=1.0, description="lowest threshold under load")
+    ttl_s: float | None = Field(None, gt=0, description="entry lifetime; None: no expiry")
+    max_entries: int = Field(100_000, ge=1, description="per partition")
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="per partition")
+    cacheable: bool = True
+    eviction: Literal["lru", "lfu"] = "lru"
+    guard: bool = True
+
+
+def _check_category_policies(policies: dict[str, CategoryPolicy]) -> dict[str, CategoryPolicy]:
+    for name, policy in policies.items():
+        if not name or len(name) > 64 or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"category name {name!r} must be 1-64 letters, digits, '_' or '-'")
+        if policy.floor > policy.threshold:
+            raise ValueError(f"category '{name}': floor must not be above threshold")
+    return policies
+
+
 class SemanticCacheSettings(Section):
     """Category-aware semantic cache (owned by ragkv/cache/semantic.py)."""
 
     enabled: bool = True
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef: int = Field(64, ge=8, le=4096)
+    hnsw_ef_construction: int = Field(100, ge=8, le=4096)
+    categories: Annotated[dict[str, CategoryPolicy], AfterValidator(_check_category_policies)] = (
+        Field(
+            default_factory=lambda: {
+                name: CategoryPolicy(**fields) for name, fields in default_policies().items()
+            }
+        )
+    )
+    default_category: str = Field("general", description="when the classifier is unsure")
+    classifier_examples: dict[str, list[str]] = Field(default_factory=default_examples)
+    classifier_min_similarity: float = Field(
+        0.55, ge=-1.0, le=1.0, description="centroid cosine needed to leave default_category"
+    )
+    candidates_k: int = Field(4, ge=1, le=64, description="neighbours checked per lookup")
+    lmdb_map_size_bytes: int = Field(16 * 1024**3, ge=1024**2)
+    durable_writes: bool = Field(False, description="fsync each commit (power-loss safety)")
+    index_save_every_writes: int = Field(50_000, ge=1, description="persist hnswlib after N")
+    load_high: float = Field(0.8, ge=0.0, le=1.0, description="load that starts relaxing")
+    load_low: float = Field(0.5, ge=0.0, le=1.0, description="load that ends relaxing")
+    load_min_dwell_s: float = Field(5.0, ge=0.0, description="least time between mode switches")
+    verified: bool = Field(False, description="learn per-entry thresholds from feedback")
+    verified_delta: float = Field(0.05, gt=0.0, lt=1.0, description="allowed error rate")
+    verified_min_observations: int = Field(5, ge=1)
 
 
 class Settings(BaseSettings):
@@ -107,6 +166,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)

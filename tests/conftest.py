@@ -70,6 +70,7 @@ def start_server(app: FastAPI, settings: Settings) -> LiveServer:
 
 def secured_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings with two tenant keys and an admin key, data under `data_dir`."""
+    overrides.setdefault("engine", {"kv_cache_mb": 128})
     return Settings.load(
         data_dir=str(data_dir),
         auth={"api_keys": TENANT_KEYS, "admin_key": ADMIN_KEY},

@@ -8,13 +8,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from ragkv import __version__
 from ragkv.assets import generation_model_path
+from ragkv.engine.async_engine import AsyncEngine
 from ragkv.engine.config import load_config
+from ragkv.engine.engine import LLMEngine
+from ragkv.pipeline import Pipeline
+from ragkv.retrieval.embedder import Embedder
+from ragkv.retrieval.service import Retriever
+from ragkv.retrieval.tokenizer import LazyTokenizer, load_model_tokenizer
 from ragkv.server.errors import install_error_handlers
 from ragkv.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from ragkv.server.routes import health, models
+from ragkv.server.routes import chat, collections, embeddings, health, models
 from ragkv.settings import Settings
 
 log = logging.getLogger("ragkv.server")
@@ -36,6 +43,19 @@ def build_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.model_card = model_card(settings)
+        app.state.embedder = Embedder(settings.embedding)
+        model_path = generation_model_path(settings.model.gguf_path, settings.model.hf_dir)
+        engine = await run_in_threadpool(
+            LLMEngine.from_path, model_path, settings.model, settings.engine
+        )
+        app.state.engine = AsyncEngine(engine)
+        app.state.engine.start()
+        app.state.pipeline = Pipeline(app.state.engine, settings.engine.default_max_tokens)
+        app.state.tokenizer = LazyTokenizer(load_model_tokenizer, model_path)
+        app.state.retriever = Retriever(
+            settings.retrieval, settings.data_dir, app.state.embedder, app.state.tokenizer
+        )
+        await run_in_threadpool(app.state.retriever.open)
         if not settings.auth.enabled:
             log.warning("no API keys configured: auth is off, serving localhost only")
         app.state.ready = True
@@ -44,6 +64,8 @@ def build_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            await app.state.engine.stop()
+            await run_in_threadpool(app.state.retriever.close)
 
     app = FastAPI(
         title="ragkv",
@@ -58,4 +80,7 @@ def build_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, log_requests=settings.server.access_log)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(chat.router)
+    app.include_router(embeddings.router)
+    app.include_router(collections.router)
     return app

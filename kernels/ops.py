@@ -1,0 +1,121 @@
+"""The compute ops the engine calls, as plain torch references (the CPU path).
+
+Each op here is the reference a Triton kernel is tested against. Shapes are written once:
+`T` tokens in a step, `H` query heads, `KH` KV heads, `D` head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in fp32 then cast back. `x: [T, hidden]`, `weight: [hidden]`."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for `positions: [T]` -> two `[T, D]` tensors (halves duplicated, HF layout)."""
+    freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x: [T, heads, D]` by `cos, sin: [T, D]` (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU activation: `gate_up: [T, 2*I]` -> `silu(gate) * up: [T, I]`."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def gather_pages(cache: torch.Tensor, page_ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Contiguous `[num_tokens, KH, D]` from `cache: [pages, page_size, KH, D]` pages."""
+    pages = cache.index_select(0, page_ids)
+    return pages.reshape(-1, *cache.shape[2:])[:num_tokens]
+
+
+def paged_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    qo_indptr: list[int],
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_lens: list[int],
+    q_positions: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal GQA attention of each sequence's queries over its paged KV.
+
+    q: [T, H, D] (sequences concatenated, boundaries in `qo_indptr`, len B+1);
+    k_cache, v_cache: [pages, page_size, KH, D]; page table of sequence b is
+    `kv_indices[kv_indptr[b]:kv_indptr[b+1]]` holding `kv_lens[b]` tokens at positions
+    0..kv_len-1; q_positions: [T] position of each query (a query sees keys at <= its position).
+    Returns [T, H, D].
+    """
+    out = torch.empty_like(q)
+    num_heads, num_kv_heads = q.shape[1], k_cache.shape[2]
+    for b in range(len(kv_lens)):
+        q_start, q_end = qo_indptr[b], qo_indptr[b + 1]
+        if q_end == q_start:
+            continue
+        page_ids = kv_indices[int(kv_indptr[b]) : int(kv_indptr[b + 1])]
+        keys = gather_pages(k_cache, page_ids, kv_lens[b])
+        values = gather_pages(v_cache, page_ids, kv_lens[b])
+        out[q_start:q_end] = attention_ref(
+            q[q_start:q_end],
+            keys,
+            values,
+            q_positions[q_start:q_end],
+            scale,
+            num_heads // num_kv_heads,
+        )
+    return out
+
+
+def attention_ref(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    q_positions: torch.Tensor,
+    scale: float,
+    group: int,
+    key_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One sequence: `q: [Q, H, D]` over `keys, values: [K, KH, D]` -> `[Q, H, D]`.
+
+    Key j is visible to query i when key_positions[j] <= q_positions[i]; key positions
+    default to 0..K-1.
+    """
+    num_q, num_k = q.shape[0], keys.shape[0]
+    qh = q.transpose(0, 1).unsqueeze(0)
+    kh = keys.transpose(0, 1).unsqueeze(0)
+    vh = values.transpose(0, 1).unsqueeze(0)
+    if num_q == 1 and key_positions is None and int(q_positions[0]) >= num_k - 1:
+        mask = None
+    else:
+        if key_positions is None:
+            key_positions = torch.arange(num_k, device=q.device)
+        mask = key_positions[None, :] <= q_positions[:, None]
+    out = F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=group > 1
+    )
+    return out.squeeze(0).transpose(0, 1)
+
+
+# The interface the engine calls. A Triton backend replaces these on CUDA tensors.
+rms_norm = rms_norm_ref
+apply_rope = apply_rope_ref
+silu_mul = silu_mul_ref
+paged_attention = paged_attention_ref

@@ -1,0 +1,233 @@
+"""Radix prefix cache over token pages (SGLang RadixAttention, page-granular).
+
+Each node holds one full page of tokens and the KV page id that stores them; children are
+keyed by their page's token tuple. One tree per namespace (tenant + model), so tenants never
+share prefixes. The tree holds references to page ids; it never frees memory itself: the
+ids returned by `evict`/`flush` are handed back by the caller to its pool. Pure data
+structure: no tensors, no model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+
+class RadixNode:
+    """One cached page: its tokens, page id, children, lock count, LRU stamp and pin expiry."""
+
+    __slots__ = ("key", "page_id", "parent", "children", "lock_ref", "last_access", "pin_until")
+
+    def __init__(self, key: tuple[int, ...], page_id: int, parent: RadixNode | None) -> None:
+        self.key = key
+        self.page_id = page_id
+        self.parent = parent
+        self.children: dict[tuple[int, ...], RadixNode] = {}
+        self.lock_ref = 0
+        self.last_access = 0.0
+        self.pin_until = 0.0
+
+
+class MatchResult(NamedTuple):
+    """Longest cached prefix: its page ids, token count, and the deepest node (lock it)."""
+
+    page_ids: list[int]
+    num_tokens: int
+    node: RadixNode
+
+
+class InsertResult(NamedTuple):
+    """`new_page_ids`: pages the tree now references (the caller adds a pool reference)."""
+
+    num_cached_tokens: int
+    new_page_ids: list[int]
+
+
+class SizeInfo(NamedTuple):
+    """Pages held by the tree, split by whether eviction may take them."""
+
+    total_pages: int
+    evictable_pages: int
+    locked_pages: int
+    pinned_pages: int
+
+
+class RadixCache:
+    """Page-granular radix tree per namespace with lock refs, LRU eviction and TTL pins."""
+
+    def __init__(self, page_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.page_size = page_size
+        self.clock = clock
+        self._roots: dict[str, RadixNode] = {}
+        self._num_pages = 0
+
+    def _root(self, namespace: str) -> RadixNode:
+        root = self._roots.get(namespace)
+        if root is None:
+            root = self._roots[namespace] = RadixNode((), -1, None)
+        return root
+
+    def _pages(self, token_ids: Sequence[int]) -> list[tuple[int, ...]]:
+        full = len(token_ids) // self.page_size * self.page_size
+        size = self.page_size
+        return [tuple(token_ids[i : i + size]) for i in range(0, full, size)]
+
+    def match_prefix(self, namespace: str, token_ids: Sequence[int]) -> MatchResult:
+        """Longest cached prefix of `token_ids` in whole pages. Touches LRU stamps only.
+
+        The page ids are safe to read only while the caller holds them (a lock on `node`
+        or its own pool references).
+        """
+        node = self._root(namespace)
+        now = self.clock()
+        page_ids: list[int] = []
+        for key in self._pages(token_ids):
+            child = node.children.get(key)
+            if child is None:
+                break
+            child.last_access = now
+            page_ids.append(child.page_id)
+            node = child
+        return MatchResult(page_ids, len(page_ids) * self.page_size, node)
+
+    def insert_prefix(
+        self, namespace: str, token_ids: Sequence[int], page_ids: Sequence[int]
+    ) -> InsertResult:
+        """Add the full pages of `token_ids` (KV in `page_ids`, one per page) to the tree.
+
+        Pages already cached keep their old page id (the caller's duplicate stays the
+        caller's); `new_page_ids` lists the ids the tree took over.
+        """
+        keys = self._pages(token_ids)
+        if len(page_ids) < len(keys):
+            raise ValueError(f"{len(keys)} full pages of tokens but {len(page_ids)} page ids")
+        node = self._root(namespace)
+        now = self.clock()
+        new_pages: list[int] = []
+        for key, page_id in zip(keys, page_ids, strict=False):
+            child = node.children.get(key)
+            if child is None:
+                child = node.children[key] = RadixNode(key, page_id, node)
+                new_pages.append(page_id)
+                self._num_pages += 1
+            child.last_access = now
+            node = child
+        return InsertResult(len(keys) * self.page_size, new_pages)
+
+    def lock(self, node: RadixNode) -> None:
+        """Protect `node` and its ancestors from eviction until `unlock`."""
+        while node.parent is not None:
+            node.lock_ref += 1
+            node = node.parent
+
+    def unlock(self, node: RadixNode) -> None:
+        """Release a `lock` on `node`."""
+        while node.parent is not None:
+            if node.lock_ref <= 0:
+                raise ValueError("unlock without a matching lock")
+            node.lock_ref -= 1
+            node = node.parent
+
+    def pin(self, namespace: str, token_ids: Sequence[int], ttl_s: float) -> int:
+        """Keep the cached prefix of `token_ids` from eviction for `ttl_s` seconds.
+
+        Returns the number of tokens pinned (whole pages already cached).
+        """
+        match = self.match_prefix(namespace, token_ids)
+        until = self.clock() + ttl_s
+        node = match.node
+        while node.parent is not None:
+            node.pin_until = max(node.pin_until, until)
+            node = node.parent
+        return match.num_tokens
+
+    def unpin(self, namespace: str, token_ids: Sequence[int]) -> None:
+        """End a pin early (e.g. the agent session closed)."""
+        node = self.match_prefix(namespace, token_ids).node
+        while node.parent is not None:
+            node.pin_until = 0.0
+            node = node.parent
+
+    def unpin_all(self) -> None:
+        """End every pin (used only when the pool would otherwise deadlock)."""
+        for node in self._all_nodes():
+            node.pin_until = 0.0
+
+    def _evictable(self, node: RadixNode, now: float) -> bool:
+        return not node.children and node.lock_ref == 0 and node.pin_until <= now
+
+    def evict(self, num_pages: int) -> list[int]:
+        """Remove up to `num_pages` least recently used unlocked, unpinned leaves.
+
+        Returns the page ids the tree let go of (the caller drops their pool reference).
+        """
+        now = self.clock()
+        counter = itertools.count()
+        heap = [
+            (node.last_access, next(counter), node)
+            for node in self._all_nodes()
+            if self._evictable(node, now)
+        ]
+        heapq.heapify(heap)
+        freed: list[int] = []
+        while heap and len(freed) < num_pages:
+            _, _, node = heapq.heappop(heap)
+            parent = node.parent
+            assert parent is not None
+            del parent.children[node.key]
+            self._num_pages -= 1
+            freed.append(node.page_id)
+            if parent.parent is not None and self._evictable(parent, now):
+                heapq.heappush(heap, (parent.last_access, next(counter), parent))
+        return freed
+
+    def flush(self, namespace: str | None = None) -> list[int]:
+        """Drop every unlocked node (pins included) of `namespace`, or of all namespaces."""
+        freed: list[int] = []
+        roots = [self._roots[namespace]] if namespace in self._roots else []
+        if namespace is None:
+            roots = list(self._roots.values())
+        for root in roots:
+            self._flush_below(root, freed)
+        self._num_pages -= len(freed)
+        return freed
+
+    def _flush_below(self, node: RadixNode, freed: list[int]) -> None:
+        for key, child in list(node.children.items()):
+            self._flush_below(child, freed)
+            if child.lock_ref == 0 and not child.children:
+                del node.children[key]
+                freed.append(child.page_id)
+
+    def _all_nodes(self) -> list[RadixNode]:
+        nodes: list[RadixNode] = []
+        stack = list(self._roots.values())
+        while stack:
+            node = stack.pop()
+            for child in node.children.values():
+                nodes.append(child)
+                stack.append(child)
+        return nodes
+
+    def size_info(self) -> SizeInfo:
+        """Counts of pages: all, evictable now (unlocked and unpinned), locked, pinned."""
+        now = self.clock()
+        nodes = self._all_nodes()
+        locked = sum(1 for n in nodes if n.lock_ref > 0)
+        pinned = sum(1 for n in nodes if n.lock_ref == 0 and n.pin_until > now)
+        return SizeInfo(len(nodes), len(nodes) - locked - pinned, locked, pinned)
+
+    def check_integrity(self) -> None:
+        """Raise AssertionError if counts, parent links, lock refs or page ids disagree."""
+        nodes = self._all_nodes()
+        assert len(nodes) == self._num_pages, "page count drifted"
+        page_ids = [n.page_id for n in nodes]
+        assert len(page_ids) == len(set(page_ids)), "a page id appears twice"
+        for node in nodes:
+            assert node.parent is not None and node.parent.children[node.key] is node
+            assert len(node.key) == self.page_size
+            child_locks = sum(c.lock_ref for c in node.children.values())
+            assert node.lock_ref >= child_locks, "a child is locked more than its parent"

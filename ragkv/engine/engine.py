@@ -1,0 +1,272 @@
+"""`LLMEngine`: add requests, `step()` the model, collect outputs. One thread runs `step`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ragkv.cache.radix import RadixCache
+from ragkv.engine.config import ModelConfig
+from ragkv.engine.kv_pool import KVPool
+from ragkv.engine.model import LlamaModel
+from ragkv.engine.runner import build_forward_batch
+from ragkv.engine.sampling import make_generator, sample
+from ragkv.engine.scheduler import ScheduledBatch, Scheduler
+from ragkv.engine.sequence import Request, RequestOutput, Sequence
+from ragkv.engine.tokenizer import Tokenizer
+from ragkv.engine.weights import fingerprint, load_weights
+from ragkv.errors import InvalidRequest, Overloaded
+from ragkv.settings import EngineSettings, ModelSettings
+
+log = logging.getLogger("ragkv.engine")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EngineStats:
+    """Counters of the prefix level since start."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+
+
+class LLMEngine:
+    """Owns the model, KV pool, radix prefix cache and scheduler.
+
+    `add_request` and `abort` may be called from any thread; `step` from one thread only.
+    """
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        tokenizer: Tokenizer,
+        settings: EngineSettings,
+        model_fingerprint: str,
+        clock=time.monotonic,
+    ) -> None:
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.fingerprint = model_fingerprint
+        page_bytes = (
+            2
+            * self.config.num_layers
+            * settings.page_size
+            * self.config.kv_size
+            * torch.finfo(model.dtype).bits
+            // 8
+        )
+        num_pages = max(1, settings.kv_cache_mb * 1024 * 1024 // page_bytes)
+        self.pool = KVPool(self.config, num_pages, settings.page_size, model.dtype, model.device)
+        self.radix = RadixCache(settings.page_size, clock=clock)
+        self.scheduler = Scheduler(settings, self.pool, self.radix)
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._incoming: list[Sequence] = []
+        self._aborted: list[str] = []
+
+    @classmethod
+    def from_path(
+        cls, path: Path, model_settings: ModelSettings, engine_settings: EngineSettings
+    ) -> LLMEngine:
+        """Load weights and tokenizer from a GGUF file or HF folder and build the engine."""
+        if model_settings.num_threads:
+            torch.set_num_threads(model_settings.num_threads)
+        started = time.perf_counter()
+        config, weights = load_weights(path)
+        tokenizer = Tokenizer(path)
+        model = LlamaModel(config, weights, dtype=DTYPES[model_settings.dtype])
+        del weights
+        engine = cls(
+            model, tokenizer, engine_settings, fingerprint(path, tokenizer.serialization())
+        )
+        log.info(
+            "loaded %s (%d layers) in %.1f s; KV pool %d pages of %d tokens",
+            path.name,
+            config.num_layers,
+            time.perf_counter() - started,
+            engine.pool.num_pages,
+            engine.pool.page_size,
+        )
+        return engine
+
+    # -- requests -------------------------------------------------------------------------
+
+    def namespace(self, tenant: str) -> str:
+        """Prefix-cache namespace: tenants never share KV."""
+        return f"{tenant}/{self.fingerprint}"
+
+    def validate(self, request: Request) -> None:
+        """Raise `InvalidRequest` (400, with the numbers) if the request cannot fit."""
+        num_prompt = len(request.prompt_ids)
+        limit = self.config.context_length
+        if num_prompt == 0:
+            raise InvalidRequest("the prompt is empty", param="messages")
+        if num_prompt + request.params.max_tokens > limit:
+            raise InvalidRequest(
+                f"this model's context is {limit} tokens; the prompt has {num_prompt} and "
+                f"max_tokens asks for {request.params.max_tokens} more "
+                f"({num_prompt + request.params.max_tokens} > {limit}); shorten the prompt "
+                "or lower max_tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        pages = self.pool.pages_for(num_prompt + request.params.max_tokens)
+        if pages > self.pool.num_pages:
+            raise InvalidRequest(
+                f"the request needs {pages} KV pages but the pool has {self.pool.num_pages}; "
+                "raise engine.kv_cache_mb or lower max_tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        bad = [t for t in request.prompt_ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary", param="prompt")
+
+    def add_request(self, request: Request) -> None:
+        """Queue a request. Raises `InvalidRequest` or `Overloaded` (queue full)."""
+        self.validate(request)
+        seq = Sequence(
+            request=request,
+            namespace=self.namespace(request.tenant),
+            token_ids=list(request.prompt_ids),
+            generator=make_generator(request.params.seed),
+        )
+        with self._lock:
+            if len(self.scheduler.waiting) + len(self._incoming) >= self.settings.max_waiting:
+                raise Overloaded(
+                    f"the engine queue is full ({self.settings.max_waiting} waiting); retry later",
+                    retry_after_s=self.settings.retry_after_s,
+                )
+            self._incoming.append(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request (client gone); its pages are freed at the next step."""
+        with self._lock:
+            self._aborted.append(request_id)
+
+    def has_work(self) -> bool:
+        """Anything queued, running, or waiting to be added/aborted."""
+        with self._lock:
+            pending = bool(self._incoming or self._aborted)
+        return pending or self.scheduler.has_work()
+
+    # -- the step -------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample, and report what each request produced."""
+        self._take_commands()
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        logits = self.model.forward(build_forward_batch(batch, self.pool), self.pool)
+        return self._postprocess(batch, logits)
+
+    def _take_commands(self) -> None:
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+            aborted, self._aborted = self._aborted, []
+        for seq in incoming:
+            self.scheduler.add(seq)
+        for request_id in aborted:
+            if self.scheduler.abort(request_id) is not None:
+                log.info("aborted request %s", request_id)
+
+    def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        for row, (seq, num_tokens) in enumerate(batch):
+            was_prefill = seq.in_prefill
+            seq.num_computed += num_tokens
+            if seq.num_computed < len(seq.token_ids):
+                continue  # a prefill chunk; the prompt is not done yet
+            if was_prefill and not seq.output_ids:
+                self.scheduler.store_prefix(seq)  # share the prompt's KV with later requests
+            token, logprob = sample(logits[row], seq.request.params, seq.generator)
+            outputs.append(self._append_token(seq, token, logprob))
+        return outputs
+
+    def _append_token(self, seq: Sequence, token: int, logprob) -> RequestOutput:
+        if seq.first_token_s is None:
+            seq.first_token_s = time.perf_counter()
+        params = seq.request.params
+        seq.token_ids.append(token)
+        seq.output_ids.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        reason = None
+        if token in self.tokenizer.stop_token_ids and not params.ignore_eos:
+            reason = "stop"
+        elif len(seq.output_ids) >= params.max_tokens:
+            reason = "length"
+        visible = seq.output_ids[:-1] if reason == "stop" else seq.output_ids
+        seq.text = self.tokenizer.decode(visible)
+        for stop in params.stop:
+            index = seq.text.find(stop)
+            if index >= 0:
+                seq.text, reason = seq.text[:index], "stop"
+        if reason is not None:
+            seq.finish_reason = reason
+            self.scheduler.finish(seq)
+            self._count(seq)
+        return self._output(seq)
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        finished = seq.finish_reason is not None
+        holdback = 0 if finished else max((len(s) for s in seq.request.params.stop), default=1) - 1
+        text = seq.text
+        if not finished and text.endswith("\ufffd"):
+            holdback = max(holdback, 1)  # half a UTF-8 character: wait for the rest
+        end = max(seq.num_text_sent, len(text) - holdback)
+        delta, seq.num_text_sent = text[seq.num_text_sent : end], end
+        new_ids = seq.output_ids[-1:]
+        new_logprobs = seq.logprobs[-1:] if seq.request.params.logprobs else []
+        ttft = None
+        if seq.first_token_s is not None:
+            ttft = (seq.first_token_s - seq.arrival_s) * 1000
+        return RequestOutput(
+            request_id=seq.request_id,
+            text=delta,
+            token_ids=new_ids,
+            logprobs=new_logprobs,
+            finished=finished,
+            finish_reason=seq.finish_reason,
+            prompt_tokens=seq.num_prompt,
+            completion_tokens=len(seq.output_ids),
+            cached_tokens=seq.num_cached_prompt,
+            ttft_ms=ttft,
+        )
+
+    def _count(self, seq: Sequence) -> None:
+        self.stats.requests += 1
+        self.stats.prompt_tokens += seq.num_prompt
+        self.stats.cached_tokens += seq.num_cached_prompt
+        self.stats.generated_tokens += len(seq.output_ids)
+
+    # -- synchronous helpers (CLI, tests, benchmarks) -------------------------------------
+
+    def generate(self, requests: list[Request]) -> dict[str, list[RequestOutput]]:
+        """Run `requests` to completion on this thread; all outputs per request id."""
+        for request in requests:
+            self.add_request(request)
+        results: dict[str, list[RequestOutput]] = {r.request_id: [] for r in requests}
+        while self.has_work():
+            for output in self.step():
+                results[output.request_id].append(output)
+        return results
+
+    def stream_sync(self, request: Request) -> Iterator[RequestOutput]:
+        """Run one request on this thread, yielding each output as it is produced."""
+        self.add_request(request)
+        while self.has_work():
+            for output in self.step():
+                if output.request_id == request.request_id:
+                    yield output

@@ -1,0 +1,139 @@
+"""Llama/Qwen2 decoder over the paged KV pool; every attention/RoPE/norm call goes through ops."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ragkv.engine.config import ModelConfig
+from ragkv.engine.kv_pool import KVPool
+from ragkv.engine.rope import rope_inv_freq
+from ragkv.kernels import ops
+
+
+@dataclass
+class ForwardBatch:
+    """One forward step over several sequences, each adding `q_len` tokens to its KV.
+
+    token_ids, positions, write_slots: [T]; qo_indptr: B+1 boundaries into T;
+    kv_indptr [B+1] / kv_indices: page tables; kv_lens: tokens in each sequence's KV after
+    this step; logits_rows: [R] rows of T whose logits are returned.
+    """
+
+    token_ids: torch.Tensor
+    positions: torch.Tensor
+    write_slots: torch.Tensor
+    qo_indptr: list[int]
+    kv_indptr: torch.Tensor
+    kv_indices: torch.Tensor
+    kv_lens: list[int]
+    logits_rows: torch.Tensor
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer, projections fused: `wqkv [q+2kv, hidden]`, `w_gate_up [2I, hidden]`."""
+
+    attn_norm: torch.Tensor
+    wqkv: torch.Tensor
+    bqkv: torch.Tensor | None
+    wo: torch.Tensor
+    ffn_norm: torch.Tensor
+    w_gate_up: torch.Tensor
+    w_down: torch.Tensor
+
+
+class LlamaModel:
+    """Forward pass of a Llama-family model whose KV lives in a `KVPool`."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.config = config
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+        def take(name: str) -> torch.Tensor:
+            return weights[name].to(device=self.device, dtype=dtype).contiguous()
+
+        self.embed = take("embed")
+        self.lm_head = self.embed if weights["lm_head"] is weights["embed"] else take("lm_head")
+        self.final_norm = take("final_norm")
+        self.layers: list[LayerWeights] = []
+        for i in range(config.num_layers):
+            p = f"layers.{i}."
+            bias = None
+            if config.attention_bias:
+                bias = torch.cat([take(p + "bq"), take(p + "bk"), take(p + "bv")])
+            self.layers.append(
+                LayerWeights(
+                    attn_norm=take(p + "attn_norm"),
+                    wqkv=torch.cat([take(p + "wq"), take(p + "wk"), take(p + "wv")]),
+                    bqkv=bias,
+                    wo=take(p + "wo"),
+                    ffn_norm=take(p + "ffn_norm"),
+                    w_gate_up=torch.cat([take(p + "w_gate"), take(p + "w_up")]),
+                    w_down=take(p + "w_down"),
+                )
+            )
+        self.inv_freq = rope_inv_freq(config).to(self.device)
+        self.scale = 1.0 / math.sqrt(config.head_dim)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin `[T, head_dim]` for `positions: [T]`."""
+        return ops.rope_cos_sin(positions, self.inv_freq, self.dtype)
+
+    def qkv(
+        self, layer: LayerWeights, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normed, projected, rotated `q [T, H, D]`, `k, v [T, KH, D]` of one layer."""
+        c = self.config
+        x = ops.rms_norm(hidden, layer.attn_norm, c.rms_norm_eps)
+        qkv = F.linear(x, layer.wqkv, layer.bqkv)
+        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        q = ops.apply_rope(q.view(-1, c.num_heads, c.head_dim), cos, sin)
+        k = ops.apply_rope(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
+        return q, k, v.reshape(-1, c.num_kv_heads, c.head_dim)
+
+    def mlp_residual(
+        self, layer: LayerWeights, hidden: torch.Tensor, attn: torch.Tensor
+    ) -> torch.Tensor:
+        """`hidden + o_proj(attn)`, then the SwiGLU block with its residual."""
+        hidden = hidden + F.linear(attn.reshape(attn.shape[0], -1), layer.wo)
+        x = ops.rms_norm(hidden, layer.ffn_norm, self.config.rms_norm_eps)
+        return hidden + F.linear(ops.silu_mul(F.linear(x, layer.w_gate_up)), layer.w_down)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: `[R, hidden]` -> fp32 `[R, vocab]`."""
+        x = ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
+        return F.linear(x, self.lm_head).float()
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+        """Run all layers, writing the new tokens' KV into `pool`; fp32 logits `[R, vocab]`."""
+        hidden = F.embedding(batch.token_ids, self.embed)
+        cos, sin = self.rope(batch.positions)
+        for index, layer in enumerate(self.layers):
+            q, k, v = self.qkv(layer, hidden, cos, sin)
+            pool.write(index, batch.write_slots, k, v)
+            k_cache, v_cache = pool.layer_caches(index)
+            attn = ops.paged_attention(
+                q,
+                k_cache,
+                v_cache,
+                batch.qo_indptr,
+                batch.kv_indptr,
+                batch.kv_indices,
+                batch.kv_lens,
+                batch.positions,
+                self.scale,
+            )
+            hidden = self.mlp_residual(layer, hidden, attn)
+        return self.logits(hidden.index_select(0, batch.logits_rows))

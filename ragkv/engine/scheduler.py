@@ -1,0 +1,174 @@
+"""Continuous batching with chunked prefill over the paged pool and the radix prefix cache.
+
+Each step: running sequences first (decodes before prefill chunks), preempting the newest
+when pages run out; then waiting sequences are admitted in longest-prefix-match order (FCFS
+when the queue is long) while the token budget and pages last.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ragkv.cache.radix import RadixCache
+from ragkv.engine.kv_pool import KVPool
+from ragkv.engine.sequence import SeqStatus, Sequence
+from ragkv.settings import EngineSettings
+
+ScheduledBatch = list[tuple[Sequence, int]]
+
+
+class Scheduler:
+    """Decides which sequences run each step and how many tokens each adds."""
+
+    def __init__(self, settings: EngineSettings, pool: KVPool, radix: RadixCache) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.radix = radix
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def has_work(self) -> bool:
+        """Any sequence waiting or running."""
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence (the engine checks the queue bound before)."""
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> Sequence | None:
+        """Remove a request wherever it is and free what it holds."""
+        for seq in list(self.waiting):
+            if seq.request_id == request_id:
+                self.waiting.remove(seq)
+                return seq
+        for seq in self.running:
+            if seq.request_id == request_id:
+                self.running.remove(seq)
+                self.release(seq)
+                return seq
+        return None
+
+    def schedule(self) -> ScheduledBatch:
+        """Pick this step's work: `[(sequence, num_new_tokens)]`, sequences in running state."""
+        budget = self.settings.max_batch_tokens
+        batch: ScheduledBatch = []
+        preempted = False
+        for seq in sorted(self.running, key=lambda s: (s.in_prefill, s.arrival_s)):
+            if seq.status is not SeqStatus.RUNNING or budget <= 0:
+                continue
+            num_tokens = min(seq.num_uncomputed, budget)
+            while not self._reserve(seq, num_tokens):
+                victim = self._newest_running(exclude=[s for s, _ in batch])
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status is SeqStatus.RUNNING:
+                batch.append((seq, num_tokens))
+                budget -= num_tokens
+        if not preempted:
+            budget = self._admit(batch, budget)
+        return batch
+
+    def _admit(self, batch: ScheduledBatch, budget: int) -> int:
+        for seq in self._waiting_order():
+            if budget <= 0 or len(self.running) >= self.settings.max_num_seqs:
+                break
+            self._attach_prefix(seq)
+            num_tokens = min(seq.num_uncomputed, budget)
+            if not self._reserve(seq, num_tokens):
+                self.release(seq)
+                break
+            self.waiting.remove(seq)
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            batch.append((seq, num_tokens))
+            budget -= num_tokens
+        return budget
+
+    def _waiting_order(self) -> list[Sequence]:
+        if len(self.waiting) > self.settings.lpm_queue_limit:
+            return list(self.waiting)
+        cached = {
+            id(seq): self.radix.match_prefix(seq.namespace, seq.token_ids[:-1]).num_tokens
+            if seq.request.use_prefix_cache
+            else 0
+            for seq in self.waiting
+        }
+        return sorted(self.waiting, key=lambda s: -cached[id(s)])
+
+    def _attach_prefix(self, seq: Sequence) -> None:
+        """Point a waiting sequence at its longest cached prefix (at least one token left)."""
+        if not seq.request.use_prefix_cache:
+            return
+        match = self.radix.match_prefix(seq.namespace, seq.token_ids[:-1])
+        self.pool.incref(match.page_ids)
+        self.radix.lock(match.node)
+        seq.locked_node = match.node
+        seq.pages = list(match.page_ids)
+        seq.num_computed = match.num_tokens
+        if seq.num_preemptions == 0:
+            seq.num_cached_prompt = match.num_tokens
+
+    def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
+        """Make sure `seq` has pages for `num_tokens` more tokens, evicting cache if needed."""
+        needed = self.pool.pages_for(seq.num_computed + num_tokens) - len(seq.pages)
+        if needed <= 0:
+            return True
+        self._evict_until(needed, include_pinned=False)
+        alone = all(other is seq for other in self.running)
+        if self.pool.num_free < needed and alone:
+            self._evict_until(needed, include_pinned=True)  # pins must never deadlock the pool
+        if self.pool.num_free < needed:
+            return False
+        seq.pages.extend(self.pool.alloc(needed))
+        return True
+
+    def _evict_until(self, needed: int, include_pinned: bool) -> None:
+        while self.pool.num_free < needed:
+            if include_pinned:
+                self.radix.unpin_all()
+            freed = self.radix.evict(needed - self.pool.num_free)
+            if not freed:
+                return
+            self.pool.decref(freed)
+
+    def _newest_running(self, exclude: list[Sequence]) -> Sequence:
+        candidates = [s for s in self.running if all(s is not e for e in exclude)]
+        return max(candidates, key=lambda s: s.arrival_s)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's pages; it waits again and recomputes (prefix hits help)."""
+        self.running.remove(seq)
+        self.release(seq)
+        seq.status = SeqStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def release(self, seq: Sequence) -> None:
+        """Drop the sequence's page references and prefix lock."""
+        self.pool.decref(seq.pages)
+        seq.pages = []
+        seq.num_computed = 0
+        if seq.locked_node is not None:
+            self.radix.unlock(seq.locked_node)
+            seq.locked_node = None
+
+    def store_prefix(self, seq: Sequence) -> None:
+        """Insert the sequence's computed full pages into the radix tree (store-back)."""
+        if not seq.request.use_prefix_cache:
+            return
+        computed = seq.token_ids[: seq.num_computed]
+        result = self.radix.insert_prefix(seq.namespace, computed, seq.pages)
+        self.pool.incref(result.new_page_ids)
+
+    def finish(self, seq: Sequence) -> None:
+        """Store the sequence's KV in the prefix cache, pin it if asked, free the rest."""
+        self.store_prefix(seq)
+        if seq.request.pin_ttl_s and seq.request.use_prefix_cache:
+            self.radix.pin(seq.namespace, seq.token_ids[: seq.num_computed], seq.request.pin_ttl_s)
+        self.running.remove(seq)
+        self.release(seq)
+        seq.status = SeqStatus.FINISHED

@@ -1,0 +1,68 @@
+"""Tokenizer and chat template taken from the model file (GGUF or HF folder)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragkv.errors import InvalidRequest, ModelError
+
+
+class Tokenizer:
+    """Text <-> token ids, the model's chat template and its stop tokens."""
+
+    def __init__(self, model_path: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        path = Path(model_path)
+        try:
+            if path.is_dir():
+                self._hf = AutoTokenizer.from_pretrained(str(path))
+            else:
+                self._hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the tokenizer of '{path}': {exc}") from exc
+        self.vocab_size = len(self._hf)
+        self.bos_token_id: int | None = self._hf.bos_token_id
+        self.eos_token_id: int | None = self._hf.eos_token_id
+        stop = {self.eos_token_id} if self.eos_token_id is not None else set()
+        for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"):
+            token_id = self._hf.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self._hf.unk_token_id:
+                stop.add(token_id)
+        self.stop_token_ids: frozenset[int] = frozenset(stop)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the model ships a chat template."""
+        return bool(getattr(self._hf, "chat_template", None))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` with no special tokens added."""
+        return list(self._hf.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of `token_ids`."""
+        return self._hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of a chat rendered with the model's template."""
+        if not self.has_chat_template:
+            raise InvalidRequest("this model has no chat template; use /v1/completions")
+        try:
+            text = self._hf.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # jinja raises its own errors for odd message lists
+            raise InvalidRequest(f"cannot render the chat template: {exc}") from exc
+        return self.encode(text)
+
+    def serialization(self) -> str:
+        """The tokenizer's full JSON (for fingerprints)."""
+        backend = getattr(self._hf, "backend_tokenizer", None)
+        return backend.to_str() if backend is not None else str(self._hf.get_vocab())

@@ -1,0 +1,138 @@
+"""Run a `PromptSpec` through the pipeline and answer as JSON or as an SSE stream."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ragkv.engine.sampling import TokenLogprob
+from ragkv.engine.sequence import RequestOutput
+from ragkv.errors import ModelError, RagkvError
+from ragkv.pipeline import Pipeline, PromptSpec
+from ragkv.server import openai_format as fmt
+
+log = logging.getLogger("ragkv.server")
+
+# (text delta, logprobs delta, finish_reason) -> one chunk's `choices[0]`
+ChoiceDelta = Callable[[str, list[TokenLogprob], str | None], dict[str, Any]]
+# (full text, all logprobs, finish_reason) -> the non-stream `choices[0]`
+ChoiceFull = Callable[[str, list[TokenLogprob], str | None], dict[str, Any]]
+
+
+class Completion:
+    """Everything that differs between chat and text completions."""
+
+    def __init__(
+        self,
+        object_name: str,
+        chunk_object_name: str,
+        id_prefix: str,
+        model_id: str,
+        choice_full: ChoiceFull,
+        choice_delta: ChoiceDelta,
+        first_delta: dict[str, Any] | None = None,
+    ) -> None:
+        self.object_name = object_name
+        self.chunk_object_name = chunk_object_name
+        self.completion_id = f"{id_prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model_id = model_id
+        self.choice_full = choice_full
+        self.choice_delta = choice_delta
+        self.first_delta = first_delta
+
+    def envelope(self, object_name: str, **fields: Any) -> dict[str, Any]:
+        """Common top-level fields of a response or chunk."""
+        return {
+            "id": self.completion_id,
+            "object": object_name,
+            "created": self.created,
+            "model": self.model_id,
+            **fields,
+        }
+
+
+async def respond(
+    pipeline: Pipeline, spec: PromptSpec, completion: Completion, stream: bool, http: Request
+) -> JSONResponse | StreamingResponse:
+    """Answer non-stream (one JSON body) or stream (SSE ending with usage, then [DONE])."""
+    outputs = pipeline.generate(spec, http.is_disconnected)
+    if not stream:
+        return await _collect(outputs, completion, spec)
+    first = await _first_output(outputs)  # errors before the first token are plain HTTP errors
+    headers = {"x-ragkv-cache": fmt.cache_header(first), "cache-control": "no-cache"}
+    return StreamingResponse(
+        _stream(first, outputs, completion, spec), media_type="text/event-stream", headers=headers
+    )
+
+
+async def _first_output(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    async for output in outputs:
+        return output
+    raise ModelError("the engine finished without output")
+
+
+async def _collect(
+    outputs: AsyncIterator[RequestOutput], completion: Completion, spec: PromptSpec
+) -> JSONResponse:
+    text: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    final: RequestOutput | None = None
+    async for output in outputs:
+        text.append(output.text)
+        logprobs.extend(output.logprobs)
+        final = output
+    if final is None:
+        raise ModelError("the engine finished without output")
+    body = completion.envelope(
+        completion.object_name,
+        choices=[completion.choice_full("".join(text), logprobs, final.finish_reason)],
+        usage=fmt.usage(final),
+        ragkv=fmt.ragkv_info(final, spec.kv_reuse),
+    )
+    return JSONResponse(body, headers={"x-ragkv-cache": fmt.cache_header(final)})
+
+
+async def _stream(
+    first: RequestOutput,
+    outputs: AsyncIterator[RequestOutput],
+    completion: Completion,
+    spec: PromptSpec,
+) -> AsyncIterator[str]:
+    name = completion.chunk_object_name
+    final = first
+    try:
+        if completion.first_delta is not None:
+            yield fmt.sse(completion.envelope(name, choices=[completion.first_delta]))
+        yield _chunk(completion, first)
+        if not first.finished:
+            async for output in outputs:
+                final = output
+                yield _chunk(completion, output)
+        yield fmt.sse(
+            completion.envelope(
+                name,
+                choices=[],
+                usage=fmt.usage(final),
+                ragkv=fmt.ragkv_info(final, spec.kv_reuse),
+            )
+        )
+        yield fmt.sse("[DONE]")
+    except RagkvError as exc:
+        yield fmt.sse_error(exc)
+    except Exception as exc:  # the stream has started: report in-band, never drop silently
+        log.exception("stream failed")
+        yield fmt.sse_error(ModelError(f"generation failed: {exc}"))
+    finally:
+        await outputs.aclose()
+
+
+def _chunk(completion: Completion, output: RequestOutput) -> str:
+    choice = completion.choice_delta(output.text, output.logprobs, output.finish_reason)
+    return fmt.sse(completion.envelope(completion.chunk_object_name, choices=[choice]))

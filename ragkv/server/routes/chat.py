@@ -1,0 +1,142 @@
+"""`POST /v1/chat/completions` and `POST /v1/completions` (OpenAI-compatible)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ragkv.engine.sampling import SamplingParams, TokenLogprob
+from ragkv.errors import InvalidRequest, NotFound
+from ragkv.pipeline import Pipeline, PromptSpec
+from ragkv.server import openai_format as fmt
+from ragkv.server.auth import Tenant
+from ragkv.server.generation import Completion, respond
+from ragkv.server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+router = APIRouter(tags=["generation"])
+NOT_SUPPORTED = ("presence_penalty", "frequency_penalty")
+
+
+def _pipeline(http: Request) -> Pipeline:
+    return http.app.state.pipeline
+
+
+def _check_model(http: Request, body: SamplingFields) -> str:
+    served = http.app.state.model_card.id
+    if body.model not in (None, "", "default", served):
+        raise NotFound(
+            f"model '{body.model}' is not served here; use '{served}' or 'default'",
+            param="model",
+            code="model_not_found",
+        )
+    for name in NOT_SUPPORTED:
+        if getattr(body, name):
+            raise InvalidRequest(f"{name} is not supported; leave it at 0", param=name)
+    return served
+
+
+def _params(
+    body: SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int
+) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
+        stop=body.stop_list(),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, http: Request, tenant: Tenant
+) -> JSONResponse | StreamingResponse:
+    """Chat completion over the served model, reusing cached prefix KV."""
+    model_id = _check_model(http, body)
+    pipeline = _pipeline(http)
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    prompt_ids = pipeline.chat_prompt_ids(messages)
+    max_tokens = pipeline.max_tokens(body.max_completion_tokens or body.max_tokens, len(prompt_ids))
+    spec = PromptSpec(
+        prompt_ids=prompt_ids,
+        params=_params(body, max_tokens, body.logprobs, body.top_logprobs or 0),
+        tenant=tenant,
+        kv_reuse=body.ragkv.kv_reuse,
+        pin_ttl_s=body.ragkv.pin_ttl_s,
+    )
+    tokenizer = pipeline.tokenizer
+
+    def logprobs_of(items: list[TokenLogprob]) -> dict[str, Any] | None:
+        return fmt.chat_logprobs(tokenizer, items) if body.logprobs else None
+
+    completion = Completion(
+        "chat.completion",
+        "chat.completion.chunk",
+        "chatcmpl",
+        model_id,
+        choice_full=lambda text, lps, reason: {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": logprobs_of(lps),
+            "finish_reason": reason,
+        },
+        choice_delta=lambda text, lps, reason: {
+            "index": 0,
+            "delta": {"content": text} if text else {},
+            "logprobs": logprobs_of(lps),
+            "finish_reason": reason,
+        },
+        first_delta={
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        },
+    )
+    return await respond(pipeline, spec, completion, body.stream, http)
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, http: Request, tenant: Tenant
+) -> JSONResponse | StreamingResponse:
+    """Plain-prompt completion (no chat template)."""
+    model_id = _check_model(http, body)
+    pipeline = _pipeline(http)
+    prompt_ids = pipeline.text_prompt_ids(body.prompt)
+    max_tokens = pipeline.max_tokens(body.max_tokens, len(prompt_ids))
+    want_logprobs = body.logprobs is not None
+    spec = PromptSpec(
+        prompt_ids=prompt_ids,
+        params=_params(body, max_tokens, want_logprobs, body.logprobs or 0),
+        tenant=tenant,
+        kv_reuse=body.ragkv.kv_reuse,
+        pin_ttl_s=body.ragkv.pin_ttl_s,
+    )
+    tokenizer = pipeline.tokenizer
+    prefix = tokenizer.decode(prompt_ids) if body.echo else ""
+
+    def choice(text: str, lps: list[TokenLogprob], reason: str | None) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "text": text,
+            "logprobs": fmt.completion_logprobs(tokenizer, lps) if want_logprobs else None,
+            "finish_reason": reason,
+        }
+
+    completion = Completion(
+        "text_completion",
+        "text_completion",
+        "cmpl",
+        model_id,
+        choice_full=lambda text, lps, reason: choice(prefix + text, lps, reason),
+        choice_delta=choice,
+    )
+    return await respond(pipeline, spec, completion, body.stream, http)

@@ -1,0 +1,121 @@
+"""OpenAI-compatible request bodies for chat and text completions, plus ragkv extensions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+
+
+class ContentPart(BaseModel):
+    """One part of a multi-part message; only text parts are served."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """A chat message: role plus text (a string or text parts)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text with parts joined."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    """OpenAI stream options (usage is always sent on the last chunk)."""
+
+    include_usage: bool = True
+
+
+class RagkvOptions(BaseModel):
+    """The `ragkv` extension object: cache controls for this request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    semantic_cache: bool | None = None
+    category: str | None = Field(None, max_length=64)
+    kv_reuse: Literal["auto", "full", "prefix", "naive", "cacheblend", "cachecraft", "lego"] = (
+        "auto"
+    )
+    recompute_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    session_id: str | None = Field(None, max_length=256)
+    pin_ttl_s: float | None = Field(None, gt=0, le=86400)
+
+
+StopField = Annotated[str | list[str] | None, Field(None)]
+
+
+class SamplingFields(BaseModel):
+    """Sampling fields shared by chat and text completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, le=1_000_000)
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopField = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    user: str | None = None
+    ragkv: RagkvOptions = Field(default_factory=RagkvOptions)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return value
+
+    def stop_list(self) -> tuple[str, ...]:
+        """`stop` as a tuple of strings."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """Body of `POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class CompletionRequest(SamplingFields):
+    """Body of `POST /v1/completions` (a plain prompt, no chat template)."""
+
+    prompt: str | list[str] | list[int] = Field(...)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and isinstance(value[0], str) and len(value) != 1:
+            raise ValueError("one prompt per request (batch prompts are not supported)")
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt is empty")
+        return value
