@@ -13,7 +13,7 @@ from typing import NamedTuple
 from ragkv.retrieval.tokenizer import EncoderLike, as_encoder
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])[\"')\]]*\s+")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?。！？])|(?<=[.!?。！？][\"')\]]))\s+")
 _WORD = re.compile(r"\S+\s*")
 
 

@@ -80,7 +80,8 @@ class VectorIndex:
     def ids(self) -> np.ndarray:
         """All live ids, int64, unordered."""
         with self._lock:
-            ids = faiss.vector_to_array(self._cpu(self._index).id_map).astype(np.int64)
+            cpu = self._cpu(self._index)  # a local keeps a GPU copy alive while read
+            ids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
             if self._deleted:
                 ids = ids[~np.isin(ids, np.fromiter(self._deleted, dtype=np.int64))]
             return ids
@@ -197,8 +198,8 @@ class VectorIndex:
             space.set_index_parameter(index, "nprobe", self.ivf_nprobe)
 
     def _min_train_vectors(self) -> int:
-        target = faiss.downcast_index(self._build(self.factory).index)
-        ivf = faiss.try_extract_index_ivf(target)
+        target = self._build(self.factory)  # keep a reference: .index is owned by it
+        ivf = faiss.try_extract_index_ivf(faiss.downcast_index(target.index))
         return 39 * int(ivf.nlist) if ivf is not None else 39 * 256
 
     def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,7 @@ class DocumentInput(NamedTuple):
 class IngestStats(NamedTuple):
     """What an ingest did and where its time went (seconds)."""
 
-    documents: int
+    document_ids: list[str]
     chunks: int
     tokenize_s: float
     embed_s: float
@@ -173,7 +173,12 @@ class Retriever:
                 collection.id, index, documents, chunked, vectors, offsets, progress
             )
         return IngestStats(
-            len(documents), len(texts), tokenized - started, embedded - tokenized, index_s, store_s
+            [str(doc.id) for doc in documents],
+            len(texts),
+            tokenized - started,
+            embedded - tokenized,
+            index_s,
+            store_s,
         )
 
     def _write(
@@ -334,8 +339,10 @@ class Retriever:
         with self._lock:
             index = self._indexes.get(collection_id)
             if index is None:  # another process made it after our start
-                collection = next(c for c in self.store.list_collections() if c.id == collection_id)
-                index = self._indexes[collection_id] = self._load_index(collection)
+                found = [c for c in self.store.list_collections() if c.id == collection_id]
+                if not found:
+                    raise NotFound("the collection was deleted meanwhile")
+                index = self._indexes[collection_id] = self._load_index(found[0])
             return index
 
     def _new_index(self, dim: int) -> VectorIndex:
