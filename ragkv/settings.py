@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ragkv.errors import InvalidRequest
 from ragkv.cache.semantic_defaults import default_examples, default_policies
+from ragkv.errors import InvalidRequest
 
 AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.expanduser().absolute())]
 
@@ -139,7 +139,7 @@ class SemanticCacheSettings(Section):
     default_category: str = Field("general", description="when the classifier is unsure")
     classifier_examples: dict[str, list[str]] = Field(default_factory=default_examples)
     classifier_min_similarity: float = Field(
-        0.55, ge=-1.0, le=1.0, description="centroid cosine needed to leave default_category"
+        0.45, ge=-1.0, le=1.0, description="centroid cosine needed to leave default_category"
     )
     candidates_k: int = Field(4, ge=1, le=64, description="neighbours checked per lookup")
     lmdb_map_size_bytes: int = Field(16 * 1024**3, ge=1024**2)

@@ -20,8 +20,10 @@ from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
 from ragkv.retrieval.tokenizer import LazyTokenizer, load_model_tokenizer
 from ragkv.server.errors import install_error_handlers
+from ragkv.server.metrics import build_registry
+from ragkv.server.metrics import router as metrics_router
 from ragkv.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from ragkv.server.routes import chat, collections, embeddings, health, models
+from ragkv.server.routes import cache, cache_admin, chat, collections, embeddings, health, models
 from ragkv.settings import Settings
 
 log = logging.getLogger("ragkv.server")
@@ -44,6 +46,9 @@ def build_app(settings: Settings) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.model_card = model_card(settings)
         app.state.embedder = Embedder(settings.embedding)
+        app.state.semantic_cache = await run_in_threadpool(
+            cache.open_semantic_cache, settings, app.state.embedder, app.state.metrics_registry
+        )
         model_path = generation_model_path(settings.model.gguf_path, settings.model.hf_dir)
         engine = await run_in_threadpool(
             LLMEngine.from_path, model_path, settings.model, settings.engine
@@ -66,6 +71,8 @@ def build_app(settings: Settings) -> FastAPI:
             app.state.ready = False
             await app.state.engine.stop()
             await run_in_threadpool(app.state.retriever.close)
+            if app.state.semantic_cache is not None:
+                await run_in_threadpool(app.state.semantic_cache.close)
 
     app = FastAPI(
         title="ragkv",
@@ -75,6 +82,8 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.metrics_registry = build_registry()
+    app.state.semantic_cache = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, log_requests=settings.server.access_log)
@@ -83,4 +92,7 @@ def build_app(settings: Settings) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(collections.router)
+    app.include_router(cache.router)
+    app.include_router(cache_admin.router)
+    app.include_router(metrics_router)
     return app
