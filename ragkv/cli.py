@@ -83,5 +83,46 @@ def serve(
     )
 
 
+@app.command()
+def ingest(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help=".txt, .md or .jsonl files, or folders of them")
+    ] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Collection name (default: 'wikipedia' for the sample)")
+    ] = None,
+    wikipedia_sample: Annotated[
+        bool, typer.Option("--wikipedia-sample", help="Ingest the 10,033 Wikipedia leads")
+    ] = False,
+    tenant: Annotated[str, typer.Option(help="Tenant owning the collection")] = "default",
+    config: ConfigOption = None,
+) -> None:
+    """Chunk, embed and index documents into a collection (created when missing)."""
+    from rich.console import Console
+
+    from ragkv.cli_ingest import collect_documents, run_ingest
+
+    settings = load_settings(config)
+    configure_logging("warning")
+    name = collection or ("wikipedia" if wikipedia_sample else None)
+    if name is None or not (paths or wikipedia_sample):
+        typer.echo("error: give PATH... and --collection NAME, or --wikipedia-sample", err=True)
+        raise typer.Exit(2)
+    console = Console(stderr=True)
+    try:
+        documents = collect_documents(list(paths or []), wikipedia_sample)
+        if not documents:
+            typer.echo("error: no .txt, .md or .jsonl documents found", err=True)
+            raise typer.Exit(1)
+        num_docs, num_chunks, seconds = run_ingest(settings, documents, name, tenant, console)
+    except RagkvError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    console.print(
+        f"ingested {num_docs} documents, {num_chunks} chunks into '{name}' in {seconds:.1f} s "
+        f"({num_chunks / max(seconds, 1e-9):.1f} chunks/s)"
+    )
+
+
 if __name__ == "__main__":
     app()
