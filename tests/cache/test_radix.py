@@ -1,0 +1,114 @@
+"""Radix prefix cache as a pure data structure: matching, insertion, locks, LRU, pins."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragkv.cache.radix import RadixCache
+
+PAGE = 4
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tokens(start: int, count: int) -> list[int]:
+    return list(range(start, start + count))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def cache(clock: Clock) -> RadixCache:
+    return RadixCache(PAGE, clock=clock)
+
+
+def test_match_is_page_granular(cache: RadixCache) -> None:
+    result = cache.insert_prefix("t", tokens(0, 10), [7, 8, 9])
+    assert result.num_cached_tokens == 8  # 2 full pages; the partial third is not cached
+    assert result.new_page_ids == [7, 8]
+    match = cache.match_prefix("t", tokens(0, 11))
+    assert (match.page_ids, match.num_tokens) == ([7, 8], 8)
+    assert cache.match_prefix("t", tokens(0, 7)).page_ids == [7]
+    assert cache.match_prefix("t", [99, *tokens(1, 9)]).page_ids == []
+    cache.check_integrity()
+
+
+def test_duplicate_insert_keeps_old_pages(cache: RadixCache) -> None:
+    cache.insert_prefix("t", tokens(0, 8), [1, 2])
+    again = cache.insert_prefix("t", tokens(0, 12), [5, 6, 7])
+    assert again.new_page_ids == [7]
+    assert cache.match_prefix("t", tokens(0, 12)).page_ids == [1, 2, 7]
+    cache.check_integrity()
+
+
+def test_branching_prefixes_share_the_common_pages(cache: RadixCache) -> None:
+    cache.insert_prefix("t", tokens(0, 8), [1, 2])
+    branch = [*tokens(0, 4), 50, 51, 52, 53]
+    assert cache.insert_prefix("t", branch, [1, 3]).new_page_ids == [3]
+    assert cache.match_prefix("t", branch).page_ids == [1, 3]
+    assert cache.size_info().total_pages == 3
+
+
+def test_namespaces_are_isolated(cache: RadixCache) -> None:
+    cache.insert_prefix("tenant-a", tokens(0, 8), [1, 2])
+    assert cache.match_prefix("tenant-b", tokens(0, 8)).num_tokens == 0
+
+
+def test_lru_eviction_takes_oldest_unlocked_leaves(cache: RadixCache, clock: Clock) -> None:
+    cache.insert_prefix("t", tokens(0, 8), [1, 2])
+    clock.now = 1
+    cache.insert_prefix("t", tokens(100, 8), [3, 4])
+    clock.now = 2
+    cache.match_prefix("t", tokens(0, 8))  # touch: now the 100.. branch is older
+    assert cache.evict(2) == [4, 3]
+    assert cache.match_prefix("t", tokens(100, 8)).num_tokens == 0
+    assert cache.match_prefix("t", tokens(0, 8)).num_tokens == 8
+    cache.check_integrity()
+
+
+def test_locked_paths_are_not_evicted(cache: RadixCache) -> None:
+    cache.insert_prefix("t", tokens(0, 8), [1, 2])
+    node = cache.match_prefix("t", tokens(0, 8)).node
+    cache.lock(node)
+    assert cache.evict(10) == []
+    assert cache.size_info().locked_pages == 2
+    cache.unlock(node)
+    assert sorted(cache.evict(10)) == [1, 2]
+    with pytest.raises(ValueError):
+        cache.unlock(node)
+
+
+def test_pin_survives_until_ttl(cache: RadixCache, clock: Clock) -> None:
+    cache.insert_prefix("t", tokens(0, 8), [1, 2])
+    cache.insert_prefix("t", tokens(100, 8), [3, 4])
+    assert cache.pin("t", tokens(0, 8), ttl_s=30) == 8
+    assert sorted(cache.evict(10)) == [3, 4]  # only the unpinned branch goes
+    assert cache.size_info().pinned_pages == 2
+    clock.now = 31
+    assert sorted(cache.evict(10)) == [1, 2]
+
+
+def test_unpin_and_flush(cache: RadixCache) -> None:
+    cache.insert_prefix("a", tokens(0, 8), [1, 2])
+    cache.insert_prefix("b", tokens(0, 8), [3, 4])
+    cache.pin("a", tokens(0, 8), ttl_s=100)
+    cache.unpin("a", tokens(0, 8))
+    assert cache.size_info().pinned_pages == 0
+    assert sorted(cache.evict(3)) in ([1, 2, 4], [2, 3, 4])  # leaves first, then a parent
+    assert len(cache.flush()) == 1
+    assert cache.size_info().total_pages == 0
+    cache.check_integrity()
+
+
+def test_insert_needs_a_page_per_full_page(cache: RadixCache) -> None:
+    with pytest.raises(ValueError, match="page ids"):
+        cache.insert_prefix("t", tokens(0, 8), [1])

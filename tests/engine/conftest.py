@@ -1,0 +1,61 @@
+"""Engine fixtures: the bundled SmolLM2 loaded once, engines built from it on demand."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from ragkv.assets import generation_model_path
+from ragkv.engine.config import ModelConfig
+from ragkv.engine.engine import LLMEngine
+from ragkv.engine.model import LlamaModel
+from ragkv.engine.tokenizer import Tokenizer
+from ragkv.engine.weights import fingerprint, load_weights
+from ragkv.settings import EngineSettings
+
+
+@dataclass
+class LoadedModel:
+    """Weights, model and tokenizer of the bundled SmolLM2, shared by the session."""
+
+    config: ModelConfig
+    model: LlamaModel
+    tokenizer: Tokenizer
+    fingerprint: str
+
+
+@pytest.fixture(scope="session")
+def smollm() -> LoadedModel:
+    torch.set_num_threads(2)
+    path = generation_model_path()
+    config, weights = load_weights(path)
+    tokenizer = Tokenizer(path)
+    model = LlamaModel(config, weights)
+    return LoadedModel(config, model, tokenizer, fingerprint(path, tokenizer.serialization()))
+
+
+class ManualClock:
+    """A clock tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def make_engine(smollm: LoadedModel) -> Callable[..., LLMEngine]:
+    """Build an engine over the shared model with the given engine settings."""
+
+    def build(clock: Callable[[], float] = time.monotonic, **settings: object) -> LLMEngine:
+        settings.setdefault("kv_cache_mb", 64)
+        return LLMEngine(
+            smollm.model, smollm.tokenizer, EngineSettings(**settings), smollm.fingerprint, clock
+        )
+
+    return build

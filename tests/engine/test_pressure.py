@@ -1,0 +1,94 @@
+"""A tiny KV pool: long requests still finish (eviction, preemption); pins last until TTL."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragkv.engine.engine import LLMEngine
+from ragkv.errors import InvalidRequest, Overloaded
+from tests.engine.conftest import LoadedModel, ManualClock
+from tests.engine.helpers import greedy_request, run_greedy
+from tests.engine.test_exactness import SENTENCES
+
+
+def text_prompt(smollm: LoadedModel, seed: int, num_sentences: int) -> list[int]:
+    """A prompt unique to `seed` from its first token on (no shared prefix with others)."""
+    body = " ".join(SENTENCES[(seed + i) % len(SENTENCES)] for i in range(num_sentences))
+    return smollm.tokenizer.encode(f"Document {seed}: {body}")
+
+
+def check_pool(engine: LLMEngine) -> None:
+    engine.radix.check_integrity()
+    held = engine.radix.size_info().total_pages
+    assert engine.pool.num_free + held == engine.pool.num_pages
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+def test_long_requests_finish_in_a_tiny_pool(make_engine, smollm: LoadedModel) -> None:
+    prompts = [text_prompt(smollm, seed, 8) for seed in range(3)]
+    max_tokens = 80
+    expected = []
+    for prompt in prompts:
+        ((tokens, _),) = run_greedy(make_engine(), [greedy_request(prompt, max_tokens)]).values()
+        expected.append(tokens)
+    engine = make_engine(kv_cache_mb=16)  # ~22 pages: two prompts fit, their answers do not
+    needed = [engine.pool.pages_for(len(p) + max_tokens) for p in prompts]
+    assert sum(needed[:2]) > engine.pool.num_pages >= max(needed)
+    requests = [greedy_request(prompt, max_tokens) for prompt in prompts]
+    results = run_greedy(engine, requests)
+    assert [results[r.request_id][0] for r in requests] == expected
+    assert engine.scheduler.num_preemptions > 0
+    check_pool(engine)
+
+
+def test_request_bigger_than_the_pool_is_a_clear_400(make_engine, smollm: LoadedModel) -> None:
+    engine = make_engine(kv_cache_mb=4)
+    with pytest.raises(InvalidRequest, match="KV pages"):
+        engine.add_request(greedy_request(text_prompt(smollm, 0, 30), 8))
+
+
+def test_context_overflow_names_the_numbers(make_engine, smollm: LoadedModel) -> None:
+    engine = make_engine()
+    with pytest.raises(InvalidRequest, match="8192") as info:
+        engine.add_request(greedy_request([1] * 8000, 500))
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_full_queue_is_overloaded(make_engine, smollm: LoadedModel) -> None:
+    engine = make_engine(max_waiting=2, retry_after_s=3)
+    prompt = text_prompt(smollm, 0, 2)
+    engine.add_request(greedy_request(prompt, 2))
+    engine.add_request(greedy_request(prompt, 2))
+    with pytest.raises(Overloaded) as info:
+        engine.add_request(greedy_request(prompt, 2))
+    assert info.value.headers["Retry-After"] == "3"
+
+
+def cached_on_repeat(engine: LLMEngine, prompt: list[int]) -> int:
+    ((_, cached),) = run_greedy(engine, [greedy_request(prompt, 1)]).values()
+    return cached
+
+
+def apply_pressure(engine: LLMEngine, smollm: LoadedModel, first_seed: int) -> None:
+    for seed in range(first_seed, first_seed + 4):
+        run_greedy(engine, [greedy_request(text_prompt(smollm, seed, 14), 4)])
+
+
+def test_pinned_session_survives_pressure_until_ttl(make_engine, smollm: LoadedModel) -> None:
+    clock = ManualClock()
+    engine = make_engine(clock=clock, kv_cache_mb=32)
+    session = text_prompt(smollm, 100, 8)
+    unpinned = text_prompt(smollm, 200, 8)
+    run_greedy(engine, [greedy_request(session, 4, pin_ttl_s=60)])
+    run_greedy(engine, [greedy_request(unpinned, 4)])
+    clock.now += 1
+    apply_pressure(engine, smollm, first_seed=10)
+    assert engine.radix.size_info().pinned_pages > 0
+    assert cached_on_repeat(engine, unpinned) == 0
+    assert cached_on_repeat(engine, session) >= len(session) // 16 * 16 - 16
+
+    clock.now += 61  # the pin has expired: the session's pages are ordinary LRU pages now
+    apply_pressure(engine, smollm, first_seed=20)
+    assert engine.radix.size_info().pinned_pages == 0
+    assert cached_on_repeat(engine, session) == 0
+    check_pool(engine)
