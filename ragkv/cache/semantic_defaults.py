@@ -3,8 +3,8 @@
 Imports nothing from ragkv so that `ragkv.settings` can use it for its defaults. Thresholds
 are raw cosine similarities of L2-normalised MiniLM embeddings, chosen from the QQP dev pairs
 (`benchmarks/bench_semantic_cache.py`): `general` sits where the false-hit rate on pairs that
-ask different things is about 2%; stricter categories sit higher, `floor` is how far load
-adaptation may relax each one.
+ask different things is 2-3% with the guard; stricter categories sit higher; `floor` is how
+far load adaptation may relax each one.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ def default_policies() -> dict[str, dict[str, Any]]:
     """Fresh dict of category name -> policy fields (see `CategoryPolicy` in settings)."""
     return {
         "general": {
-            "threshold": 0.92,
-            "floor": 0.88,
+            "threshold": 0.93,
+            "floor": 0.89,
             "ttl_s": 7 * DAY_S,
             "max_entries": 200_000,
             "max_bytes": 512 * 1024 * 1024,
