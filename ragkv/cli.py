@@ -124,5 +124,51 @@ def ingest(
     )
 
 
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="What to ask the model")],
+    system: Annotated[str | None, typer.Option(help="System prompt (default: the model's)")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Stream an answer from the local model, without a server."""
+    import time
+    import uuid
+
+    from ragkv.assets import generation_model_path
+    from ragkv.engine.engine import LLMEngine
+    from ragkv.engine.sampling import SamplingParams
+    from ragkv.engine.sequence import Request
+
+    settings = load_settings(config)
+    configure_logging("warning")
+    try:
+        path = generation_model_path(settings.model.gguf_path, settings.model.hf_dir)
+        engine = LLMEngine.from_path(path, settings.model, settings.engine)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": question})
+        prompt_ids = engine.tokenizer.apply_chat_template(messages)
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        request = Request(uuid.uuid4().hex, prompt_ids, params)
+        started = time.perf_counter()
+        final = None
+        for output in engine.stream_sync(request):
+            typer.echo(output.text, nl=False)
+            final = output
+    except RagkvError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo("")
+    if final is not None:
+        seconds = time.perf_counter() - started
+        typer.echo(
+            f"[{final.prompt_tokens} prompt + {final.completion_tokens} generated tokens, "
+            f"TTFT {final.ttft_ms:.0f} ms, {final.completion_tokens / seconds:.1f} tokens/s]",
+            err=True,
+        )
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,39 @@
+"""The `ragkv` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ragkv import __version__
+
+RAGKV = [sys.executable, "-m", "ragkv.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGKV_")}
+    env["RAGKV_ENGINE__KV_CACHE_MB"] = "32"
+    return subprocess.run(
+        [*RAGKV, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+    )
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ragkv {__version__}"
+
+
+def test_ask_streams_an_answer(tmp_path: Path) -> None:
+    result = run("ask", "What is the capital of France?", "--max-tokens", "6", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "generated tokens" in result.stderr
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("ask", "hi", "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
