@@ -6,6 +6,8 @@ Each op here is the reference a Triton kernel is tested against. Shapes are writ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -114,8 +116,110 @@ def attention_ref(
     return out.squeeze(0).transpose(0, 1)
 
 
+@dataclass
+class AttentionGroup:
+    """Sequences attended together in one batched call.
+
+    q_rows: [b * q_len] rows of the step's queries, sequence-major; kv_slots: [b, max_kv]
+    flat slot ids into the cache; mask: [b, 1, q_len, max_kv] (True = visible) or None with
+    `causal` meaning plain square causal attention.
+    """
+
+    q_rows: torch.Tensor
+    kv_slots: torch.Tensor
+    mask: torch.Tensor | None
+    q_len: int
+    causal: bool
+
+
+def plan_paged_attention(
+    qo_indptr: list[int],
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_lens: list[int],
+    q_positions: torch.Tensor,
+    page_size: int,
+) -> list[AttentionGroup]:
+    """Group a step's sequences for batched attention, once per forward (not per layer).
+
+    All single-query sequences (decodes) form one padded group; each longer query run is a
+    group of its own, so padding never multiplies prefill work.
+    """
+    device = q_positions.device
+    groups: list[AttentionGroup] = []
+    decode = [b for b in range(len(kv_lens)) if qo_indptr[b + 1] - qo_indptr[b] == 1]
+    if decode:
+        max_kv = max(kv_lens[b] for b in decode)
+        slots = torch.zeros((len(decode), max_kv), dtype=torch.long, device=device)
+        mask = torch.zeros((len(decode), 1, 1, max_kv), dtype=torch.bool, device=device)
+        key_pos = torch.arange(max_kv, device=device)
+        for row, b in enumerate(decode):
+            slots[row, : kv_lens[b]] = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)
+            visible = key_pos <= q_positions[qo_indptr[b]]
+            mask[row, 0, 0] = visible & (key_pos < kv_lens[b])
+        rows = torch.tensor([qo_indptr[b] for b in decode], device=device)
+        groups.append(AttentionGroup(rows, slots, mask, 1, False))
+    for b in range(len(kv_lens)):
+        q_start, q_end = qo_indptr[b], qo_indptr[b + 1]
+        if q_end - q_start <= 1:
+            continue
+        slots = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)[None]
+        positions = q_positions[q_start:q_end]
+        square = q_end - q_start == kv_lens[b] and int(positions[0]) == 0
+        mask = None
+        if not square:
+            key_pos = torch.arange(kv_lens[b], device=device)
+            mask = (key_pos[None, :] <= positions[:, None])[None, None]
+        rows = torch.arange(q_start, q_end, device=device)
+        groups.append(AttentionGroup(rows, slots, mask, q_end - q_start, square))
+    return groups
+
+
+def _slots(
+    kv_indptr: torch.Tensor, kv_indices: torch.Tensor, b: int, kv_len: int, page_size: int
+) -> torch.Tensor:
+    pages = kv_indices[int(kv_indptr[b]) : int(kv_indptr[b + 1])]
+    offsets = torch.arange(page_size, device=pages.device)
+    return (pages[:, None] * page_size + offsets[None, :]).reshape(-1)[:kv_len]
+
+
+def paged_attention_grouped(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    groups: list[AttentionGroup],
+    scale: float,
+) -> torch.Tensor:
+    """Batched torch path of `paged_attention_ref`: one SDPA call per group.
+
+    q: [T, H, D]; k_cache, v_cache: [pages, page_size, KH, D]; returns [T, H, D].
+    """
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    k_flat = k_cache.reshape(-1, num_kv_heads, head_dim)
+    v_flat = v_cache.reshape(-1, num_kv_heads, head_dim)
+    out = torch.empty_like(q)
+    for group in groups:
+        batch = group.kv_slots.shape[0]
+        keys = k_flat[group.kv_slots].transpose(1, 2)
+        values = v_flat[group.kv_slots].transpose(1, 2)
+        queries = q[group.q_rows].view(batch, group.q_len, num_heads, head_dim).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(
+            queries,
+            keys,
+            values,
+            attn_mask=group.mask,
+            is_causal=group.causal,
+            scale=scale,
+            enable_gqa=num_heads != num_kv_heads,
+        )
+        out[group.q_rows] = attended.transpose(1, 2).reshape(-1, num_heads, head_dim)
+    return out
+
+
 # The interface the engine calls. A Triton backend replaces these on CUDA tensors.
 rms_norm = rms_norm_ref
 apply_rope = apply_rope_ref
 silu_mul = silu_mul_ref
-paged_attention = paged_attention_ref
+plan_attention = plan_paged_attention
+paged_attention = paged_attention_grouped

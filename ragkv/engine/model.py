@@ -120,20 +120,18 @@ class LlamaModel:
         """Run all layers, writing the new tokens' KV into `pool`; fp32 logits `[R, vocab]`."""
         hidden = F.embedding(batch.token_ids, self.embed)
         cos, sin = self.rope(batch.positions)
+        plan = ops.plan_attention(
+            batch.qo_indptr,
+            batch.kv_indptr,
+            batch.kv_indices,
+            batch.kv_lens,
+            batch.positions,
+            pool.page_size,
+        )
         for index, layer in enumerate(self.layers):
             q, k, v = self.qkv(layer, hidden, cos, sin)
             pool.write(index, batch.write_slots, k, v)
             k_cache, v_cache = pool.layer_caches(index)
-            attn = ops.paged_attention(
-                q,
-                k_cache,
-                v_cache,
-                batch.qo_indptr,
-                batch.kv_indptr,
-                batch.kv_indices,
-                batch.kv_lens,
-                batch.positions,
-                self.scale,
-            )
+            attn = ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
             hidden = self.mlp_residual(layer, hidden, attn)
         return self.logits(hidden.index_select(0, batch.logits_rows))

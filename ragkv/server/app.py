@@ -18,7 +18,6 @@ from ragkv.engine.engine import LLMEngine
 from ragkv.pipeline import Pipeline
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
-from ragkv.retrieval.tokenizer import LazyTokenizer, load_model_tokenizer
 from ragkv.server.errors import install_error_handlers
 from ragkv.server.metrics import build_registry
 from ragkv.server.metrics import router as metrics_router
@@ -56,7 +55,7 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.engine = AsyncEngine(engine)
         app.state.engine.start()
         app.state.pipeline = Pipeline(app.state.engine, settings.engine.default_max_tokens)
-        app.state.tokenizer = LazyTokenizer(load_model_tokenizer, model_path)
+        app.state.tokenizer = engine.tokenizer  # chunk token ids must be the serving model's
         app.state.retriever = Retriever(
             settings.retrieval, settings.data_dir, app.state.embedder, app.state.tokenizer
         )

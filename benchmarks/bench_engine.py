@@ -1,0 +1,170 @@
+"""Engine benchmark: our runner vs transformers on the same GGUF (fp32, CPU threads from args).
+
+Measures prefill throughput (512 / 2,048 tokens), single-stream decode tokens/s, aggregate
+decode tokens/s with 16 concurrent streams, and TTFT with a 2,000-token cached prefix.
+Prints a table and writes benchmarks/results/engine.json. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ragkv.assets import generation_model_path
+from ragkv.engine.engine import LLMEngine
+from ragkv.engine.sampling import SamplingParams
+from ragkv.engine.sequence import Request
+from ragkv.settings import EngineSettings, ModelSettings
+
+RESULTS = Path(__file__).parent / "results" / "engine.json"
+
+
+def token_ids(count: int, offset: int = 0) -> list[int]:
+    """Deterministic pseudo-text token ids (no special tokens)."""
+    return [100 + (offset * 7919 + i * 104729) % 40000 for i in range(count)]
+
+
+def best_of(runs: int, fn) -> float:
+    """Median seconds of `runs` calls of `fn`."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def engine_prefill_s(engine: LLMEngine, ids: list[int]) -> float:
+    params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    request = Request(f"p{time.perf_counter_ns()}", ids, params, use_prefix_cache=False)
+    return best_of(1, lambda: engine.generate([request]))
+
+
+def engine_decode_tps(engine: LLMEngine, num_streams: int, num_tokens: int) -> float:
+    params = SamplingParams(max_tokens=num_tokens, temperature=0, ignore_eos=True)
+    requests = [
+        Request(f"d{i}-{time.perf_counter_ns()}", token_ids(32, i), params)
+        for i in range(num_streams)
+    ]
+    for request in requests:
+        engine.add_request(request)
+    while any(seq.in_prefill for seq in engine.scheduler.running) or engine.scheduler.waiting:
+        engine.step()
+    started, produced = time.perf_counter(), 0
+    while engine.has_work():
+        produced += len(engine.step())
+    return produced / (time.perf_counter() - started)
+
+
+def ttft_s(engine: LLMEngine, ids: list[int], use_prefix_cache: bool) -> tuple[float, int]:
+    params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    request = Request(f"t{time.perf_counter_ns()}", ids, params, use_prefix_cache=use_prefix_cache)
+    started = time.perf_counter()
+    (output,) = engine.generate([request])[request.request_id]
+    return time.perf_counter() - started, output.cached_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    path = generation_model_path()
+    settings = EngineSettings(kv_cache_mb=2048, max_batch_tokens=2048, max_num_seqs=32)
+    engine = LLMEngine.from_path(path, ModelSettings(dtype=args.dtype), settings)
+    engine_prefill_s(engine, token_ids(64))  # warm-up
+    rows: dict[str, dict[str, float | None]] = {}
+
+    hf = None
+    if not args.skip_transformers:
+        from transformers import AutoModelForCausalLM
+
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        ).eval()
+
+    for length in (512, 2048):
+        ids = token_ids(length)
+        ours = engine_prefill_s(engine, ids)
+        ref = None
+        if hf is not None:
+            with torch.inference_mode():
+                ref = best_of(1, lambda ids=ids: hf(torch.tensor([ids])))
+        rows[f"prefill_{length}_tok_per_s"] = {
+            "ragkv": length / ours,
+            "transformers": length / ref if ref else None,
+        }
+
+    single = engine_decode_tps(engine, 1, args.decode_tokens)
+    ref_decode = None
+    if hf is not None:
+        prompt = torch.tensor([token_ids(32)])
+        with torch.inference_mode():
+            seconds = best_of(
+                1,
+                lambda: hf.generate(
+                    prompt,
+                    max_new_tokens=args.decode_tokens,
+                    min_new_tokens=args.decode_tokens,
+                    do_sample=False,
+                    attention_mask=torch.ones_like(prompt),
+                ),
+            )
+        ref_decode = args.decode_tokens / seconds
+    rows["decode_1_stream_tok_per_s"] = {"ragkv": single, "transformers": ref_decode}
+    rows["decode_16_streams_tok_per_s"] = {
+        "ragkv": engine_decode_tps(engine, 16, args.decode_tokens // 2),
+        "transformers": None,
+    }
+
+    prefix = token_ids(2000, offset=99)
+    cold, _ = ttft_s(engine, prefix + token_ids(32, offset=5), use_prefix_cache=False)
+    ttft_s(engine, prefix + token_ids(32, offset=6), use_prefix_cache=True)  # warm the prefix
+    warm, cached = ttft_s(engine, prefix + token_ids(32, offset=7), use_prefix_cache=True)
+    rows["ttft_2000_prefix_plus_32_ms"] = {"cold": cold * 1000, "cached": warm * 1000}
+
+    ratios = {
+        "prefill_512_vs_transformers": _ratio(rows["prefill_512_tok_per_s"]),
+        "prefill_2048_vs_transformers": _ratio(rows["prefill_2048_tok_per_s"]),
+        "decode_vs_transformers": _ratio(rows["decode_1_stream_tok_per_s"]),
+        "decode_16_vs_1": rows["decode_16_streams_tok_per_s"]["ragkv"] / single,
+        "ttft_cached_over_cold": warm / cold,
+        "cached_tokens": cached,
+    }
+    report = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": args.threads,
+        "dtype": args.dtype,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+        "ratios": ratios,
+    }
+    print(f"{'metric':34} {'ragkv':>12} {'baseline':>12}")
+    for name, row in rows.items():
+        values = list(row.values())
+        base = "-" if values[1] is None else f"{values[1]:12.1f}"
+        print(f"{name:34} {values[0]:12.1f} {base:>12}")
+    for name, value in ratios.items():
+        shown = "-" if value is None else f"{value:.3f}"
+        print(f"{name:34} {shown:>12}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+
+
+def _ratio(row: dict[str, float | None]) -> float | None:
+    ours, base = row.get("ragkv"), row.get("transformers")
+    return ours / base if ours and base else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The batched torch attention path against the plain per-sequence reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragkv.engine.kv_pool import page_table_csr
+from ragkv.kernels import ops
+
+PAGE = 16
+
+
+def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_heads: int):
+    generator = torch.Generator().manual_seed(sum(kv_lens) + num_heads)
+    head_dim = 32
+    pages_needed = [-(-n // PAGE) for n in kv_lens]
+    total_pages = sum(pages_needed) + 3
+    k_cache = torch.randn(total_pages, PAGE, num_kv_heads, head_dim, generator=generator)
+    v_cache = torch.randn(total_pages, PAGE, num_kv_heads, head_dim, generator=generator)
+    order = torch.randperm(total_pages, generator=generator).tolist()  # scattered pages
+    tables, start = [], 0
+    for count in pages_needed:
+        tables.append(order[start : start + count])
+        start += count
+    kv_indptr, kv_indices = page_table_csr(tables)
+    qo_indptr, positions = [0], []
+    for q_len, kv_len in zip(q_lens, kv_lens, strict=True):
+        qo_indptr.append(qo_indptr[-1] + q_len)
+        positions.append(torch.arange(kv_len - q_len, kv_len))
+    q = torch.randn(qo_indptr[-1], num_heads, head_dim, generator=generator)
+    q_positions = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+    return q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_lens, q_positions
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2), (8, 1)], ids=["gqa1", "gqa3", "gqa8"])
+@pytest.mark.parametrize(
+    ("q_lens", "kv_lens"),
+    [
+        ([1], [1]),
+        ([1, 1, 1], [5, 37, 16]),
+        ([17], [17]),
+        ([7], [40]),
+        ([1, 33, 1, 0], [100, 33, 2, 9]),
+    ],
+    ids=["one-token", "decodes", "square-prefill", "chunked-prefill", "mixed-with-empty"],
+)
+def test_grouped_matches_reference(q_lens, kv_lens, heads) -> None:
+    q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_lens, positions = make_case(
+        q_lens, kv_lens, *heads
+    )
+    scale = 0.2
+    expected = ops.paged_attention_ref(
+        q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_lens, positions, scale
+    )
+    plan = ops.plan_paged_attention(qo_indptr, kv_indptr, kv_indices, kv_lens, positions, PAGE)
+    got = ops.paged_attention_grouped(q, k_cache, v_cache, plan, scale)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_and_norm_references_have_the_known_values() -> None:
+    x = torch.tensor([[3.0, 4.0]])
+    normed = ops.rms_norm_ref(x, torch.tensor([1.0, 2.0]), eps=0.0)
+    torch.testing.assert_close(normed, torch.tensor([[3.0, 8.0]]) / (12.5**0.5))
+    cos, sin = ops.rope_cos_sin(torch.tensor([1]), torch.tensor([torch.pi / 2]), torch.float32)
+    rotated = ops.apply_rope_ref(torch.tensor([[[1.0, 0.0]]]), cos, sin)
+    torch.testing.assert_close(rotated, torch.tensor([[[0.0, 1.0]]]), atol=1e-6, rtol=0)
