@@ -18,6 +18,7 @@ from ragkv.engine.engine import LLMEngine
 from ragkv.pipeline import Pipeline
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
+from ragkv.semantic_step import SemanticStep
 from ragkv.server.errors import install_error_handlers
 from ragkv.server.metrics import build_registry
 from ragkv.server.metrics import router as metrics_router
@@ -55,6 +56,11 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.engine = AsyncEngine(engine)
         app.state.engine.start()
         app.state.pipeline = Pipeline(app.state.engine, settings.engine.default_max_tokens)
+        app.state.semantic_step = None
+        if app.state.semantic_cache is not None:
+            app.state.semantic_step = SemanticStep(
+                app.state.semantic_cache, app.state.embedder, app.state.model_card.id
+            )
         app.state.tokenizer = engine.tokenizer  # chunk token ids must be the serving model's
         app.state.retriever = Retriever(
             settings.retrieval, settings.data_dir, app.state.embedder, app.state.tokenizer

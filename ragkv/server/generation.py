@@ -11,10 +11,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ragkv.cache.streams import replay_chunks
 from ragkv.engine.sampling import TokenLogprob
 from ragkv.engine.sequence import RequestOutput
 from ragkv.errors import ModelError, RagkvError
 from ragkv.pipeline import Pipeline, PromptSpec
+from ragkv.semantic_step import SemanticProbe, SemanticStep
 from ragkv.server import openai_format as fmt
 
 log = logging.getLogger("ragkv.server")
@@ -58,18 +60,82 @@ class Completion:
         }
 
 
+class StoreBack:
+    """Where a finished answer goes afterwards: the semantic cache, for a probed miss."""
+
+    def __init__(self, step: SemanticStep | None, probe: SemanticProbe | None) -> None:
+        self.step = step
+        self.probe = probe
+
+    def info(self) -> dict[str, Any] | None:
+        """The semantic part of the `ragkv` object."""
+        return self.probe.info() if self.probe is not None else None
+
+    async def done(self, text: str, finish_reason: str | None) -> None:
+        """Hand the whole answer to the semantic cache."""
+        if self.step is not None and self.probe is not None:
+            await self.step.store(self.probe, text, finish_reason)
+
+
 async def respond(
-    pipeline: Pipeline, spec: PromptSpec, completion: Completion, stream: bool, http: Request
+    pipeline: Pipeline,
+    spec: PromptSpec,
+    completion: Completion,
+    stream: bool,
+    http: Request,
+    store_back: StoreBack | None = None,
 ) -> JSONResponse | StreamingResponse:
     """Answer non-stream (one JSON body) or stream (SSE ending with usage, then [DONE])."""
+    store_back = store_back or StoreBack(None, None)
     outputs = pipeline.generate(spec, http.is_disconnected)
     if not stream:
-        return await _collect(outputs, completion, spec)
+        return await _collect(outputs, completion, spec, store_back)
     first = await _first_output(outputs)  # errors before the first token are plain HTTP errors
     headers = {"x-ragkv-cache": fmt.cache_header(first), "cache-control": "no-cache"}
     return StreamingResponse(
-        _stream(first, outputs, completion, spec), media_type="text/event-stream", headers=headers
+        _stream(first, outputs, completion, spec, store_back),
+        media_type="text/event-stream",
+        headers=headers,
     )
+
+
+def respond_cached(
+    hit_text: str,
+    completion: Completion,
+    stream: bool,
+    spec: PromptSpec,
+    store_back: StoreBack,
+    completion_tokens: int,
+) -> JSONResponse | StreamingResponse:
+    """Serve a semantic-cache hit without the engine, as JSON or as a replayed stream."""
+    final = fmt.cached_output(len(spec.prompt_ids), completion_tokens)
+    info = fmt.ragkv_info(final, spec.kv_reuse, store_back.info())
+    info["tokens_recomputed"] = 0
+    headers = {"x-ragkv-cache": "semantic-hit"}
+    if not stream:
+        body = completion.envelope(
+            completion.object_name,
+            choices=[completion.choice_full(hit_text, [], "stop")],
+            usage=fmt.usage(final),
+            ragkv=info,
+        )
+        return JSONResponse(body, headers=headers)
+
+    async def replay() -> AsyncIterator[str]:
+        name = completion.chunk_object_name
+        if completion.first_delta is not None:
+            yield fmt.sse(completion.envelope(name, choices=[completion.first_delta]))
+        pieces = list(replay_chunks(hit_text)) or [""]
+        for index, piece in enumerate(pieces):
+            reason = "stop" if index == len(pieces) - 1 else None
+            choice = completion.choice_delta(piece, [], reason)
+            yield fmt.sse(completion.envelope(name, choices=[choice]))
+        usage = fmt.usage(final)
+        yield fmt.sse(completion.envelope(name, choices=[], usage=usage, ragkv=info))
+        yield fmt.sse("[DONE]")
+
+    headers["cache-control"] = "no-cache"
+    return StreamingResponse(replay(), media_type="text/event-stream", headers=headers)
 
 
 async def _first_output(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
@@ -79,7 +145,10 @@ async def _first_output(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
 
 
 async def _collect(
-    outputs: AsyncIterator[RequestOutput], completion: Completion, spec: PromptSpec
+    outputs: AsyncIterator[RequestOutput],
+    completion: Completion,
+    spec: PromptSpec,
+    store_back: StoreBack,
 ) -> JSONResponse:
     text: list[str] = []
     logprobs: list[TokenLogprob] = []
@@ -90,11 +159,12 @@ async def _collect(
         final = output
     if final is None:
         raise ModelError("the engine finished without output")
+    await store_back.done("".join(text), final.finish_reason)
     body = completion.envelope(
         completion.object_name,
         choices=[completion.choice_full("".join(text), logprobs, final.finish_reason)],
         usage=fmt.usage(final),
-        ragkv=fmt.ragkv_info(final, spec.kv_reuse),
+        ragkv=fmt.ragkv_info(final, spec.kv_reuse, store_back.info()),
     )
     return JSONResponse(body, headers={"x-ragkv-cache": fmt.cache_header(final)})
 
@@ -104,9 +174,11 @@ async def _stream(
     outputs: AsyncIterator[RequestOutput],
     completion: Completion,
     spec: PromptSpec,
+    store_back: StoreBack,
 ) -> AsyncIterator[str]:
     name = completion.chunk_object_name
     final = first
+    recorded = [first.text]
     try:
         if completion.first_delta is not None:
             yield fmt.sse(completion.envelope(name, choices=[completion.first_delta]))
@@ -114,13 +186,15 @@ async def _stream(
         if not first.finished:
             async for output in outputs:
                 final = output
+                recorded.append(output.text)
                 yield _chunk(completion, output)
+        await store_back.done("".join(recorded), final.finish_reason)
         yield fmt.sse(
             completion.envelope(
                 name,
                 choices=[],
                 usage=fmt.usage(final),
-                ragkv=fmt.ragkv_info(final, spec.kv_reuse),
+                ragkv=fmt.ragkv_info(final, spec.kv_reuse, store_back.info()),
             )
         )
         yield fmt.sse("[DONE]")

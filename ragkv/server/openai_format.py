@@ -21,10 +21,16 @@ def usage(final: RequestOutput) -> dict[str, Any]:
     }
 
 
-def ragkv_info(final: RequestOutput, kv_reuse: str) -> dict[str, Any]:
-    """The response's `ragkv` object: what each cache level contributed."""
+def ragkv_info(
+    final: RequestOutput, kv_reuse: str, semantic: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The response's `ragkv` object: what each cache level contributed.
+
+    `semantic` is the semantic-cache outcome (None: the request did not take part).
+    """
     return {
-        "semantic_cache": "miss",
+        "semantic_cache": (semantic or {}).get("semantic_cache", "skipped"),
+        "semantic": semantic,
         "kv_reuse": kv_reuse,
         "prefix_tokens_reused": final.cached_tokens,
         "chunk_tokens_reused": 0,
@@ -34,8 +40,24 @@ def ragkv_info(final: RequestOutput, kv_reuse: str) -> dict[str, Any]:
 
 
 def cache_header(final: RequestOutput) -> str:
-    """Value of `x-ragkv-cache`."""
+    """Value of `x-ragkv-cache` for an answer the engine produced."""
     return "kv-hit" if final.cached_tokens > 0 else "miss"
+
+
+def cached_output(prompt_tokens: int, completion_tokens: int) -> RequestOutput:
+    """A finished output standing for an answer served from the semantic cache."""
+    return RequestOutput(
+        request_id="semantic-cache",
+        text="",
+        token_ids=[],
+        logprobs=[],
+        finished=True,
+        finish_reason="stop",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cached_tokens=0,
+        ttft_ms=None,
+    )
 
 
 def _token_entry(tokenizer: Tokenizer, token_id: int, logprob: float) -> dict[str, Any]:

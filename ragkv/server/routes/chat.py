@@ -12,7 +12,7 @@ from ragkv.errors import InvalidRequest, NotFound
 from ragkv.pipeline import Pipeline, PromptSpec
 from ragkv.server import openai_format as fmt
 from ragkv.server.auth import Tenant
-from ragkv.server.generation import Completion, respond
+from ragkv.server.generation import Completion, StoreBack, respond, respond_cached
 from ragkv.server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 router = APIRouter(tags=["generation"])
@@ -72,6 +72,18 @@ async def chat_completions(
         pin_ttl_s=body.ragkv.pin_ttl_s,
     )
     tokenizer = pipeline.tokenizer
+    store_back = StoreBack(None, None)
+    step = getattr(http.app.state, "semantic_step", None)
+    if step is not None and not body.logprobs:
+        probe = await step.probe(
+            tenant,
+            messages,
+            body.temperature,
+            body.ragkv.semantic_cache,
+            body.ragkv.category,
+            http.app.state.engine.load,
+        )
+        store_back = StoreBack(step, probe)
 
     def logprobs_of(items: list[TokenLogprob]) -> dict[str, Any] | None:
         return fmt.chat_logprobs(tokenizer, items) if body.logprobs else None
@@ -100,7 +112,11 @@ async def chat_completions(
             "finish_reason": None,
         },
     )
-    return await respond(pipeline, spec, completion, body.stream, http)
+    hit = store_back.probe.hit if store_back.probe is not None else None
+    if hit is not None:
+        num_tokens = len(tokenizer.encode(hit.response))
+        return respond_cached(hit.response, completion, body.stream, spec, store_back, num_tokens)
+    return await respond(pipeline, spec, completion, body.stream, http, store_back)
 
 
 @router.post("/v1/completions", response_model=None)
