@@ -8,6 +8,8 @@ import torch
 
 from ragkv.errors import InvalidRequest
 
+MIN_TEMPERATURE = 1e-4
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -37,8 +39,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """Temperature 0 means argmax (deterministic)."""
-        return self.temperature == 0
+        """Temperature 0 (or one so small that logits / T overflows) means argmax."""
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass
@@ -68,7 +70,10 @@ def sample(
             filtered = torch.zeros_like(probs)
             filtered[order[keep]] = sorted_probs[keep]
             probs = filtered / filtered.sum()
-        token = int(torch.multinomial(probs, 1, generator=generator))
+        if not bool(torch.isfinite(probs).all()):
+            token = int(torch.argmax(logits))  # overflow at extreme settings: fall back, never fail
+        else:
+            token = int(torch.multinomial(probs, 1, generator=generator))
     if not params.logprobs:
         return token, None
     logprobs = torch.log_softmax(logits, dim=-1)
