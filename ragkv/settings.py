@@ -29,11 +29,11 @@ class Section(BaseModel):
 class ServerSettings(Section):
     """HTTP gateway: where to listen and how big a request may be."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
-    access_log: bool = True
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str = Field("127.0.0.1", description="bind address (127.0.0.1 while auth is off)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="larger bodies get 413")
+    access_log: bool = Field(True, description="one JSON line per request (ragkv.access)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
 
 class AuthSettings(Section):
@@ -43,7 +43,7 @@ class AuthSettings(Section):
     """
 
     api_keys: dict[str, str] = Field(default_factory=dict, description="API key -> tenant name")
-    admin_key: SecretStr | None = None
+    admin_key: SecretStr | None = Field(None, description="key for /admin/* (any tenant)")
 
     @property
     def enabled(self) -> bool:
@@ -57,9 +57,18 @@ class ModelSettings(Section):
     gguf_path: Path | None = Field(None, description="GGUF file; default: bundled SmolLM2")
     hf_dir: Path | None = Field(None, description="Hugging Face folder (config + safetensors)")
     served_name: str | None = Field(None, description="model id to report; default from file")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights and KV precision (float32 is the exact reference)"
+    )
+    decode_dtype: Literal["same", "bfloat16", "float16"] = Field(
+        "same",
+        description="precision of the weights read by decode-only steps ('same': dtype); "
+        "bfloat16 roughly halves the bytes per token on CPU",
+    )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
-    backend: Literal["auto", "torch", "triton"] = "auto"
+    backend: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="ops backend: torch on CPU; triton on CUDA (later)"
+    )
 
 
 class EngineSettings(Section):
@@ -71,7 +80,7 @@ class EngineSettings(Section):
     max_batch_tokens: int = Field(512, ge=16, description="token budget per step (chunked prefill)")
     max_waiting: int = Field(256, ge=1, description="queue bound; beyond it requests get 503")
     lpm_queue_limit: int = Field(128, ge=0, description="longest-prefix-match order up to this")
-    default_max_tokens: int = Field(256, ge=1)
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 when overloaded")
 
 
@@ -79,7 +88,7 @@ class EmbeddingSettings(Section):
     """Sentence embedder used by retrieval and the semantic cache."""
 
     model_dir: Path | None = Field(None, description="default: bundled all-MiniLM-L6-v2")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="texts per embedding batch")
 
 
 class RetrievalSettings(Section):
@@ -125,10 +134,10 @@ def _check_category_policies(policies: dict[str, CategoryPolicy]) -> dict[str, C
 class SemanticCacheSettings(Section):
     """Category-aware semantic cache (owned by ragkv/cache/semantic.py)."""
 
-    enabled: bool = True
-    hnsw_m: int = Field(16, ge=4, le=128)
-    hnsw_ef: int = Field(64, ge=8, le=4096)
-    hnsw_ef_construction: int = Field(100, ge=8, le=4096)
+    enabled: bool = Field(True, description="answer close-enough questions from the cache")
+    hnsw_m: int = Field(16, ge=4, le=128, description="hnswlib graph degree")
+    hnsw_ef: int = Field(64, ge=8, le=4096, description="hnswlib search breadth")
+    hnsw_ef_construction: int = Field(100, ge=8, le=4096, description="hnswlib build breadth")
     categories: Annotated[dict[str, CategoryPolicy], AfterValidator(_check_category_policies)] = (
         Field(
             default_factory=lambda: {

@@ -84,7 +84,12 @@ class LLMEngine:
         started = time.perf_counter()
         config, weights = load_weights(path)
         tokenizer = Tokenizer(path)
-        model = LlamaModel(config, weights, dtype=DTYPES[model_settings.dtype])
+        decode_dtype = None
+        if model_settings.decode_dtype != "same":
+            decode_dtype = DTYPES[model_settings.decode_dtype]
+        model = LlamaModel(
+            config, weights, dtype=DTYPES[model_settings.dtype], decode_dtype=decode_dtype
+        )
         del weights
         engine = cls(
             model, tokenizer, engine_settings, fingerprint(path, tokenizer.serialization())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,7 @@ class LlamaModel:
         weights: dict[str, torch.Tensor],
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        decode_dtype: torch.dtype | None = None,
     ) -> None:
         self.config = config
         self.dtype = dtype
@@ -83,6 +84,13 @@ class LlamaModel:
                     w_down=take(p + "w_down"),
                 )
             )
+        # Decode reads every weight once per token: on CPU that is memory-bound, so an optional
+        # low-precision copy of the projections serves decode-only steps (prefill keeps dtype).
+        self.decode_layers: list[LayerWeights] | None = None
+        self.decode_lm_head = self.lm_head
+        if decode_dtype is not None and decode_dtype != dtype:
+            self.decode_layers = [_cast_projections(layer, decode_dtype) for layer in self.layers]
+            self.decode_lm_head = self.lm_head.to(decode_dtype)
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
 
@@ -96,7 +104,7 @@ class LlamaModel:
         """Normed, projected, rotated `q [T, H, D]`, `k, v [T, KH, D]` of one layer."""
         c = self.config
         x = ops.rms_norm(hidden, layer.attn_norm, c.rms_norm_eps)
-        qkv = F.linear(x, layer.wqkv, layer.bqkv)
+        qkv = _linear(x, layer.wqkv, layer.bqkv)
         q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
         q = ops.apply_rope(q.view(-1, c.num_heads, c.head_dim), cos, sin)
         k = ops.apply_rope(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
@@ -106,14 +114,14 @@ class LlamaModel:
         self, layer: LayerWeights, hidden: torch.Tensor, attn: torch.Tensor
     ) -> torch.Tensor:
         """`hidden + o_proj(attn)`, then the SwiGLU block with its residual."""
-        hidden = hidden + F.linear(attn.reshape(attn.shape[0], -1), layer.wo)
+        hidden = hidden + _linear(attn.reshape(attn.shape[0], -1), layer.wo)
         x = ops.rms_norm(hidden, layer.ffn_norm, self.config.rms_norm_eps)
-        return hidden + F.linear(ops.silu_mul(F.linear(x, layer.w_gate_up)), layer.w_down)
+        return hidden + _linear(ops.silu_mul(_linear(x, layer.w_gate_up)), layer.w_down)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
         """Final norm and LM head: `[R, hidden]` -> fp32 `[R, vocab]`."""
         x = ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
-        return F.linear(x, self.lm_head).float()
+        return _linear(x, self.lm_head if lm_head is None else lm_head).float()
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
@@ -128,10 +136,33 @@ class LlamaModel:
             batch.positions,
             pool.page_size,
         )
-        for index, layer in enumerate(self.layers):
+        decode_only = batch.token_ids.shape[0] == len(batch.kv_lens)
+        layers, lm_head = self.layers, self.lm_head
+        if decode_only and self.decode_layers is not None:
+            layers, lm_head = self.decode_layers, self.decode_lm_head
+        for index, layer in enumerate(layers):
             q, k, v = self.qkv(layer, hidden, cos, sin)
             pool.write(index, batch.write_slots, k, v)
             k_cache, v_cache = pool.layer_caches(index)
             attn = ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
             hidden = self.mlp_residual(layer, hidden, attn)
-        return self.logits(hidden.index_select(0, batch.logits_rows))
+        return self.logits(hidden.index_select(0, batch.logits_rows), lm_head)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """`F.linear` in the weight's dtype, answered in the activation's dtype."""
+    if x.dtype == weight.dtype:
+        return F.linear(x, weight, bias)
+    return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+
+def _cast_projections(layer: LayerWeights, dtype: torch.dtype) -> LayerWeights:
+    """A copy of `layer` whose projection weights are in `dtype` (norms stay as they are)."""
+    return replace(
+        layer,
+        wqkv=layer.wqkv.to(dtype),
+        bqkv=None if layer.bqkv is None else layer.bqkv.to(dtype),
+        wo=layer.wo.to(dtype),
+        w_gate_up=layer.w_gate_up.to(dtype),
+        w_down=layer.w_down.to(dtype),
+    )
