@@ -35,7 +35,11 @@ def test_no_server_errors(live_server: LiveServer) -> None:
             max_examples=20,
             deadline=None,
             suppress_health_check=list(HealthCheck),
-            phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking re-runs the model: report as is
+            phases=[
+                Phase.explicit,
+                Phase.reuse,
+                Phase.generate,
+            ],  # shrinking re-runs the model: report as is
         )
         def check(case) -> None:
             limit_generation(case)
