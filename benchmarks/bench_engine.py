@@ -18,8 +18,10 @@ import torch
 
 from ragkv.assets import generation_model_path
 from ragkv.engine.engine import LLMEngine
+from ragkv.engine.model import LlamaModel
 from ragkv.engine.sampling import SamplingParams
 from ragkv.engine.sequence import Request
+from ragkv.engine.weights import load_weights
 from ragkv.settings import EngineSettings, ModelSettings
 
 RESULTS = Path(__file__).parent / "results" / "engine.json"
@@ -70,17 +72,63 @@ def ttft_s(engine: LLMEngine, ids: list[int], use_prefix_cache: bool) -> tuple[f
     return time.perf_counter() - started, output.cached_tokens
 
 
+QUALITY_QUESTIONS = [
+    "What is a river delta?",
+    "Name three primary colors.",
+    "Write one sentence about the sea.",
+    "Who wrote Hamlet?",
+    "How many legs does a spider have?",
+    "Explain what a prime number is.",
+    "Give me a synonym for happy.",
+    "What is the boiling point of water?",
+]
+
+
+def greedy_answers(engine: LLMEngine, num_tokens: int) -> list[list[tuple[int, float]]]:
+    """(token, logprob) of greedy answers to the quality questions."""
+    answers = []
+    params = SamplingParams(max_tokens=num_tokens, temperature=0, ignore_eos=True, logprobs=True)
+    for index, question in enumerate(QUALITY_QUESTIONS):
+        ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": question}])
+        request = Request(f"q{index}-{time.perf_counter_ns()}", ids, params)
+        outputs = engine.generate([request])[request.request_id]
+        answers.append([(o.token_ids[0], o.logprobs[0].logprob) for o in outputs])
+    return answers
+
+
+def decode_quality(reference: LLMEngine, candidate: LLMEngine, num_tokens: int) -> dict:
+    """Greedy agreement of `candidate` with the fp32 `reference` and chosen-token logprob drift."""
+    ref, got = greedy_answers(reference, num_tokens), greedy_answers(candidate, num_tokens)
+    same, prefix, drift = 0, 0, []
+    for a, b in zip(ref, got, strict=True):
+        same += sum(x[0] == y[0] for x, y in zip(a, b, strict=True))
+        prefix += next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x[0] != y[0]), len(a)
+        )
+        drift.append(abs(a[1][1] - b[1][1]))  # first decode step, same context in both
+    total = len(ref) * num_tokens
+    return {
+        "greedy_token_agreement": same / total,
+        "mean_identical_prefix_tokens": prefix / len(ref),
+        "first_decode_step_abs_logprob_diff_mean": statistics.mean(drift),
+        "first_decode_step_abs_logprob_diff_max": max(drift),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--decode-dtype", default="same", choices=["same", "bfloat16", "float16"])
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = generation_model_path()
     settings = EngineSettings(kv_cache_mb=2048, max_batch_tokens=2048, max_num_seqs=32)
-    engine = LLMEngine.from_path(path, ModelSettings(dtype=args.dtype), settings)
+    model_settings = ModelSettings(dtype=args.dtype, decode_dtype=args.decode_dtype)
+    engine = LLMEngine.from_path(path, model_settings, settings)
     engine_prefill_s(engine, token_ids(64))  # warm-up
     rows: dict[str, dict[str, float | None]] = {}
 
@@ -132,6 +180,16 @@ def main() -> None:
     warm, cached = ttft_s(engine, prefix + token_ids(32, offset=7), use_prefix_cache=True)
     rows["ttft_2000_prefix_plus_32_ms"] = {"cold": cold * 1000, "cached": warm * 1000}
 
+    quality = None
+    if args.decode_dtype != "same":
+        reference = LLMEngine(
+            LlamaModel(engine.config, load_weights(path)[1]),
+            engine.tokenizer,
+            EngineSettings(kv_cache_mb=256),
+            engine.fingerprint,
+        )
+        quality = decode_quality(reference, engine, 32)
+
     ratios = {
         "prefill_512_vs_transformers": _ratio(rows["prefill_512_tok_per_s"]),
         "prefill_2048_vs_transformers": _ratio(rows["prefill_2048_tok_per_s"]),
@@ -144,20 +202,22 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": args.threads,
         "dtype": args.dtype,
+        "decode_dtype": args.decode_dtype,
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
         "ratios": ratios,
+        "decode_quality_vs_fp32": quality,
     }
     print(f"{'metric':34} {'ragkv':>12} {'baseline':>12}")
     for name, row in rows.items():
         values = list(row.values())
         base = "-" if values[1] is None else f"{values[1]:12.1f}"
         print(f"{name:34} {values[0]:12.1f} {base:>12}")
-    for name, value in ratios.items():
+    for name, value in {**ratios, **(quality or {})}.items():
         shown = "-" if value is None else f"{value:.3f}"
         print(f"{name:34} {shown:>12}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
 
 

@@ -13,6 +13,10 @@ from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.rope import rope_inv_freq
 from ragkv.kernels import ops
 
+# Low-precision weights pay off for GEMV-shaped decode steps only: on CPU a bf16 GEMM with
+# 16 rows ran at half the fp32 speed (benchmarks/README.md), so larger batches keep dtype.
+LOW_PRECISION_MAX_ROWS = 4
+
 
 @dataclass
 class ForwardBatch:
@@ -136,9 +140,10 @@ class LlamaModel:
             batch.positions,
             pool.page_size,
         )
-        decode_only = batch.token_ids.shape[0] == len(batch.kv_lens)
+        num_tokens = batch.token_ids.shape[0]
+        decode_only = num_tokens == len(batch.kv_lens)
         layers, lm_head = self.layers, self.lm_head
-        if decode_only and self.decode_layers is not None:
+        if decode_only and num_tokens <= LOW_PRECISION_MAX_ROWS and self.decode_layers is not None:
             layers, lm_head = self.decode_layers, self.decode_lm_head
         for index, layer in enumerate(layers):
             q, k, v = self.qkv(layer, hidden, cos, sin)
