@@ -25,6 +25,7 @@ class PromptSpec:
     tenant: str
     kv_reuse: str = "auto"
     pin_ttl_s: float | None = None
+    session_id: str | None = None
 
 
 class Pipeline:
@@ -67,6 +68,7 @@ class Pipeline:
             tenant=spec.tenant,
             use_prefix_cache=spec.kv_reuse != "full",
             pin_ttl_s=spec.pin_ttl_s,
+            session_id=spec.session_id,
         )
         async for output in self.engine.stream(request, is_disconnected):
             yield output

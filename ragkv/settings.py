@@ -82,6 +82,9 @@ class EngineSettings(Section):
     lpm_queue_limit: int = Field(128, ge=0, description="longest-prefix-match order up to this")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 when overloaded")
+    session_pin_ttl_s: float = Field(
+        60.0, gt=0, description="KV pin of an agent turn with session_id and no pin_ttl_s"
+    )
 
 
 class EmbeddingSettings(Section):

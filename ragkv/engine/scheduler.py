@@ -27,6 +27,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # (namespace, session id) -> the token path pinned for that agent session
+        self.session_pins: dict[tuple[str, str], list[int]] = {}
 
     def has_work(self) -> bool:
         """Any sequence waiting or running."""
@@ -164,11 +166,28 @@ class Scheduler:
         result = self.radix.insert_prefix(seq.namespace, computed, seq.pages)
         self.pool.incref(result.new_page_ids)
 
+    def _pin_session(self, seq: Sequence) -> None:
+        """Pin a finished agent turn's KV; a session's next turn moves the pin to its path."""
+        request = seq.request
+        ttl_s = request.pin_ttl_s
+        if request.session_id is not None and ttl_s is None:
+            ttl_s = self.settings.session_pin_ttl_s
+        if not ttl_s:
+            return
+        path = seq.token_ids[: seq.num_computed]
+        if request.session_id is not None:
+            key = (seq.namespace, request.session_id)
+            previous = self.session_pins.pop(key, None)
+            if previous is not None:
+                self.radix.unpin(seq.namespace, previous)
+            self.session_pins[key] = path
+        self.radix.pin(seq.namespace, path, ttl_s)
+
     def finish(self, seq: Sequence) -> None:
         """Store the sequence's KV in the prefix cache, pin it if asked, free the rest."""
         self.store_prefix(seq)
-        if seq.request.pin_ttl_s and seq.request.use_prefix_cache:
-            self.radix.pin(seq.namespace, seq.token_ids[: seq.num_computed], seq.request.pin_ttl_s)
+        if seq.request.use_prefix_cache:
+            self._pin_session(seq)
         self.running.remove(seq)
         self.release(seq)
         seq.status = SeqStatus.FINISHED

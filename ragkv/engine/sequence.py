@@ -30,6 +30,7 @@ class Request:
     tenant: str = "default"
     use_prefix_cache: bool = True
     pin_ttl_s: float | None = None
+    session_id: str | None = None
 
 
 @dataclass

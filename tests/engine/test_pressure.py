@@ -92,3 +92,17 @@ def test_pinned_session_survives_pressure_until_ttl(make_engine, smollm: LoadedM
     assert engine.radix.size_info().pinned_pages == 0
     assert cached_on_repeat(engine, session) == 0
     check_pool(engine)
+
+
+def test_a_session_moves_its_pin_to_the_latest_turn(make_engine, smollm: LoadedModel) -> None:
+    clock = ManualClock()
+    engine = make_engine(clock=clock, kv_cache_mb=32, session_pin_ttl_s=30)
+    first_turn = text_prompt(smollm, 300, 4)
+    second_turn = text_prompt(smollm, 400, 4)  # a different path: the old pin must go
+    run_greedy(engine, [greedy_request(first_turn, 2, session_id="agent-1")])
+    pinned_after_first = engine.radix.size_info().pinned_pages
+    assert pinned_after_first >= len(first_turn) // 16
+    run_greedy(engine, [greedy_request(second_turn, 2, session_id="agent-1")])
+    assert engine.radix.size_info().pinned_pages == (len(second_turn) + 1) // 16
+    clock.now += 31
+    assert engine.radix.size_info().pinned_pages == 0

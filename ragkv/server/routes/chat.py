@@ -70,6 +70,7 @@ async def chat_completions(
         tenant=tenant,
         kv_reuse=body.ragkv.kv_reuse,
         pin_ttl_s=body.ragkv.pin_ttl_s,
+        session_id=body.ragkv.session_id,
     )
     tokenizer = pipeline.tokenizer
     store_back = StoreBack(None, None)
@@ -135,6 +136,7 @@ async def completions(
         tenant=tenant,
         kv_reuse=body.ragkv.kv_reuse,
         pin_ttl_s=body.ragkv.pin_ttl_s,
+        session_id=body.ragkv.session_id,
     )
     tokenizer = pipeline.tokenizer
     prefix = tokenizer.decode(prompt_ids) if body.echo else ""
