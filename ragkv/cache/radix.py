@@ -64,6 +64,10 @@ class RadixCache:
         self._roots: dict[str, RadixNode] = {}
         self._num_pages = 0
 
+    def namespaces(self) -> list[str]:
+        """Namespaces that have (or had) a tree."""
+        return list(self._roots)
+
     def _root(self, namespace: str) -> RadixNode:
         root = self._roots.get(namespace)
         if root is None:
@@ -187,9 +191,10 @@ class RadixCache:
     def flush(self, namespace: str | None = None) -> list[int]:
         """Drop every unlocked node (pins included) of `namespace`, or of all namespaces."""
         freed: list[int] = []
-        roots = [self._roots[namespace]] if namespace in self._roots else []
         if namespace is None:
             roots = list(self._roots.values())
+        else:
+            roots = [self._roots[namespace]] if namespace in self._roots else []
         for root in roots:
             self._flush_below(root, freed)
         self._num_pages -= len(freed)

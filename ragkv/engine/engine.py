@@ -71,6 +71,7 @@ class LLMEngine:
         self.scheduler = Scheduler(settings, self.pool, self.radix)
         self.stats = EngineStats()
         self._lock = threading.Lock()
+        self._step_lock = threading.Lock()  # held by step(); admin reads and flushes wait on it
         self._incoming: list[Sequence] = []
         self._aborted: list[str] = []
 
@@ -169,12 +170,56 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and report what each request produced."""
-        self._take_commands()
-        batch = self.scheduler.schedule()
-        if not batch:
-            return []
-        logits = self.model.forward(build_forward_batch(batch, self.pool), self.pool)
-        return self._postprocess(batch, logits)
+        with self._step_lock:
+            self._take_commands()
+            batch = self.scheduler.schedule()
+            if not batch:
+                return []
+            logits = self.model.forward(build_forward_batch(batch, self.pool), self.pool)
+            return self._postprocess(batch, logits)
+
+    # -- admin ----------------------------------------------------------------------------
+
+    def prefix_stats(self) -> dict[str, object]:
+        """Prefix-level statistics: reuse since start and the pool and tree as they are now."""
+        with self._step_lock:
+            size = self.radix.size_info()
+            stats = self.stats
+            return {
+                "requests": stats.requests,
+                "prompt_tokens": stats.prompt_tokens,
+                "cached_tokens": stats.cached_tokens,
+                "token_hit_rate": stats.cached_tokens / stats.prompt_tokens
+                if stats.prompt_tokens
+                else 0.0,
+                "generated_tokens": stats.generated_tokens,
+                "preemptions": self.scheduler.num_preemptions,
+                "pool_pages": self.pool.num_pages,
+                "free_pages": self.pool.num_free,
+                "page_size": self.pool.page_size,
+                "bytes_per_page": self.pool.bytes_per_page,
+                "cached_pages": size.total_pages,
+                "evictable_pages": size.evictable_pages,
+                "locked_pages": size.locked_pages,
+                "pinned_pages": size.pinned_pages,
+                "cached_bytes": size.total_pages * self.pool.bytes_per_page,
+                "running": len(self.scheduler.running),
+                "waiting": len(self.scheduler.waiting),
+            }
+
+    def flush_prefix(self, tenant: str | None = None) -> int:
+        """Drop the prefix cache of one tenant (or all); returns pages released.
+
+        Pages still used by running requests stay until those finish.
+        """
+        with self._step_lock:
+            namespace = None if tenant is None else self.namespace(tenant)
+            if namespace is not None and namespace not in self.radix.namespaces():
+                return 0
+            freed = self.radix.flush(namespace)
+            self.pool.decref(freed)
+            self.scheduler.session_pins.clear()
+            return len(freed)
 
     def _take_commands(self) -> None:
         with self._lock:

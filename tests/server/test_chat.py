@@ -218,3 +218,31 @@ def test_stream_error_before_first_token_is_plain_http(live_server: LiveServer) 
     )
     assert response.status_code == 400
     assert json.loads(response.text)["error"]["code"] == "context_length_exceeded"
+
+
+def test_prefix_level_stats_and_flush(live_server: LiveServer) -> None:
+    admin = {"Authorization": "Bearer sk-admin"}
+    body = {
+        "messages": [{"role": "user", "content": "Prefix stats check: describe a lighthouse."}],
+        "max_tokens": 2,
+        "temperature": 0,
+        "ragkv": {"semantic_cache": False},
+    }
+    post(live_server, "/v1/chat/completions", body)
+    before = httpx.get(f"{live_server.url}/admin/cache/stats", headers=admin).json()["prefix"]
+    repeat = post(live_server, "/v1/chat/completions", body).json()
+    cached = repeat["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached > 0
+    after = httpx.get(f"{live_server.url}/admin/cache/stats", headers=admin).json()["prefix"]
+    assert after["cached_tokens"] - before["cached_tokens"] == cached
+    assert after["requests"] == before["requests"] + 1
+    assert after["cached_pages"] > 0 and after["cached_bytes"] > 0
+
+    flushed = httpx.post(
+        f"{live_server.url}/admin/cache/flush",
+        json={"tenant": "tenant-a", "level": "prefix"},
+        headers=admin,
+    ).json()["flushed"]
+    assert flushed["prefix_pages"] > 0 and "semantic" not in flushed
+    cold = post(live_server, "/v1/chat/completions", body).json()
+    assert cold["usage"]["prompt_tokens_details"]["cached_tokens"] == 0

@@ -63,7 +63,7 @@ def test_admin_stats_feedback_flush(server: LiveServer) -> None:
     warm(server, B, {"query": "Why is the sky blue?", "response": "Rayleigh."})
     flushed = httpx.post(f"{server.url}/admin/cache/flush", json={"tenant": "tenant-b"},
                          headers=ADMIN)  # fmt: skip
-    assert flushed.json() == {"flushed": {"semantic": 1}}
+    assert flushed.json()["flushed"]["semantic"] == 1
     assert not lookup(server, B, query="Why is the sky blue?").json()["hit"]
 
 

@@ -23,7 +23,7 @@ class FlushRequest(BaseModel):
 
     tenant: str | None = Field(None, min_length=1, max_length=256)
     category: str | None = Field(None, min_length=1, max_length=64)
-    level: Literal["all", "semantic"] = "all"
+    level: Literal["all", "semantic", "prefix"] = "all"
 
 
 class CategoriesBody(BaseModel):
@@ -47,17 +47,26 @@ class FeedbackRequest(BaseModel):
 
 @router.get("/admin/cache/stats")
 async def stats(request: Request, _: Admin) -> dict[str, Any]:
-    """Cache statistics per level; `semantic` has per tenant and category counts and sizes."""
+    """Cache statistics per level: `semantic` per tenant and category; `prefix` (radix KV)."""
     cache = cache_of(request)
-    return {"semantic": await run_in_threadpool(cache.stats_report)}
+    engine = request.app.state.engine.engine
+    return {
+        "semantic": await run_in_threadpool(cache.stats_report),
+        "prefix": await run_in_threadpool(engine.prefix_stats),
+    }
 
 
 @router.post("/admin/cache/flush")
 async def flush(body: FlushRequest, request: Request, _: Admin) -> dict[str, Any]:
-    """Drop cached entries; `{}` drops everything."""
-    cache = cache_of(request)
-    removed = await run_in_threadpool(cache.flush, body.tenant, body.category)
-    return {"flushed": {"semantic": removed}}
+    """Drop cached entries; `{}` drops everything (`level` picks semantic or prefix only)."""
+    flushed: dict[str, Any] = {}
+    if body.level in ("all", "semantic"):
+        cache = cache_of(request)
+        flushed["semantic"] = await run_in_threadpool(cache.flush, body.tenant, body.category)
+    if body.level in ("all", "prefix") and body.category is None:
+        engine = request.app.state.engine.engine
+        flushed["prefix_pages"] = await run_in_threadpool(engine.flush_prefix, body.tenant)
+    return {"flushed": flushed}
 
 
 @router.get("/admin/cache/categories", response_model=CategoriesBody)
