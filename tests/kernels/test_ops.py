@@ -65,3 +65,12 @@ def test_rope_and_norm_references_have_the_known_values() -> None:
     cos, sin = ops.rope_cos_sin(torch.tensor([1]), torch.tensor([torch.pi / 2]), torch.float32)
     rotated = ops.apply_rope_ref(torch.tensor([[[1.0, 0.0]]]), cos, sin)
     torch.testing.assert_close(rotated, torch.tensor([[[0.0, 1.0]]]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rms_norm_matches_reference(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.randn(37, 576, generator=generator) * 3).to(dtype)
+    weight = torch.randn(576, generator=generator).to(dtype)
+    expected = ops.rms_norm_ref(x, weight, 1e-5)
+    torch.testing.assert_close(ops.rms_norm_fused(x, weight, 1e-5), expected)
