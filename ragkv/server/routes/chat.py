@@ -37,10 +37,16 @@ def _check_model(http: Request, body: SamplingFields) -> str:
     return served
 
 
-def _params(
-    body: SamplingFields, max_tokens: int, logprobs: bool, top_logprobs: int
-) -> SamplingParams:
-    return SamplingParams(
+def _spec(
+    body: SamplingFields,
+    tenant: str,
+    prompt_ids: list[int],
+    max_tokens: int,
+    logprobs: bool,
+    top_logprobs: int,
+) -> PromptSpec:
+    """The engine-facing request: sampling from the body, cache controls from `ragkv`."""
+    params = SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -49,6 +55,14 @@ def _params(
         stop=body.stop_list(),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+    )
+    return PromptSpec(
+        prompt_ids=prompt_ids,
+        params=params,
+        tenant=tenant,
+        kv_reuse=body.ragkv.kv_reuse,
+        pin_ttl_s=body.ragkv.pin_ttl_s,
+        session_id=body.ragkv.session_id,
     )
 
 
@@ -64,14 +78,7 @@ async def chat_completions(
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     prompt_ids = pipeline.chat_prompt_ids(messages)
     max_tokens = pipeline.max_tokens(body.max_completion_tokens or body.max_tokens, len(prompt_ids))
-    spec = PromptSpec(
-        prompt_ids=prompt_ids,
-        params=_params(body, max_tokens, body.logprobs, body.top_logprobs or 0),
-        tenant=tenant,
-        kv_reuse=body.ragkv.kv_reuse,
-        pin_ttl_s=body.ragkv.pin_ttl_s,
-        session_id=body.ragkv.session_id,
-    )
+    spec = _spec(body, tenant, prompt_ids, max_tokens, body.logprobs, body.top_logprobs or 0)
     tokenizer = pipeline.tokenizer
     store_back = StoreBack(None, None)
     step = getattr(http.app.state, "semantic_step", None)
@@ -130,14 +137,7 @@ async def completions(
     prompt_ids = pipeline.text_prompt_ids(body.prompt)
     max_tokens = pipeline.max_tokens(body.max_tokens, len(prompt_ids))
     want_logprobs = body.logprobs is not None
-    spec = PromptSpec(
-        prompt_ids=prompt_ids,
-        params=_params(body, max_tokens, want_logprobs, body.logprobs or 0),
-        tenant=tenant,
-        kv_reuse=body.ragkv.kv_reuse,
-        pin_ttl_s=body.ragkv.pin_ttl_s,
-        session_id=body.ragkv.session_id,
-    )
+    spec = _spec(body, tenant, prompt_ids, max_tokens, want_logprobs, body.logprobs or 0)
     tokenizer = pipeline.tokenizer
     prefix = tokenizer.decode(prompt_ids) if body.echo else ""
 
