@@ -191,11 +191,7 @@ class DocumentStore:
         self, session: Session, collection_id: int, doc_id: str
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Delete a document and its chunks; returns their (vector ids, vectors) or None."""
-        document = session.scalar(
-            select(DocumentRow).where(
-                DocumentRow.collection_id == collection_id, DocumentRow.doc_id == doc_id
-            )
-        )
+        document = _find_document(session, collection_id, doc_id)
         if document is None:
             return None
         rows = session.execute(
@@ -246,11 +242,7 @@ class DocumentStore:
     def get_document(self, collection_id: int, doc_id: str) -> DocumentInfo | None:
         """A document with its chunks, or None."""
         with self._sessions() as session:
-            document = session.scalar(
-                select(DocumentRow).where(
-                    DocumentRow.collection_id == collection_id, DocumentRow.doc_id == doc_id
-                )
-            )
+            document = _find_document(session, collection_id, doc_id)
             if document is None:
                 return None
             rows = session.scalars(
@@ -328,3 +320,12 @@ def _ids_and_vectors(rows: Any) -> tuple[np.ndarray, np.ndarray]:
         return ids, np.zeros((0, 0), dtype=np.float32)
     vectors = np.stack([np.frombuffer(row[1], dtype="<f4") for row in rows]).astype(np.float32)
     return ids, vectors
+
+
+def _find_document(session: Session, collection_id: int, doc_id: str) -> DocumentRow | None:
+    """The document `doc_id` of a collection, or None."""
+    return session.scalar(
+        select(DocumentRow).where(
+            DocumentRow.collection_id == collection_id, DocumentRow.doc_id == doc_id
+        )
+    )
