@@ -224,9 +224,26 @@ def paged_attention_grouped(
     return out
 
 
+def attention_dense(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    q_positions: torch.Tensor,
+    scale: float,
+    group: int,
+) -> torch.Tensor:
+    """Causal attention of queries at arbitrary (sorted or not) prompt positions over one
+    request's dense KV: `q: [Q, H, D]`, `keys, values: [N, KH, D]` at positions 0..N-1.
+
+    The blended prefill's attention: only selected tokens are queries, every token is a key.
+    """
+    return attention_ref(q, keys, values, q_positions, scale, group)
+
+
 # The interface the engine calls. A Triton backend replaces these on CUDA tensors.
 rms_norm = rms_norm_fused
 apply_rope = apply_rope_ref
 silu_mul = silu_mul_ref
 plan_attention = plan_paged_attention
 paged_attention = paged_attention_grouped
+attention = attention_dense

@@ -87,6 +87,33 @@ class EngineSettings(Section):
     )
 
 
+class ChunkCacheSettings(Section):
+    """Chunk KV cache and blended prefill (the RAG level)."""
+
+    enabled: bool = Field(True, description="reuse retrieved chunks' KV by blending")
+    memory_mb: int = Field(1024, ge=0, description="chunk KV held in CPU memory, MiB")
+    device_mb: int = Field(2048, ge=0, description="chunk KV kept on the accelerator, MiB")
+    disk: bool = Field(True, description="write chunk KV through to lmdb in data_dir")
+    disk_mb: int = Field(8192, ge=1, description="chunk KV disk tier bound, MiB")
+    eviction: Literal["lru", "pgdsf"] = Field("pgdsf", description="memory tier eviction")
+    default_selector: Literal["naive", "cacheblend", "cachecraft", "lego"] = Field(
+        "cacheblend", description="selector behind kv_reuse 'auto'"
+    )
+    recompute_ratio: float = Field(
+        0.15, ge=0.0, le=1.0, description="share of chunk tokens recomputed by default"
+    )
+    check_layer: int = Field(1, ge=0, description="layer where KV deviation is measured")
+    sink_tokens: int = Field(1, ge=0, description="first tokens of each chunk always recomputed")
+    lego_tokens: int = Field(16, ge=1, description="tokens per chunk recomputed by 'lego'")
+    min_chunk_tokens: int = Field(
+        16, ge=1, description="shorter chunks are computed with the prompt, not cached"
+    )
+    disk_read_mb_s: float = Field(500.0, gt=0, description="initial disk speed of the cost model")
+    prefill_tokens_s: float = Field(
+        400.0, gt=0, description="initial prefill speed of the cost model"
+    )
+
+
 class EmbeddingSettings(Section):
     """Sentence embedder used by retrieval and the semantic cache."""
 
@@ -179,6 +206,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    chunk_cache: ChunkCacheSettings = Field(default_factory=ChunkCacheSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)

@@ -38,6 +38,11 @@ class ModelConfig:
         return self.num_heads * self.head_dim
 
     @property
+    def group_size(self) -> int:
+        """Query heads per KV head (GQA)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
     def kv_size(self) -> int:
         """Width of the key (or value) projection output."""
         return self.num_kv_heads * self.head_dim

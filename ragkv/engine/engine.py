@@ -11,18 +11,20 @@ from pathlib import Path
 
 import torch
 
+from ragkv.cache.chunks import ChunkKVStore
 from ragkv.cache.radix import RadixCache
+from ragkv.engine.chunk_runner import ChunkBlender, open_chunk_store, spans_valid
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.runner import build_forward_batch
 from ragkv.engine.sampling import make_generator, sample
 from ragkv.engine.scheduler import ScheduledBatch, Scheduler
-from ragkv.engine.sequence import Request, RequestOutput, Sequence
+from ragkv.engine.sequence import Request, RequestOutput, SeqStatus, Sequence
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.engine.weights import fingerprint, load_weights
 from ragkv.errors import InvalidRequest, Overloaded
-from ragkv.settings import EngineSettings, ModelSettings
+from ragkv.settings import ChunkCacheSettings, EngineSettings, ModelSettings
 
 log = logging.getLogger("ragkv.engine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,6 +53,8 @@ class LLMEngine:
         settings: EngineSettings,
         model_fingerprint: str,
         clock=time.monotonic,
+        chunk_store: ChunkKVStore | None = None,
+        chunk_settings: ChunkCacheSettings | None = None,
     ) -> None:
         self.model = model
         self.config: ModelConfig = model.config
@@ -70,6 +74,9 @@ class LLMEngine:
         self.radix = RadixCache(settings.page_size, clock=clock)
         self.scheduler = Scheduler(settings, self.pool, self.radix)
         self.stats = EngineStats()
+        self.blender: ChunkBlender | None = None
+        if chunk_store is not None:
+            self.blender = ChunkBlender(model, chunk_store, chunk_settings or ChunkCacheSettings())
         self._lock = threading.Lock()
         self._step_lock = threading.Lock()  # held by step(); admin reads and flushes wait on it
         self._incoming: list[Sequence] = []
@@ -77,9 +84,17 @@ class LLMEngine:
 
     @classmethod
     def from_path(
-        cls, path: Path, model_settings: ModelSettings, engine_settings: EngineSettings
+        cls,
+        path: Path,
+        model_settings: ModelSettings,
+        engine_settings: EngineSettings,
+        chunk_settings: ChunkCacheSettings | None = None,
+        data_dir: Path | None = None,
     ) -> LLMEngine:
-        """Load weights and tokenizer from a GGUF file or HF folder and build the engine."""
+        """Load weights and tokenizer from a GGUF file or HF folder and build the engine.
+
+        With `chunk_settings` enabled the chunk KV cache is on (its disk tier under
+        `data_dir/chunk_kv` when `data_dir` is given and the disk tier is enabled)."""
         if model_settings.num_threads:
             torch.set_num_threads(model_settings.num_threads)
         started = time.perf_counter()
@@ -92,8 +107,17 @@ class LLMEngine:
             config, weights, dtype=DTYPES[model_settings.dtype], decode_dtype=decode_dtype
         )
         del weights
+        model_fingerprint = fingerprint(path, tokenizer.serialization())
+        store = None
+        if chunk_settings is not None and chunk_settings.enabled:
+            store = open_chunk_store(chunk_settings, model_fingerprint, model.device, data_dir)
         engine = cls(
-            model, tokenizer, engine_settings, fingerprint(path, tokenizer.serialization())
+            model,
+            tokenizer,
+            engine_settings,
+            model_fingerprint,
+            chunk_store=store,
+            chunk_settings=chunk_settings,
         )
         log.info(
             "loaded %s (%d layers) in %.1f s; KV pool %d pages of %d tokens",
@@ -137,6 +161,8 @@ class LLMEngine:
         bad = [t for t in request.prompt_ids if not 0 <= t < self.config.vocab_size]
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary", param="prompt")
+        if not spans_valid(request.chunk_spans, num_prompt):
+            raise InvalidRequest("chunk spans must be ordered, disjoint and before the question")
 
     def add_request(self, request: Request) -> None:
         """Queue a request. Raises `InvalidRequest` or `Overloaded` (queue full)."""
@@ -146,6 +172,7 @@ class LLMEngine:
             namespace=self.namespace(request.tenant),
             token_ids=list(request.prompt_ids),
             generator=make_generator(request.params.seed),
+            blend_pending=request.wants_blend and self.blender is not None,
         )
         with self._lock:
             if len(self.scheduler.waiting) + len(self._incoming) >= self.settings.max_waiting:
@@ -172,6 +199,9 @@ class LLMEngine:
         """Schedule, run the model once, sample, and report what each request produced."""
         with self._step_lock:
             self._take_commands()
+            blend_seq = self.scheduler.admit_blend()
+            if blend_seq is not None:
+                return self._blend(blend_seq)
             batch = self.scheduler.schedule()
             if not batch:
                 return []
@@ -220,6 +250,57 @@ class LLMEngine:
             self.pool.decref(freed)
             self.scheduler.session_pins.clear()
             return len(freed)
+
+    def chunk_stats(self) -> dict[str, object] | None:
+        """Chunk-level statistics (None when the chunk cache is off)."""
+        if self.blender is None:
+            return None
+        with self._step_lock:
+            return self.blender.snapshot()
+
+    def flush_chunks(self, tenant: str | None = None) -> int:
+        """Drop cached chunk KV of one tenant (or all) from every tier; returns entries."""
+        if self.blender is None:
+            return 0
+        with self._step_lock:
+            return self.blender.store.flush(tenant)
+
+    def prewarm(self, tenant: str, chunks: list[list[int]]) -> int:
+        """Compute and store the KV of chunks not cached yet; returns how many were computed.
+
+        Takes the step lock one chunk at a time, so serving goes on in between."""
+        if self.blender is None:
+            return 0
+        computed = 0
+        for token_ids in chunks:
+            with self._step_lock:
+                computed += self.blender.prewarm(tenant, token_ids)
+        return computed
+
+    def _blend(self, seq: Sequence) -> list[RequestOutput]:
+        """Blended prefill of an admitted sequence, then its first token. If blending fails
+        the sequence falls back to a plain prefill (counted and logged, never silent)."""
+        assert self.blender is not None
+        seq.blend_pending = False
+        num_exact = seq.num_computed
+        try:
+            result = self.blender.run(seq, self.pool)
+        except Exception:
+            log.exception("blended prefill of %s failed; recomputing it in full", seq.request_id)
+            self.blender.stats.fallbacks += 1
+            self.scheduler.running.remove(seq)
+            self.scheduler.release(seq)
+            seq.status = SeqStatus.WAITING
+            self.scheduler.waiting.appendleft(seq)
+            return []
+        seq.num_computed = len(seq.token_ids)
+        seq.num_cached_prompt = num_exact
+        seq.chunk_tokens_reused = result.num_chunk_reused
+        seq.tokens_recomputed = len(result.recomputed)
+        seq.selector = result.selector
+        self.scheduler.store_prefix(seq)  # store-back: the same prompt again is a prefix hit
+        token, logprob = sample(result.logits, seq.request.params, seq.generator)
+        return [self._append_token(seq, token, logprob)]
 
     def _take_commands(self) -> None:
         with self._lock:
@@ -293,6 +374,9 @@ class LLMEngine:
             completion_tokens=len(seq.output_ids),
             cached_tokens=seq.num_cached_prompt,
             ttft_ms=ttft,
+            chunk_tokens_reused=seq.chunk_tokens_reused,
+            tokens_recomputed=seq.tokens_recomputed,
+            selector=seq.selector,
         )
 
     def _count(self, seq: Sequence) -> None:

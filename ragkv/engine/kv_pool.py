@@ -92,6 +92,16 @@ class KVPool:
         flat[0].index_copy_(0, slots, k)
         flat[1].index_copy_(0, slots, v)
 
+    def write_all(self, slots: torch.Tensor, kv: torch.Tensor) -> None:
+        """Store every layer's K and V at once: `kv: [layers, 2, T, num_kv_heads, head_dim]`."""
+        flat = self.kv.view(*self.kv.shape[:2], -1, *self.kv.shape[-2:])
+        flat.index_copy_(2, slots.to(flat.device), kv.to(flat.dtype))
+
+    def read_all(self, slots: torch.Tensor) -> torch.Tensor:
+        """Every layer's K and V at `slots: [T]` -> `[layers, 2, T, num_kv_heads, head_dim]`."""
+        flat = self.kv.view(*self.kv.shape[:2], -1, *self.kv.shape[-2:])
+        return flat.index_select(2, slots.to(flat.device))
+
     def layer_caches(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`(k_cache, v_cache)`, each `[num_pages, page_size, num_kv_heads, head_dim]`."""
         return self.kv[layer, 0], self.kv[layer, 1]

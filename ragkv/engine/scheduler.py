@@ -73,10 +73,38 @@ class Scheduler:
             budget = self._admit(batch, budget)
         return batch
 
+    def admit_blend(self) -> Sequence | None:
+        """Admit the first waiting sequence that wants a blended prefill, with pages for its
+        whole prompt; None if there is none or it does not fit yet.
+
+        Its longest cached prefix is attached first: when that already reaches past the
+        last chunk (the same RAG prompt again), it is left to the plain path.
+        """
+        if len(self.running) >= self.settings.max_num_seqs:
+            return None
+        for seq in self.waiting:
+            if not seq.blend_pending:
+                continue
+            self._attach_prefix(seq)
+            last_chunk_end = max(span.end for span in seq.request.chunk_spans)
+            if seq.num_computed >= last_chunk_end or not self._reserve(seq, seq.num_uncomputed):
+                seq.blend_pending = seq.num_computed < last_chunk_end
+                self.release(seq)
+                if seq.blend_pending:
+                    return None  # no pages yet: wait for decodes to finish
+                continue
+            self.waiting.remove(seq)
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            return seq
+        return None
+
     def _admit(self, batch: ScheduledBatch, budget: int) -> int:
         for seq in self._waiting_order():
             if budget <= 0 or len(self.running) >= self.settings.max_num_seqs:
                 break
+            if seq.blend_pending:
+                continue
             self._attach_prefix(seq)
             num_tokens = min(seq.num_uncomputed, budget)
             if not self._reserve(seq, num_tokens):

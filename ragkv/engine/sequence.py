@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ragkv.cache.radix import RadixNode
+from ragkv.engine.blend import ChunkSpan
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
 
 
@@ -31,6 +32,14 @@ class Request:
     use_prefix_cache: bool = True
     pin_ttl_s: float | None = None
     session_id: str | None = None
+    chunk_spans: tuple[ChunkSpan, ...] = ()
+    kv_reuse: str = "auto"
+    recompute_ratio: float | None = None
+
+    @property
+    def wants_blend(self) -> bool:
+        """Chunks to reuse and a mode that reuses them (not `full`, not `prefix`)."""
+        return bool(self.chunk_spans) and self.kv_reuse not in ("full", "prefix")
 
 
 @dataclass
@@ -54,6 +63,10 @@ class Sequence:
     arrival_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
     num_preemptions: int = 0
+    blend_pending: bool = False
+    chunk_tokens_reused: int = 0
+    tokens_recomputed: int | None = None
+    selector: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -91,3 +104,6 @@ class RequestOutput:
     cached_tokens: int
     ttft_ms: float | None
     error: str | None = None
+    chunk_tokens_reused: int = 0
+    tokens_recomputed: int | None = None
+    selector: str | None = None

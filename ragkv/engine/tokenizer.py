@@ -48,19 +48,24 @@ class Tokenizer:
         """Text of `token_ids`."""
         return self._hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(
+    def render_chat(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
-    ) -> list[int]:
-        """Token ids of a chat rendered with the model's template."""
+    ) -> str:
+        """Text of a chat rendered with the model's template."""
         if not self.has_chat_template:
             raise InvalidRequest("this model has no chat template; use /v1/completions")
         try:
-            text = self._hf.apply_chat_template(
+            return self._hf.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt
             )
         except Exception as exc:  # jinja raises its own errors for odd message lists
             raise InvalidRequest(f"cannot render the chat template: {exc}") from exc
-        return self.encode(text)
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of a chat rendered with the model's template."""
+        return self.encode(self.render_chat(messages, add_generation_prompt))
 
     def serialization(self) -> str:
         """The tokenizer's full JSON (for fingerprints)."""

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from ragkv.assets import generation_model_path
+from ragkv.cache.chunks import ChunkKVStore
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.engine.weights import fingerprint, load_weights
-from ragkv.settings import EngineSettings
+from ragkv.settings import ChunkCacheSettings, EngineSettings
 
 
 @dataclass
@@ -52,10 +53,21 @@ class ManualClock:
 def make_engine(smollm: LoadedModel) -> Callable[..., LLMEngine]:
     """Build an engine over the shared model with the given engine settings."""
 
-    def build(clock: Callable[[], float] = time.monotonic, **settings: object) -> LLMEngine:
+    def build(
+        clock: Callable[[], float] = time.monotonic,
+        chunk_store: ChunkKVStore | None = None,
+        chunk_settings: ChunkCacheSettings | None = None,
+        **settings: object,
+    ) -> LLMEngine:
         settings.setdefault("kv_cache_mb", 64)
         return LLMEngine(
-            smollm.model, smollm.tokenizer, EngineSettings(**settings), smollm.fingerprint, clock
+            smollm.model,
+            smollm.tokenizer,
+            EngineSettings(**settings),
+            smollm.fingerprint,
+            clock,
+            chunk_store=chunk_store,
+            chunk_settings=chunk_settings,
         )
 
     return build

@@ -1,0 +1,208 @@
+"""Blended prefill: reuse cached chunk KV at new positions, recompute only selected tokens.
+
+A RAG prompt is `[prefix][chunk_1 .. chunk_n][question]`. Each chunk's KV was computed with the
+chunk alone at positions `0..L-1`. Here it is re-rotated to the chunk's place in the prompt
+(RoPE composes: rotating by the position delta equals computing at the new position) and
+blended: a selector (`ragkv.engine.selectors`) decides which chunk tokens are recomputed so
+that cross-chunk attention is restored. Tokens without cached KV (the question, uncached
+prefix) are always computed; tokens of an exact prefix-cache hit are never recomputed.
+
+KV here is dense per request: `kv: [layers, 2, N, KH, D]`. The engine copies the result into
+its paged pool afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ragkv.engine.model import LlamaModel
+from ragkv.engine.selectors import SelectionInputs, Selector
+from ragkv.kernels import ops
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """A chunk's place in the prompt: token positions `[start, start + length)`."""
+
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        """One past the chunk's last position."""
+        return self.start + self.length
+
+
+@dataclass
+class BlendResult:
+    """What a blended prefill produced.
+
+    logits: fp32 `[vocab]` at the last prompt token (`[n, vocab]` when n were asked);
+    kv: `[layers, 2, N, KH, D]` of the whole prompt;
+    recomputed: `[A]` positions computed at the late layers (sorted).
+    """
+
+    logits: torch.Tensor
+    kv: torch.Tensor
+    recomputed: torch.Tensor
+    num_chunk_tokens: int
+    num_chunk_recomputed: int
+    selector: str
+
+    @property
+    def num_chunk_reused(self) -> int:
+        """Chunk tokens whose cached KV was kept at the late layers."""
+        return self.num_chunk_tokens - self.num_chunk_recomputed
+
+
+def rerotate(k: torch.Tensor, delta: int, model: LlamaModel) -> torch.Tensor:
+    """Move rotated keys `k: [..., T, KH, D]` by `delta` positions (R(p+d) = R(d) R(p))."""
+    if delta == 0:
+        return k
+    cos, sin = model.rope(torch.tensor([delta], device=k.device))
+    flat = k.reshape(-1, *k.shape[-2:])
+    return ops.apply_rope(flat, cos, sin).view_as(k)
+
+
+def place_chunks(
+    model: LlamaModel,
+    num_tokens: int,
+    chunk_kv: list[torch.Tensor],
+    spans: list[ChunkSpan],
+    prefix_kv: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dense prompt KV `[layers, 2, N, KH, D]` with each chunk's cached KV (computed at
+    positions 0..) re-rotated into its span, and `prefix_kv` (exact, `[layers, 2, P, KH, D]`)
+    at positions 0..P-1. Positions covered by neither are zero (they are computed)."""
+    c = model.config
+    kv = torch.zeros(
+        (c.num_layers, 2, num_tokens, c.num_kv_heads, c.head_dim),
+        dtype=model.dtype,
+        device=model.device,
+    )
+    if prefix_kv is not None:
+        kv[:, :, : prefix_kv.shape[2]] = prefix_kv
+    for cached, span in zip(chunk_kv, spans, strict=True):
+        kv[:, 0, span.start : span.end] = rerotate(cached[:, 0], span.start, model)
+        kv[:, 1, span.start : span.end] = cached[:, 1]
+    return kv
+
+
+@torch.inference_mode()
+def blended_prefill(
+    model: LlamaModel,
+    token_ids: torch.Tensor,
+    kv: torch.Tensor,
+    spans: list[ChunkSpan],
+    selector: Selector,
+    num_exact: int = 0,
+    first_position: int = 0,
+    num_logits: int = 1,
+) -> BlendResult:
+    """Prefill `token_ids: [N]` reusing the chunk KV already placed in `kv` (see
+    `place_chunks`); `kv` is updated in place and returned in the result.
+
+    Positions `< num_exact` hold exact KV (a prefix-cache hit) and are never computed. Chunk
+    positions hold approximate KV; the selector picks which of them are recomputed. Every
+    other position is computed at every layer. With no spans this is a plain prefill.
+    `first_position` shifts every RoPE position (a chunk computed alone at an offset).
+    `num_logits` > 1 returns logits `[num_logits, vocab]` of the last positions (they must be
+    computed tokens; teacher-forced scoring appends an answer to the prompt this way).
+    """
+    num_tokens = token_ids.shape[0]
+    device = kv.device
+    positions = torch.arange(num_tokens, device=device)
+    is_chunk = torch.zeros(num_tokens, dtype=torch.bool, device=device)
+    for span in spans:
+        is_chunk[max(span.start, num_exact) : span.end] = True
+    is_chunk[:num_exact] = False
+    chunk_positions = positions[is_chunk]
+    always = ~is_chunk & (positions >= num_exact)
+    if not bool(always[num_tokens - num_logits :].all()):
+        raise ValueError("the positions whose logits are returned must be computed tokens")
+
+    inputs = SelectionInputs(spans=spans, chunk_positions=chunk_positions, num_exact=num_exact)
+    full_layers = min(selector.full_layers, model.config.num_layers) if len(chunk_positions) else 0
+    if full_layers:
+        active = positions[num_exact:]
+    else:
+        chosen = selector.select(inputs) if len(chunk_positions) else chunk_positions[:0]
+        active = _merge(positions[always], chosen)
+    hidden = F.embedding(token_ids.index_select(0, active), model.embed)
+    cos_all, sin_all = model.rope(positions + first_position)
+    for index, layer in enumerate(model.layers):
+        if full_layers and index == full_layers:
+            chosen = selector.select(inputs)
+            narrowed = _merge(positions[always], chosen)
+            hidden = hidden.index_select(0, _rows_of(active, narrowed))
+            active = narrowed
+        cos, sin = cos_all.index_select(0, active), sin_all.index_select(0, active)
+        q, k, v = model.qkv(layer, hidden, cos, sin)
+        keys, values = kv[index, 0], kv[index, 1]
+        if full_layers and index == full_layers - 1:
+            rows = _rows_of(active, chunk_positions)
+            inputs.deviation = (k.index_select(0, rows) - keys[chunk_positions]).flatten(1)
+            inputs.deviation = inputs.deviation.norm(dim=-1)
+            inputs.attention_probe = _probe(q, rows, keys, k, active, chunk_positions, model)
+        keys.index_copy_(0, active, k)
+        values.index_copy_(0, active, v)
+        attn = ops.attention(q, keys, values, active, model.scale, model.config.group_size)
+        hidden = model.mlp_residual(layer, hidden, attn)
+    logits = model.logits(hidden[-num_logits:])
+    if num_logits == 1:
+        logits = logits[0]
+    recomputed_chunk = int(is_chunk.index_select(0, active).sum())
+    return BlendResult(
+        logits=logits,
+        kv=kv,
+        recomputed=active,
+        num_chunk_tokens=len(chunk_positions),
+        num_chunk_recomputed=recomputed_chunk,
+        selector=selector.name,
+    )
+
+
+def _merge(always: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Sorted union of two disjoint position sets."""
+    return torch.cat([always, chosen]).sort().values
+
+
+def _rows_of(active: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
+    """Row index in `active` (sorted) of each position of `subset` (a subset of it)."""
+    return torch.searchsorted(active, subset)
+
+
+def _probe(
+    q: torch.Tensor,
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    fresh_k: torch.Tensor,
+    active: torch.Tensor,
+    chunk_positions: torch.Tensor,
+    model: LlamaModel,
+):
+    """A callable giving attention probabilities of chunk queries at the check layer.
+
+    Selectors that need attention statistics (cachecraft) call it with a few query rows;
+    computing all N x N probabilities up front would cost more than the layer itself.
+    """
+    fresh_keys = keys.clone()
+    fresh_keys.index_copy_(0, active, fresh_k)
+    chunk_q = q.index_select(0, rows)
+
+    def probabilities(query_index: torch.Tensor) -> torch.Tensor:
+        """`[len(query_index), N]` head-averaged attention of chunk queries (by index into
+        the chunk positions) over all keys, causal."""
+        queries = chunk_q.index_select(0, query_index)
+        group = model.config.group_size
+        expanded = fresh_keys.repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", queries, expanded) * model.scale
+        q_pos = chunk_positions.index_select(0, query_index)
+        key_pos = torch.arange(fresh_keys.shape[0], device=q.device)
+        scores = scores.masked_fill(key_pos[None, None, :] > q_pos[None, :, None], float("-inf"))
+        return scores.softmax(-1).mean(0)
+
+    return probabilities

@@ -1,0 +1,170 @@
+"""The engine's chunk level: fetch or compute each chunk's KV, blend, write into the pool.
+
+`ChunkBlender.run` turns one admitted sequence (pages reserved, exact prefix attached) into
+first-token logits with its whole prompt's KV in the paged pool, ready to decode and to be
+stored back into the radix tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ragkv.cache.chunks import ChunkKVStore, CostModel, chunk_key
+from ragkv.engine.blend import BlendResult, ChunkSpan, blended_prefill, place_chunks
+from ragkv.engine.kv_pool import KVPool
+from ragkv.engine.model import LlamaModel
+from ragkv.engine.selectors import NaiveSelector, Selector, make_selector
+from ragkv.engine.sequence import Sequence
+from ragkv.settings import ChunkCacheSettings
+
+log = logging.getLogger("ragkv.engine")
+
+
+@dataclass
+class ChunkStats:
+    """Counters of the chunk level since start."""
+
+    requests: int = 0
+    chunks: int = 0
+    chunk_tokens: int = 0
+    chunk_tokens_reused: int = 0
+    tokens_recomputed: int = 0
+    chunks_computed: int = 0
+    fallbacks: int = 0
+    by_selector: Counter[str] = field(default_factory=Counter)
+
+
+class ChunkBlender:
+    """Owns the chunk KV store and runs blended prefills for the engine (engine thread)."""
+
+    def __init__(
+        self, model: LlamaModel, store: ChunkKVStore, settings: ChunkCacheSettings
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.settings = settings
+        self.stats = ChunkStats()
+
+    def selector_for(self, kv_reuse: str, ratio: float | None) -> Selector:
+        """The selector of a request's `kv_reuse` (`auto` = the configured default)."""
+        name = self.settings.default_selector if kv_reuse == "auto" else kv_reuse
+        return make_selector(
+            name,
+            ratio,
+            default_ratio=self.settings.recompute_ratio,
+            check_layer=min(self.settings.check_layer, self.model.config.num_layers - 1),
+            lego_tokens=self.settings.lego_tokens,
+            sink_tokens=self.settings.sink_tokens,
+        )
+
+    def chunk_kv(self, tenant: str, token_ids: list[int]) -> tuple[torch.Tensor, str]:
+        """The chunk's KV `[layers, 2, L, KH, D]` computed alone at positions 0.., from the
+        store or freshly computed (and stored); with the tier it came from or 'computed'."""
+        key = chunk_key(tenant, token_ids)
+        hit = self.store.get(key, len(token_ids))
+        if hit is not None:
+            return hit.kv, hit.tier
+        started = time.perf_counter()
+        kv = place_chunks(self.model, len(token_ids), [], [])
+        result = blended_prefill(self.model, torch.tensor(token_ids), kv, [], NaiveSelector())
+        elapsed = time.perf_counter() - started
+        self.store.cost.observe_prefill(len(token_ids), elapsed)
+        self.store.put(key, result.kv, elapsed)
+        self.stats.chunks_computed += 1
+        return result.kv, "computed"
+
+    def prewarm(self, tenant: str, token_ids: list[int]) -> bool:
+        """Compute and store a chunk's KV unless cached; True if it was computed."""
+        if len(token_ids) < self.settings.min_chunk_tokens:
+            return False
+        if self.store.contains(chunk_key(tenant, token_ids)):
+            return False
+        self.chunk_kv(tenant, token_ids)
+        return True
+
+    def run(self, seq: Sequence, pool: KVPool) -> BlendResult:
+        """Blended prefill of `seq` (admitted: pages reserved, `num_computed` = exact prefix
+        tokens); writes the prompt's KV into its pages and returns the first-token logits."""
+        request = seq.request
+        prompt = request.prompt_ids
+        num_exact = seq.num_computed
+        spans = [
+            span
+            for span in request.chunk_spans
+            if span.end > num_exact and span.length >= self.settings.min_chunk_tokens
+        ]
+        chunk_kvs = [
+            self.chunk_kv(request.tenant, prompt[span.start : span.end])[0] for span in spans
+        ]
+        prefix_kv = pool.read_all(pool.slots(seq.pages, 0, num_exact)) if num_exact else None
+        kv = place_chunks(self.model, len(prompt), chunk_kvs, spans)
+        if prefix_kv is not None:
+            kv[:, :, :num_exact] = prefix_kv
+        selector = self.selector_for(request.kv_reuse, request.recompute_ratio)
+        result = blended_prefill(
+            self.model, torch.tensor(prompt, device=kv.device), kv, spans, selector, num_exact
+        )
+        pool.write_all(pool.slots(seq.pages, num_exact, len(prompt)), result.kv[:, :, num_exact:])
+        self._count(result, len(spans))
+        return result
+
+    def _count(self, result: BlendResult, num_chunks: int) -> None:
+        stats = self.stats
+        stats.requests += 1
+        stats.chunks += num_chunks
+        stats.chunk_tokens += result.num_chunk_tokens
+        stats.chunk_tokens_reused += result.num_chunk_reused
+        stats.tokens_recomputed += len(result.recomputed)
+        stats.by_selector[result.selector] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        """Chunk-level statistics: reuse counters plus the store's tiers and decisions."""
+        stats = self.stats
+        return {
+            "requests": stats.requests,
+            "chunks": stats.chunks,
+            "chunk_tokens": stats.chunk_tokens,
+            "chunk_tokens_reused": stats.chunk_tokens_reused,
+            "tokens_recomputed": stats.tokens_recomputed,
+            "chunks_computed": stats.chunks_computed,
+            "fallbacks": stats.fallbacks,
+            "requests_by_selector": dict(stats.by_selector),
+            **self.store.stats(),
+        }
+
+
+def spans_valid(spans: tuple[ChunkSpan, ...], num_prompt: int) -> bool:
+    """Spans are in order, disjoint, inside the prompt, and end before its last token."""
+    end = 0
+    for span in spans:
+        if span.start < end or span.length < 0 or span.end > num_prompt - 1:
+            return False
+        end = span.end
+    return True
+
+
+def open_chunk_store(
+    settings: ChunkCacheSettings,
+    model_fingerprint: str,
+    device: torch.device,
+    data_dir: Path | None,
+) -> ChunkKVStore:
+    """The chunk KV store of `settings`: memory tiers plus lmdb under `data_dir/chunk_kv`."""
+    mib = 1024 * 1024
+    disk_path = data_dir / "chunk_kv" if data_dir is not None and settings.disk else None
+    return ChunkKVStore(
+        model_fingerprint,
+        device,
+        memory_bytes=settings.memory_mb * mib,
+        device_bytes=settings.device_mb * mib,
+        disk_path=disk_path,
+        disk_bytes=settings.disk_mb * mib,
+        eviction=settings.eviction,
+        cost_model=CostModel(settings.disk_read_mb_s, settings.prefill_tokens_s),
+    )

@@ -1,0 +1,227 @@
+"""Which cached chunk tokens a blended prefill recomputes (`ragkv.engine.blend`).
+
+A selector either chooses up front (`full_layers == 0`: naive, lego, full) or after the first
+`full_layers` layers were computed for every token, using the KV deviation measured at the
+last of them (the check layer) and, for cachecraft, attention statistics there.
+
+Budgets are fractions of the chunk tokens (`ratio`); the question and uncached tokens are
+always computed on top and never count against the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from ragkv.engine.blend import ChunkSpan
+
+SELECTOR_NAMES = ("naive", "cacheblend", "cachecraft", "lego", "full")
+
+
+@dataclass
+class SelectionInputs:
+    """What a selector sees. `chunk_positions: [C]` sorted prompt positions of chunk tokens
+    (minus any exact prefix hit); after the check layer `deviation: [C]` is the L2 distance
+    between fresh and cached K per token, and `attention_probe(idx: [q]) -> [q, N]` gives
+    head-averaged attention probabilities of the chunk queries `chunk_positions[idx]`."""
+
+    spans: list[ChunkSpan]
+    chunk_positions: torch.Tensor
+    num_exact: int = 0
+    deviation: torch.Tensor | None = None
+    attention_probe: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def span_rows(self) -> list[torch.Tensor]:
+        """For each span, the rows of `chunk_positions` inside it."""
+        rows = []
+        for span in self.spans:
+            lo = int(torch.searchsorted(self.chunk_positions, span.start))
+            hi = int(torch.searchsorted(self.chunk_positions, span.end))
+            rows.append(torch.arange(lo, hi, device=self.chunk_positions.device))
+        return rows
+
+
+class Selector(Protocol):
+    """Chooses the chunk positions to recompute after layer `full_layers - 1`."""
+
+    name: str
+    full_layers: int
+
+    def select(self, inputs: SelectionInputs) -> torch.Tensor:
+        """Sorted subset of `inputs.chunk_positions` to recompute."""
+        ...
+
+
+@dataclass
+class NaiveSelector:
+    """Reuse every cached chunk token as is (fastest, least faithful)."""
+
+    name: str = "naive"
+    full_layers: int = 0
+
+    def select(self, inputs: SelectionInputs) -> torch.Tensor:
+        return inputs.chunk_positions[:0]
+
+
+@dataclass
+class FullSelector:
+    """Recompute every chunk token: a plain prefill that happens to start from chunk KV."""
+
+    name: str = "full"
+    full_layers: int = 0
+
+    def select(self, inputs: SelectionInputs) -> torch.Tensor:
+        return inputs.chunk_positions
+
+
+@dataclass
+class LegoSelector:
+    """EPIC's LegoLink: recompute the first `num_tokens` tokens of each chunk at all layers
+    (they turned into attention sinks when the chunk was prefilled alone)."""
+
+    num_tokens: int = 16
+    name: str = "lego"
+    full_layers: int = 0
+
+    def select(self, inputs: SelectionInputs) -> torch.Tensor:
+        picked = [rows[: self.num_tokens] for rows in inputs.span_rows()]
+        return inputs.chunk_positions[torch.cat(picked).sort().values]
+
+
+@dataclass
+class CacheBlendSelector:
+    """CacheBlend: every token through layers `0..check_layer`, then the chunk tokens whose
+    K deviates most at the check layer are recomputed in the later layers.
+
+    `ratio` is the fixed budget; `adaptive` instead keeps the fewest tokens holding
+    `deviation_mass` of the total squared deviation, within `[min_ratio, max_ratio]`.
+    `sink_tokens` first tokens of each chunk are always taken (inside the budget): a chunk
+    prefilled alone made them attention sinks, and they must not stay so.
+    """
+
+    ratio: float = 0.15
+    check_layer: int = 1
+    adaptive: bool = False
+    deviation_mass: float = 0.5
+    min_ratio: float = 0.05
+    max_ratio: float = 0.5
+    sink_tokens: int = 0
+    name: str = "cacheblend"
+
+    @property
+    def full_layers(self) -> int:
+        return self.check_layer + 1
+
+    def budget(self, inputs: SelectionInputs) -> int:
+        """How many chunk tokens to recompute."""
+        num_chunk = len(inputs.chunk_positions)
+        ratio = self.ratio
+        if self.adaptive and inputs.deviation is not None and num_chunk:
+            energy = inputs.deviation.double().pow(2).sort(descending=True).values
+            share = energy.cumsum(0) / energy.sum().clamp_min(1e-30)
+            needed = int(torch.searchsorted(share, self.deviation_mass)) + 1
+            ratio = min(max(needed / num_chunk, self.min_ratio), self.max_ratio)
+        return min(num_chunk, round(ratio * num_chunk))
+
+    def select(self, inputs: SelectionInputs) -> torch.Tensor:
+        if inputs.deviation is None:
+            raise ValueError("cacheblend selects after its check layer; no deviation given")
+        budget = self.budget(inputs)
+        score = inputs.deviation.clone()
+        if self.sink_tokens:
+            for rows in inputs.span_rows():
+                score[rows[: self.sink_tokens]] = float("inf")
+        picked = score.topk(budget).indices
+        return inputs.chunk_positions[picked.sort().values]
+
+
+@dataclass
+class CacheCraftSelector:
+    """Cache-Craft: a per-chunk budget from its cache-context impact, then deviation within.
+
+    The impact of a chunk is the share of its tokens' attention (at the check layer, fresh)
+    that goes to the context before the chunk: what its cached KV, computed alone, never saw.
+    Later chunks see more context, so order is in the statistic. The total budget (`ratio`)
+    is split across chunks in proportion to impact x length; within a chunk the most
+    deviating tokens are taken.
+    """
+
+    ratio: float = 0.15
+    check_layer: int = 1
+    probe_queries: int = 16
+    name: str = "cachecraft"
+
+    @property
+    def full_layers(self) -> int:
+        return self.check_layer + 1
+
+    def impacts(self, inputs: SelectionInputs) -> list[float]:
+        """Per span: mean attention share its queries give to positions before the span."""
+        if inputs.attention_probe is None:
+            raise ValueError("cachecraft needs attention statistics from the check layer")
+        spans_rows = inputs.span_rows()
+        picks, owners = [], []
+        for owner, rows in enumerate(spans_rows):
+            if len(rows) == 0:
+                continue
+            step = max(1, len(rows) // self.probe_queries)
+            sample = rows[step - 1 :: step][: self.probe_queries]
+            picks.append(sample)
+            owners.extend([owner] * len(sample))
+        impacts = [0.0] * len(spans_rows)
+        if not picks:
+            return impacts
+        probs = inputs.attention_probe(torch.cat(picks))
+        for row, owner in enumerate(owners):
+            before = float(probs[row, : inputs.spans[owner].start].sum())
+            impacts[owner] += before / sum(1 for o in owners if o == owner)
+        return impacts
+
+    def select(self, inputs: SelectionInputs) -> torch.Tensor:
+        if inputs.deviation is None:
+            raise ValueError("cachecraft selects after its check layer; no deviation given")
+        spans_rows = inputs.span_rows()
+        total = round(self.ratio * len(inputs.chunk_positions))
+        weights = [
+            imp * len(rows) for imp, rows in zip(self.impacts(inputs), spans_rows, strict=True)
+        ]
+        weight_sum = sum(weights) or 1.0
+        picked = []
+        for weight, rows in zip(weights, spans_rows, strict=True):
+            take = min(len(rows), round(total * weight / weight_sum))
+            if take:
+                picked.append(rows[inputs.deviation[rows].topk(take).indices])
+        if not picked:
+            return inputs.chunk_positions[:0]
+        return inputs.chunk_positions[torch.cat(picked).sort().values]
+
+
+def make_selector(
+    name: str,
+    ratio: float | None = None,
+    *,
+    default_ratio: float = 0.15,
+    check_layer: int = 1,
+    lego_tokens: int = 16,
+    sink_tokens: int = 1,
+    adaptive: bool = False,
+) -> Selector:
+    """A selector by its `kv_reuse` name; `ratio` None takes `default_ratio`."""
+    ratio = default_ratio if ratio is None else ratio
+    if name == "naive":
+        return NaiveSelector()
+    if name == "full":
+        return FullSelector()
+    if name == "lego":
+        return LegoSelector(num_tokens=lego_tokens)
+    if name == "cacheblend":
+        return CacheBlendSelector(
+            ratio=ratio, check_layer=check_layer, adaptive=adaptive, sink_tokens=sink_tokens
+        )
+    if name == "cachecraft":
+        return CacheCraftSelector(ratio=ratio, check_layer=check_layer)
+    raise ValueError(f"unknown selector '{name}'; use one of {', '.join(SELECTOR_NAMES)}")
