@@ -70,7 +70,8 @@ class DiskTier:
 
     name = "disk"
 
-    def __init__(self, path: Path, model_fingerprint: str, max_bytes: int) -> None:
+    def __init__(self, path: Path | str, model_fingerprint: str, max_bytes: int) -> None:
+        path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.model_fingerprint = model_fingerprint

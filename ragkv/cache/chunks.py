@@ -180,7 +180,7 @@ class ChunkKVStore:
         device: torch.device | str,
         memory_bytes: int,
         device_bytes: int = 0,
-        disk_path: Path | None = None,
+        disk_path: Path | str | None = None,
         disk_bytes: int = 0,
         eviction: str = "lru",
         cost_model: CostModel | None = None,

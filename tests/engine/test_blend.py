@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import random
 
+import lmdb
 import pytest
 import torch
 
-from ragkv.cache.chunks import ChunkKVStore
+from ragkv.cache.chunks import ChunkKVStore, chunk_key
 from ragkv.engine.blend import blended_prefill, place_chunks, rerotate
 from ragkv.engine.selectors import make_selector
 from ragkv.rag_prompt import ContextChunk, assemble_rag_prompt
@@ -142,3 +143,25 @@ def test_engine_full_and_ratio_one_match_greedy(smollm, passages, make_engine, t
     results.update(run_greedy(engine, [ratio_one]))
     assert results[full.request_id][0] == results[ratio_one.request_id][0]
     assert results[full.request_id][1] == 0  # full reused nothing
+
+
+def test_corrupt_disk_chunk_is_recomputed_not_used(smollm, passages, make_engine, tmp_path):
+    engine = engine_with_chunks(make_engine, tmp_path)
+    store = engine.blender.store
+    tokens = passages[2][1]
+    fresh, source = engine.blender.chunk_kv("default", tokens)
+    assert source == "computed"
+    store.close()
+    env = lmdb.open(str(tmp_path), map_size=1 << 31)
+    with env.begin(write=True) as txn:
+        key = chunk_key("default", tokens).encode()
+        record = bytearray(txn.get(key))
+        record[-100] ^= 0x01
+        txn.put(key, bytes(record))
+    env.close()
+    reopened = ChunkKVStore("fp", "cpu", 256 << 20, disk_path=tmp_path, disk_bytes=1 << 30)
+    reopened.cost.disk_bytes_s = 1e12  # the cost model would load it if it were sound
+    engine.blender.store = reopened
+    again, source = engine.blender.chunk_kv("default", tokens)
+    assert source == "computed" and reopened.disk.refused == 1
+    assert torch.equal(again, fresh)
