@@ -172,7 +172,7 @@ class LLMEngine:
             namespace=self.namespace(request.tenant),
             token_ids=list(request.prompt_ids),
             generator=make_generator(request.params.seed),
-            blend_pending=request.wants_blend and self.blender is not None,
+            blend_pending=self._wants_blend(request),
         )
         with self._lock:
             if len(self.scheduler.waiting) + len(self._incoming) >= self.settings.max_waiting:
@@ -181,6 +181,13 @@ class LLMEngine:
                     retry_after_s=self.settings.retry_after_s,
                 )
             self._incoming.append(seq)
+
+    def _wants_blend(self, request: Request) -> bool:
+        """A chunk-reuse mode, the chunk cache on, and a chunk long enough to cache."""
+        if not request.wants_blend or self.blender is None:
+            return False
+        shortest = self.blender.settings.min_chunk_tokens
+        return any(span.length >= shortest for span in request.chunk_spans)
 
     def abort(self, request_id: str) -> None:
         """Cancel a request (client gone); its pages are freed at the next step."""
@@ -264,6 +271,12 @@ class LLMEngine:
             return 0
         with self._step_lock:
             return self.blender.store.flush(tenant)
+
+    def close(self) -> None:
+        """Close the chunk KV store's disk tier (everything on it is already written)."""
+        if self.blender is not None:
+            with self._step_lock:
+                self.blender.store.close()
 
     def prewarm(self, tenant: str, chunks: list[list[int]]) -> int:
         """Compute and store the KV of chunks not cached yet; returns how many were computed.

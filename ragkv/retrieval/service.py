@@ -60,6 +60,7 @@ class SearchHit(NamedTuple):
     text: str
     score: float
     metadata: dict[str, Any]
+    token_ids: tuple[int, ...] = ()  # the chunk's ids under the serving model's tokenizer
 
 
 ProgressCallback = Callable[[int], None]
@@ -262,7 +263,14 @@ class Retriever:
         ids = [int(i) for i in result.ids[0] if i >= 0]
         found = self.store.chunk_hits(collection.id, ids)
         return [
-            SearchHit(hit.document_id, hit.chunk_id, hit.text, float(score), hit.metadata)
+            SearchHit(
+                hit.document_id,
+                hit.chunk_id,
+                hit.text,
+                float(score),
+                hit.metadata,
+                hit.token_ids,
+            )
             for vector_id, score in zip(result.ids[0], result.scores[0], strict=True)
             if (hit := found.get(int(vector_id))) is not None
         ]

@@ -66,6 +66,7 @@ class ChunkHit(NamedTuple):
     chunk_id: str
     text: str
     metadata: dict[str, Any]
+    token_ids: tuple[int, ...] = ()
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -276,14 +277,26 @@ class DocumentStore:
             return {}
         query = (
             select(
-                ChunkRow.id, DocumentRow.doc_id, ChunkRow.chunk_id, ChunkRow.text, DocumentRow.meta
+                ChunkRow.id,
+                DocumentRow.doc_id,
+                ChunkRow.chunk_id,
+                ChunkRow.text,
+                DocumentRow.meta,
+                ChunkRow.token_ids,
             )
             .join(DocumentRow, DocumentRow.id == ChunkRow.document_id)
             .where(ChunkRow.collection_id == collection_id, ChunkRow.id.in_(vector_ids))
         )
         with self._sessions() as session:
             return {
-                row[0]: ChunkHit(row[0], row[1], row[2], row[3], dict(row[4] or {}))
+                row[0]: ChunkHit(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    dict(row[4] or {}),
+                    tuple(np.frombuffer(row[5], dtype="<i4").tolist()),
+                )
                 for row in session.execute(query)
             }
 

@@ -20,10 +20,19 @@ from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
 from ragkv.semantic_step import SemanticStep
 from ragkv.server.errors import install_error_handlers
-from ragkv.server.metrics import build_registry
+from ragkv.server.metrics import ChunkStoreCollector, KVMetrics, build_registry
 from ragkv.server.metrics import router as metrics_router
 from ragkv.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from ragkv.server.routes import cache, cache_admin, chat, collections, embeddings, health, models
+from ragkv.server.routes import (
+    cache,
+    cache_admin,
+    chat,
+    collections,
+    embeddings,
+    health,
+    models,
+    rag,
+)
 from ragkv.settings import Settings
 
 log = logging.getLogger("ragkv.server")
@@ -51,11 +60,16 @@ def build_app(settings: Settings) -> FastAPI:
         )
         model_path = generation_model_path(settings.model.gguf_path, settings.model.hf_dir)
         engine = await run_in_threadpool(
-            LLMEngine.from_path, model_path, settings.model, settings.engine
+            LLMEngine.from_path,
+            model_path,
+            settings.model,
+            settings.engine,
+            settings.chunk_cache,
+            settings.data_dir,
         )
         app.state.engine = AsyncEngine(engine)
+        app.state.metrics_registry.register(ChunkStoreCollector(engine.chunk_stats))
         app.state.engine.start()
-        app.state.pipeline = Pipeline(app.state.engine, settings.engine.default_max_tokens)
         app.state.semantic_step = None
         if app.state.semantic_cache is not None:
             app.state.semantic_step = SemanticStep(
@@ -66,6 +80,12 @@ def build_app(settings: Settings) -> FastAPI:
             settings.retrieval, settings.data_dir, app.state.embedder, app.state.tokenizer
         )
         await run_in_threadpool(app.state.retriever.open)
+        app.state.pipeline = Pipeline(
+            app.state.engine,
+            settings.engine.default_max_tokens,
+            app.state.retriever,
+            settings.retrieval.chunk_tokens,
+        )
         if not settings.auth.enabled:
             log.warning("no API keys configured: auth is off, serving localhost only")
         app.state.ready = True
@@ -75,6 +95,7 @@ def build_app(settings: Settings) -> FastAPI:
         finally:
             app.state.ready = False
             await app.state.engine.stop()
+            await run_in_threadpool(engine.close)
             await run_in_threadpool(app.state.retriever.close)
             if app.state.semantic_cache is not None:
                 await run_in_threadpool(app.state.semantic_cache.close)
@@ -88,6 +109,7 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     app.state.metrics_registry = build_registry()
+    app.state.kv_metrics = KVMetrics(app.state.metrics_registry)
     app.state.semantic_cache = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
@@ -95,6 +117,7 @@ def build_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(rag.router)
     app.include_router(embeddings.router)
     app.include_router(collections.router)
     app.include_router(cache.router)

@@ -18,6 +18,7 @@ from ragkv.errors import ModelError, RagkvError
 from ragkv.pipeline import Pipeline, PromptSpec
 from ragkv.semantic_step import SemanticProbe, SemanticStep
 from ragkv.server import openai_format as fmt
+from ragkv.server.metrics import KVMetrics
 
 log = logging.getLogger("ragkv.server")
 
@@ -66,6 +67,15 @@ class StoreBack:
     def __init__(self, step: SemanticStep | None, probe: SemanticProbe | None) -> None:
         self.step = step
         self.probe = probe
+        self.extra: dict[str, Any] = {}
+        self.metrics: KVMetrics | None = None
+
+    def ragkv(self, final: RequestOutput, kv_reuse: str) -> dict[str, Any]:
+        """The response's whole `ragkv` object (counted in the KV metrics once)."""
+        info = {**fmt.ragkv_info(final, kv_reuse, self.info()), **self.extra}
+        if self.metrics is not None:
+            self.metrics.observe(final, kv_reuse, info["tokens_recomputed"])
+        return info
 
     def info(self) -> dict[str, Any] | None:
         """The semantic part of the `ragkv` object."""
@@ -84,9 +94,13 @@ async def respond(
     stream: bool,
     http: Request,
     store_back: StoreBack | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse | StreamingResponse:
-    """Answer non-stream (one JSON body) or stream (SSE ending with usage, then [DONE])."""
+    """Answer non-stream (one JSON body) or stream (SSE ending with usage, then [DONE]).
+    `extra` is merged into the `ragkv` object (e.g. the RAG sources)."""
     store_back = store_back or StoreBack(None, None)
+    store_back.extra = extra or {}
+    store_back.metrics = getattr(http.app.state, "kv_metrics", None)
     outputs = pipeline.generate(spec, http.is_disconnected)
     if not stream:
         return await _collect(outputs, completion, spec, store_back)
@@ -164,7 +178,7 @@ async def _collect(
         completion.object_name,
         choices=[completion.choice_full("".join(text), logprobs, final.finish_reason)],
         usage=fmt.usage(final),
-        ragkv=fmt.ragkv_info(final, spec.kv_reuse, store_back.info()),
+        ragkv=store_back.ragkv(final, spec.kv_reuse),
     )
     return JSONResponse(body, headers={"x-ragkv-cache": fmt.cache_header(final)})
 
@@ -194,7 +208,7 @@ async def _stream(
                 name,
                 choices=[],
                 usage=fmt.usage(final),
-                ragkv=fmt.ragkv_info(final, spec.kv_reuse, store_back.info()),
+                ragkv=store_back.ragkv(final, spec.kv_reuse),
             )
         )
         yield fmt.sse("[DONE]")

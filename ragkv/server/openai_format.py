@@ -32,16 +32,19 @@ def ragkv_info(
         "semantic_cache": (semantic or {}).get("semantic_cache", "skipped"),
         "semantic": semantic,
         "kv_reuse": kv_reuse,
+        "selector": final.selector,
         "prefix_tokens_reused": final.cached_tokens,
-        "chunk_tokens_reused": 0,
-        "tokens_recomputed": final.prompt_tokens - final.cached_tokens,
+        "chunk_tokens_reused": final.chunk_tokens_reused,
+        "tokens_recomputed": final.tokens_recomputed
+        if final.tokens_recomputed is not None
+        else final.prompt_tokens - final.cached_tokens,
         "ttft_ms": round(final.ttft_ms, 2) if final.ttft_ms is not None else None,
     }
 
 
 def cache_header(final: RequestOutput) -> str:
     """Value of `x-ragkv-cache` for an answer the engine produced."""
-    return "kv-hit" if final.cached_tokens > 0 else "miss"
+    return "kv-hit" if final.cached_tokens > 0 or final.chunk_tokens_reused > 0 else "miss"
 
 
 def cached_output(prompt_tokens: int, completion_tokens: int) -> RequestOutput:

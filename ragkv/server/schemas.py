@@ -95,13 +95,56 @@ class SamplingFields(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class DocumentIn(BaseModel):
+    """An inline RAG document: its text becomes one or more chunks of context."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, max_length=256)
+    text: str = Field(..., min_length=1)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("document text is blank")
+        return value
+
+
+class RagQuery(BaseModel):
+    """Server-side retrieval: the `top_k` chunks of `collection` closest to the question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str = Field(..., min_length=1, max_length=64)
+    top_k: int = Field(4, ge=1, le=10000)
+
+
 class ChatCompletionRequest(SamplingFields):
-    """Body of `POST /v1/chat/completions`."""
+    """Body of `POST /v1/chat/completions` (with optional `documents` and `rag` context)."""
 
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    documents: list[DocumentIn] | None = Field(None, max_length=64)
+    rag: RagQuery | None = None
+
+
+class RagChatRequest(BaseModel):
+    """Body of `POST /v1/rag/chat`: a question answered from a collection, with sources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(..., min_length=1, max_length=32_000)
+    collection: str = Field(..., min_length=1, max_length=64)
+    top_k: int = Field(4, ge=1, le=10000)
+    stream: bool = False
+    system: str | None = Field(None, max_length=32_000)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    model: str | None = Field(None, max_length=256)
+    ragkv: RagkvOptions = Field(default_factory=RagkvOptions)
 
 
 class CompletionRequest(SamplingFields):

@@ -23,7 +23,7 @@ class FlushRequest(BaseModel):
 
     tenant: str | None = Field(None, min_length=1, max_length=256)
     category: str | None = Field(None, min_length=1, max_length=64)
-    level: Literal["all", "semantic", "prefix"] = "all"
+    level: Literal["all", "semantic", "prefix", "chunk"] = "all"
 
 
 class CategoriesBody(BaseModel):
@@ -47,18 +47,21 @@ class FeedbackRequest(BaseModel):
 
 @router.get("/admin/cache/stats")
 async def stats(request: Request, _: Admin) -> dict[str, Any]:
-    """Cache statistics per level: `semantic` per tenant and category; `prefix` (radix KV)."""
+    """Cache statistics per level: `semantic` per tenant and category; `prefix` (radix KV);
+    `chunk` (chunk KV: reuse, tiers, load-or-recompute decisions; null when disabled)."""
     cache = cache_of(request)
     engine = request.app.state.engine.engine
     return {
         "semantic": await run_in_threadpool(cache.stats_report),
         "prefix": await run_in_threadpool(engine.prefix_stats),
+        "chunk": await run_in_threadpool(engine.chunk_stats),
     }
 
 
 @router.post("/admin/cache/flush")
 async def flush(body: FlushRequest, request: Request, _: Admin) -> dict[str, Any]:
-    """Drop cached entries; `{}` drops everything (`level` picks semantic or prefix only)."""
+    """Drop cached entries; `{}` drops everything (`level` picks one of semantic, prefix,
+    chunk)."""
     flushed: dict[str, Any] = {}
     if body.level in ("all", "semantic"):
         cache = cache_of(request)
@@ -66,6 +69,9 @@ async def flush(body: FlushRequest, request: Request, _: Admin) -> dict[str, Any
     if body.level in ("all", "prefix") and body.category is None:
         engine = request.app.state.engine.engine
         flushed["prefix_pages"] = await run_in_threadpool(engine.flush_prefix, body.tenant)
+    if body.level in ("all", "chunk") and body.category is None:
+        engine = request.app.state.engine.engine
+        flushed["chunk_entries"] = await run_in_threadpool(engine.flush_chunks, body.tenant)
     return {"flushed": flushed}
 
 

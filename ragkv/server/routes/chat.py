@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
+from ragkv.engine.tokenizer import Tokenizer
 from ragkv.errors import InvalidRequest, NotFound
 from ragkv.pipeline import Pipeline, PromptSpec
 from ragkv.server import openai_format as fmt
@@ -63,6 +66,7 @@ def _spec(
         kv_reuse=body.ragkv.kv_reuse,
         pin_ttl_s=body.ragkv.pin_ttl_s,
         session_id=body.ragkv.session_id,
+        recompute_ratio=body.ragkv.recompute_ratio,
     )
 
 
@@ -70,7 +74,15 @@ def _spec(
 async def chat_completions(
     body: ChatCompletionRequest, http: Request, tenant: Tenant
 ) -> JSONResponse | StreamingResponse:
-    """Chat completion over the served model, reusing cached prefix KV."""
+    """Chat completion over the served model. With `documents` or `rag`, the context chunks
+    are placed before the question and their cached KV is blended (`ragkv.kv_reuse`)."""
+    return await run_chat(body, http, tenant)
+
+
+async def run_chat(
+    body: ChatCompletionRequest, http: Request, tenant: str
+) -> JSONResponse | StreamingResponse:
+    """The chat pipeline: semantic cache -> context -> prompt -> engine -> store-back."""
     model_id = _check_model(http, body)
     pipeline = _pipeline(http)
     if body.top_logprobs and not body.logprobs:
@@ -85,18 +97,60 @@ async def chat_completions(
     if step is not None and not body.logprobs:
         probe = await step.probe(
             tenant,
-            messages,
+            _keyed_by_context(messages, body),
             body.temperature,
             body.ragkv.semantic_cache,
             body.ragkv.category,
             http.app.state.engine.load,
         )
         store_back = StoreBack(step, probe)
+    completion = _chat_completion(model_id, tokenizer, body.logprobs)
+    hit = store_back.probe.hit if store_back.probe is not None else None
+    if hit is not None:
+        num_tokens = len(tokenizer.encode(hit.response))
+        return respond_cached(hit.response, completion, body.stream, spec, store_back, num_tokens)
+    extra: dict[str, Any] = {}
+    if body.documents or body.rag:
+        context = await pipeline.context(
+            tenant,
+            messages[-1]["content"] if messages[-1]["role"] == "user" else "",
+            [(d.id, d.text) for d in body.documents or []],
+            body.rag.collection if body.rag else None,
+            body.rag.top_k if body.rag else 4,
+        )
+        extra["sources"] = [source.to_json() for source in context.sources]
+        if context.chunks:
+            prompt = pipeline.rag_prompt(messages, context)
+            requested = body.max_completion_tokens or body.max_tokens
+            max_tokens = pipeline.max_tokens(requested, len(prompt.token_ids))
+            spec = _spec(
+                body, tenant, prompt.token_ids, max_tokens, body.logprobs, body.top_logprobs or 0
+            )
+            spec = replace(spec, chunk_spans=tuple(prompt.spans))
+    return await respond(pipeline, spec, completion, body.stream, http, store_back, extra)
 
+
+def _keyed_by_context(
+    messages: list[dict[str, str]], body: ChatCompletionRequest
+) -> list[dict[str, str]]:
+    """Messages as the semantic cache keys them: a RAG answer is only reused for the same
+    context (the same inline documents, or the same collection and top_k)."""
+    if not body.documents and not body.rag:
+        return messages
+    digest = hashlib.sha256()
+    for document in body.documents or []:
+        digest.update(f"{document.id}\x00{document.text}\x00".encode())
+    if body.rag:
+        digest.update(f"rag\x00{body.rag.collection}\x00{body.rag.top_k}".encode())
+    marker = {"role": "system", "content": f"ragkv-context:{digest.hexdigest()[:32]}"}
+    return [marker, *messages]
+
+
+def _chat_completion(model_id: str, tokenizer: Tokenizer, logprobs: bool) -> Completion:
     def logprobs_of(items: list[TokenLogprob]) -> dict[str, Any] | None:
-        return fmt.chat_logprobs(tokenizer, items) if body.logprobs else None
+        return fmt.chat_logprobs(tokenizer, items) if logprobs else None
 
-    completion = Completion(
+    return Completion(
         "chat.completion",
         "chat.completion.chunk",
         "chatcmpl",
@@ -120,11 +174,6 @@ async def chat_completions(
             "finish_reason": None,
         },
     )
-    hit = store_back.probe.hit if store_back.probe is not None else None
-    if hit is not None:
-        num_tokens = len(tokenizer.encode(hit.response))
-        return respond_cached(hit.response, completion, body.stream, spec, store_back, num_tokens)
-    return await respond(pipeline, spec, completion, body.stream, http, store_back)
 
 
 @router.post("/v1/completions", response_model=None)

@@ -303,4 +303,15 @@ async def search(
 ) -> SearchResponse:
     """The `top_k` chunks closest in meaning to `query`, best first."""
     hits = await run_in_threadpool(retriever.search, tenant, name, body.query, body.top_k)
-    return SearchResponse(data=[SearchResult(**hit._asdict()) for hit in hits])
+    return SearchResponse(
+        data=[
+            SearchResult(
+                document_id=hit.document_id,
+                chunk_id=hit.chunk_id,
+                text=hit.text,
+                score=hit.score,
+                metadata=hit.metadata,
+            )
+            for hit in hits
+        ]
+    )
