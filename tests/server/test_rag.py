@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 
 import httpx
 import openai
 import pytest
 
+from ragkv.cache.chunks import chunk_key
 from ragkv.retrieval.loaders import wikipedia_sample
 from tests.conftest import LiveServer
 
@@ -189,3 +191,25 @@ def test_chunk_level_stats_metrics_and_flush(live_server, leads):
     assert flushed["chunk_entries"] >= 4  # memory and disk copies
     after = httpx.get(f"{live_server.url}/admin/cache/stats", headers=ADMIN).json()["chunk"]
     assert after["tiers"]["cpu"]["entries"] == 0
+
+
+def test_ingest_with_prewarm_fills_the_chunk_cache(live_server, leads):
+    name = f"warm-{uuid.uuid4().hex[:8]}"
+    httpx.post(f"{live_server.url}/v1/collections", json={"name": name}, headers=A)
+    text = leads[3][1] + " Extra sentence so the chunk is new to the cache."
+    added = httpx.post(
+        f"{live_server.url}/v1/collections/{name}/documents?prewarm=true",
+        json={"documents": [{"id": "warm", "text": text}]},
+        headers=A,
+        timeout=300,
+    )
+    assert added.status_code == 200 and added.json()["prewarm"] == "scheduled"
+    engine = live_server.app.state.engine.engine
+    document = httpx.get(
+        f"{live_server.url}/v1/collections/{name}/documents/warm", headers=A
+    ).json()
+    keys = [chunk_key("tenant-a", c["token_ids"]) for c in document["chunks"]]
+    deadline = time.monotonic() + 120
+    while not all(engine.blender.store.contains(k) for k in keys):
+        assert time.monotonic() < deadline, "prewarm did not finish"
+        time.sleep(0.5)

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from ragkv.engine.engine import LLMEngine
 from ragkv.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from ragkv.retrieval.loaders import documents_from_bytes
 from ragkv.retrieval.service import DocumentInput, Retriever
 from ragkv.retrieval.store import CollectionInfo
 from ragkv.server.auth import Tenant
+
+log = logging.getLogger("ragkv.server")
 
 router = APIRouter(tags=["collections"])
 
@@ -95,6 +99,7 @@ class IngestResult(BaseModel):
     document_ids: list[str]
     num_documents: int
     num_chunks: int
+    prewarm: Literal["scheduled", "off"] = "off"
 
 
 class ChunkOut(BaseModel):
@@ -196,9 +201,17 @@ _DOCUMENTS_BODY = {
     "/v1/collections/{name}/documents", response_model=IngestResult, openapi_extra=_DOCUMENTS_BODY
 )
 async def add_documents(
-    name: str, request: Request, tenant: Tenant, retriever: Retrieval
+    name: str,
+    request: Request,
+    tenant: Tenant,
+    retriever: Retrieval,
+    background: BackgroundTasks,
+    prewarm: bool = False,
 ) -> IngestResult:
-    """Add or replace documents: JSON `{"documents": [...]}` or multipart .txt/.md/.jsonl files."""
+    """Add or replace documents: JSON `{"documents": [...]}` or multipart .txt/.md/.jsonl files.
+
+    `?prewarm=true` computes the new chunks' KV for the chunk cache after answering, so
+    their first RAG request already reuses it."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         documents = await _json_documents(request)
@@ -211,12 +224,35 @@ async def add_documents(
         )
     await run_in_threadpool(retriever.get_collection, tenant, name)  # 404 before any work
     stats = await run_in_threadpool(retriever.add_documents, tenant, name, documents)
+    engine = request.app.state.engine.engine
+    scheduled = prewarm and engine.blender is not None
+    if scheduled:
+        background.add_task(
+            run_in_threadpool, _prewarm, retriever, engine, tenant, name, stats.document_ids
+        )
     return IngestResult(
         collection=name,
         document_ids=stats.document_ids,
         num_documents=len(stats.document_ids),
         num_chunks=stats.chunks,
+        prewarm="scheduled" if scheduled else "off",
     )
+
+
+def _prewarm(
+    retriever: Retriever, engine: LLMEngine, tenant: str, name: str, document_ids: list[str]
+) -> None:
+    """Compute the chunk KV of ingested documents (best effort: a failure is only logged)."""
+    try:
+        chunks = [
+            list(chunk.token_ids)
+            for doc_id in document_ids
+            for chunk in retriever.get_document(tenant, name, doc_id).chunks
+        ]
+        computed = engine.prewarm(tenant, chunks)
+        log.info("prewarmed %d of %d chunks of collection %s", computed, len(chunks), name)
+    except Exception:
+        log.exception("chunk KV prewarm of collection %s failed", name)
 
 
 async def _json_documents(request: Request) -> list[DocumentInput]:
