@@ -232,11 +232,18 @@ def attention_dense(
     scale: float,
     group: int,
 ) -> torch.Tensor:
-    """Causal attention of queries at arbitrary (sorted or not) prompt positions over one
-    request's dense KV: `q: [Q, H, D]`, `keys, values: [N, KH, D]` at positions 0..N-1.
+    """Causal attention of queries at arbitrary sorted prompt positions over one request's
+    dense KV: `q: [Q, H, D]`, `keys, values: [N, KH, D]` at positions 0..N-1.
 
     The blended prefill's attention: only selected tokens are queries, every token is a key.
+    When the queries are all N positions it is plain square causal attention (no mask).
     """
+    if q.shape[0] == keys.shape[0] and q.shape[0] > 1:
+        qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, keys, values))
+        out = F.scaled_dot_product_attention(
+            qh, kh, vh, is_causal=True, scale=scale, enable_gqa=group > 1
+        )
+        return out.squeeze(0).transpose(0, 1)
     return attention_ref(q, keys, values, q_positions, scale, group)
 
 

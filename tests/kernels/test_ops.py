@@ -74,3 +74,34 @@ def test_fused_rms_norm_matches_reference(dtype: torch.dtype) -> None:
     weight = torch.randn(576, generator=generator).to(dtype)
     expected = ops.rms_norm_ref(x, weight, 1e-5)
     torch.testing.assert_close(ops.rms_norm_fused(x, weight, 1e-5), expected)
+
+
+def brute_force_attention(q, keys, values, q_positions, scale):
+    """Softmax attention written out per query and head, causal by position."""
+    group = q.shape[1] // keys.shape[1]
+    out = torch.empty_like(q)
+    for row, position in enumerate(q_positions.tolist()):
+        for head in range(q.shape[1]):
+            k = keys[: position + 1, head // group]
+            v = values[: position + 1, head // group]
+            weights = torch.softmax((k @ q[row, head]) * scale, dim=0)
+            out[row, head] = weights @ v
+    return out
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2), (8, 1)], ids=["gqa1", "gqa3", "gqa8"])
+@pytest.mark.parametrize(
+    ("num_keys", "positions"),
+    [(1, [0]), (37, list(range(37))), (37, [36]), (50, [0, 3, 17, 18, 49]), (33, [5, 32])],
+    ids=["one-token", "all-square", "last-only", "scattered", "two"],
+)
+def test_dense_attention_of_selected_queries(num_keys, positions, heads) -> None:
+    generator = torch.Generator().manual_seed(num_keys + heads[0])
+    num_heads, num_kv_heads = heads
+    q = torch.randn(len(positions), num_heads, 16, generator=generator)
+    keys = torch.randn(num_keys, num_kv_heads, 16, generator=generator)
+    values = torch.randn(num_keys, num_kv_heads, 16, generator=generator)
+    q_positions = torch.tensor(positions)
+    got = ops.attention(q, keys, values, q_positions, 0.25, num_heads // num_kv_heads)
+    expected = brute_force_attention(q, keys, values, q_positions, 0.25)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
