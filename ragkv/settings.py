@@ -102,6 +102,11 @@ class ChunkCacheSettings(Section):
     recompute_ratio: float = Field(
         0.15, ge=0.0, le=1.0, description="share of chunk tokens recomputed by default"
     )
+    adaptive_ratio: bool = Field(
+        False,
+        description="cacheblend picks its own ratio per request from the deviation spread "
+        "(recompute_ratio then ignored)",
+    )
     check_layer: int = Field(1, ge=0, description="layer where KV deviation is measured")
     sink_tokens: int = Field(1, ge=0, description="first tokens of each chunk always recomputed")
     lego_tokens: int = Field(16, ge=1, description="tokens per chunk recomputed by 'lego'")

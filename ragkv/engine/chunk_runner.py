@@ -19,6 +19,7 @@ from ragkv.cache.chunks import ChunkKVStore, CostModel, chunk_key
 from ragkv.engine.blend import BlendResult, ChunkSpan, blended_prefill, place_chunks
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
+from ragkv.engine.scheduler import Scheduler
 from ragkv.engine.selectors import NaiveSelector, Selector, make_selector
 from ragkv.engine.sequence import Sequence
 from ragkv.settings import ChunkCacheSettings
@@ -61,6 +62,7 @@ class ChunkBlender:
             check_layer=min(self.settings.check_layer, self.model.config.num_layers - 1),
             lego_tokens=self.settings.lego_tokens,
             sink_tokens=self.settings.sink_tokens,
+            adaptive=self.settings.adaptive_ratio and ratio is None,
         )
 
     def chunk_kv(self, tenant: str, token_ids: list[int]) -> tuple[torch.Tensor, str]:
@@ -87,6 +89,27 @@ class ChunkBlender:
             return False
         self.chunk_kv(tenant, token_ids)
         return True
+
+    def prefill(self, seq: Sequence, pool: KVPool, scheduler: Scheduler) -> torch.Tensor | None:
+        """Blend an admitted sequence and mark its prompt computed; its first-token logits.
+
+        If blending fails the sequence goes back to the queue for a plain prefill (counted
+        in `fallbacks` and logged, never silent) and None is returned."""
+        seq.blend_pending = False
+        num_exact = seq.num_computed
+        try:
+            result = self.run(seq, pool)
+        except Exception:
+            log.exception("blended prefill of %s failed; recomputing it in full", seq.request_id)
+            self.stats.fallbacks += 1
+            scheduler.requeue(seq)
+            return None
+        seq.num_computed = len(seq.token_ids)
+        seq.num_cached_prompt = num_exact
+        seq.chunk_tokens_reused = result.num_chunk_reused
+        seq.tokens_recomputed = len(result.recomputed)
+        seq.selector = result.selector
+        return result.logits
 
     def run(self, seq: Sequence, pool: KVPool) -> BlendResult:
         """Blended prefill of `seq` (admitted: pages reserved, `num_computed` = exact prefix

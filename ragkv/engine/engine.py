@@ -20,7 +20,7 @@ from ragkv.engine.model import LlamaModel
 from ragkv.engine.runner import build_forward_batch
 from ragkv.engine.sampling import make_generator, sample
 from ragkv.engine.scheduler import ScheduledBatch, Scheduler
-from ragkv.engine.sequence import Request, RequestOutput, SeqStatus, Sequence
+from ragkv.engine.sequence import Request, RequestOutput, Sequence
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.engine.weights import fingerprint, load_weights
 from ragkv.errors import InvalidRequest, Overloaded
@@ -291,28 +291,12 @@ class LLMEngine:
         return computed
 
     def _blend(self, seq: Sequence) -> list[RequestOutput]:
-        """Blended prefill of an admitted sequence, then its first token. If blending fails
-        the sequence falls back to a plain prefill (counted and logged, never silent)."""
-        assert self.blender is not None
-        seq.blend_pending = False
-        num_exact = seq.num_computed
-        try:
-            result = self.blender.run(seq, self.pool)
-        except Exception:
-            log.exception("blended prefill of %s failed; recomputing it in full", seq.request_id)
-            self.blender.stats.fallbacks += 1
-            self.scheduler.running.remove(seq)
-            self.scheduler.release(seq)
-            seq.status = SeqStatus.WAITING
-            self.scheduler.waiting.appendleft(seq)
-            return []
-        seq.num_computed = len(seq.token_ids)
-        seq.num_cached_prompt = num_exact
-        seq.chunk_tokens_reused = result.num_chunk_reused
-        seq.tokens_recomputed = len(result.recomputed)
-        seq.selector = result.selector
+        """Blended prefill of an admitted sequence, store-back, then its first token."""
+        logits = self.blender.prefill(seq, self.pool, self.scheduler)
+        if logits is None:
+            return []  # blending failed; the sequence waits for a plain prefill
         self.scheduler.store_prefix(seq)  # store-back: the same prompt again is a prefix hit
-        token, logprob = sample(result.logits, seq.request.params, seq.generator)
+        token, logprob = sample(logits, seq.request.params, seq.generator)
         return [self._append_token(seq, token, logprob)]
 
     def _take_commands(self) -> None:

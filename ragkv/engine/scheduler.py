@@ -177,6 +177,13 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
 
+    def requeue(self, seq: Sequence) -> None:
+        """Send a running sequence back to the head of the queue, its pages freed."""
+        self.running.remove(seq)
+        self.release(seq)
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+
     def release(self, seq: Sequence) -> None:
         """Drop the sequence's page references and prefix lock."""
         self.pool.decref(seq.pages)
