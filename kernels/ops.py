@@ -123,6 +123,10 @@ def attention_ref(
     return out.squeeze(0).transpose(0, 1)
 
 
+PREFILL_QUERY_BLOCKS = 4
+MIN_BLOCKED_QUERIES = 64
+
+
 @dataclass
 class AttentionGroup:
     """Sequences attended together in one batched call.
@@ -170,15 +174,22 @@ def plan_paged_attention(
         q_start, q_end = qo_indptr[b], qo_indptr[b + 1]
         if q_end - q_start <= 1:
             continue
-        slots = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)[None]
+        slots = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)
         positions = q_positions[q_start:q_end]
-        square = q_end - q_start == kv_lens[b] and int(positions[0]) == 0
-        mask = None
-        if not square:
-            key_pos = torch.arange(kv_lens[b], device=device)
-            mask = (key_pos[None, :] <= positions[:, None])[None, None]
-        rows = torch.arange(q_start, q_end, device=device)
-        groups.append(AttentionGroup(rows, slots, mask, q_end - q_start, square))
+        if q_end - q_start == kv_lens[b] and int(positions[0]) == 0:
+            rows = torch.arange(q_start, q_end, device=device)
+            groups.append(AttentionGroup(rows, slots[None], None, q_end - q_start, True))
+            continue
+        # A prefill after cached KV needs a mask, and a masked call computes the whole
+        # rectangle: split the queries so each block reads keys only up to its last position.
+        num_blocks = PREFILL_QUERY_BLOCKS if q_end - q_start >= MIN_BLOCKED_QUERIES else 1
+        bounds = [q_start + (q_end - q_start) * i // num_blocks for i in range(num_blocks + 1)]
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            visible = int(q_positions[end - 1]) + 1
+            key_pos = torch.arange(visible, device=device)
+            mask = (key_pos[None, :] <= q_positions[start:end, None])[None, None]
+            rows = torch.arange(start, end, device=device)
+            groups.append(AttentionGroup(rows, slots[:visible][None], mask, end - start, False))
     return groups
 
 

@@ -42,8 +42,16 @@ def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_head
         ([17], [17]),
         ([7], [40]),
         ([1, 33, 1, 0], [100, 33, 2, 9]),
+        ([130, 1], [161, 20]),
     ],
-    ids=["one-token", "decodes", "square-prefill", "chunked-prefill", "mixed-with-empty"],
+    ids=[
+        "one-token",
+        "decodes",
+        "square-prefill",
+        "chunked-prefill",
+        "mixed-with-empty",
+        "long-prefill-after-prefix",
+    ],
 )
 def test_grouped_matches_reference(q_lens, kv_lens, heads) -> None:
     q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_lens, positions = make_case(
