@@ -79,6 +79,11 @@ MODES = [
         CacheBlendSelector(0.15, check_layer=2, sink_tokens=1),
     ),
     Mode("cacheblend-adaptive-s1", "cacheblend", CacheBlendSelector(adaptive=True, sink_tokens=1)),
+    # selection right after layer 0 (one full layer instead of two), with chunk sinks
+    *(
+        Mode(f"cacheblend-{r:.2f}-s{s}-c0", "cacheblend", CacheBlendSelector(r, 0, sink_tokens=s))
+        for r, s in ((0.15, 1), (0.2, 1), (0.15, 8), (0.12, 4))
+    ),
 ]
 
 
