@@ -37,7 +37,7 @@ from ragkv.cache.semantic_types import (
     check_vector,
 )
 from ragkv.cache.single_flight import SingleFlight
-from ragkv.cache.verified import VerifiedThresholds
+from ragkv.cache.verified import VERIFIED_STATE, VerifiedThresholds
 from ragkv.errors import InvalidRequest, NotFound
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
@@ -87,11 +87,12 @@ class SemanticCache(SemanticCacheAdmin):
         self.adapter = LoadAdapter(
             settings.load_high, settings.load_low, settings.load_min_dwell_s, clock
         )
-        self.verified = (
-            VerifiedThresholds(settings.verified_delta, settings.verified_min_observations)
-            if settings.verified
-            else None
-        )
+        self.verified = None
+        if settings.verified:
+            self.verified = VerifiedThresholds(
+                settings.verified_delta, settings.verified_min_observations
+            )
+            self.verified.load(self.store.get_state(VERIFIED_STATE))
         self.stats = SemanticCacheStats(registry)
         self.single_flight = SingleFlight()
         self.partitions = PartitionSet(self.store, IndexFiles(path / "index"), settings)

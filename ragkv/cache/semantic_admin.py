@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ragkv.cache.semantic_stats import EVENTS
+from ragkv.cache.verified import VERIFIED_STATE
 from ragkv.errors import NotFound
 from ragkv.settings import CategoryPolicy
 
@@ -34,6 +35,7 @@ class SemanticCacheAdmin:
             tenant, category = parts[0].key.tenant, parts[0].key.category
             if self.verified is not None and similarity is not None:
                 self.verified.observe(entry_id, category, float(similarity), bool(correct))
+                self.store.put_state(VERIFIED_STATE, self.verified.export())
             if not correct:
                 self._delete(parts[0], [entry_id])
                 self.stats.count(tenant, category, "false_hit_reports")

@@ -6,12 +6,18 @@ with similarity >= t there are at least `min_observations` and the posterior-mea
 with a uniform prior, `(wrong + 1) / (n + 2)`, is <= `delta`. An entry uses its own
 observations when they suffice, else its category's; with too little evidence the category's
 configured threshold applies, raised above any similarity at which that entry was wrong.
+Observations are exported to / loaded from a JSON-able dict, so they survive restarts; each
+entry and category keeps its latest `MAX_OBSERVATIONS`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from typing import Any
+
+MAX_OBSERVATIONS = 10_000
+VERIFIED_STATE = "verified_observations"  # the store's state key of the observations
 
 
 class VerifiedThresholds:
@@ -27,8 +33,9 @@ class VerifiedThresholds:
     def observe(self, entry_id: int, category: str, similarity: float, correct: bool) -> None:
         """Record that a hit on `entry_id` at `similarity` was `correct` (or not)."""
         with self._lock:
-            self._by_entry[entry_id].append((similarity, correct))
-            self._by_category[category].append((similarity, correct))
+            for observations in (self._by_entry[entry_id], self._by_category[category]):
+                observations.append((similarity, correct))
+                del observations[:-MAX_OBSERVATIONS]
 
     def forget_entry(self, entry_id: int) -> None:
         """Drop an entry's observations (the entry was deleted); its category keeps them."""
@@ -62,6 +69,33 @@ class VerifiedThresholds:
                 return max(floor, learned)
         wrong_at = [similarity for similarity, correct in own if not correct]
         return max([configured, *(s + 1e-6 for s in wrong_at)])
+
+    def export(self) -> dict[str, Any]:
+        """All observations as plain JSON-able data (for the store)."""
+        with self._lock:
+            return {
+                "entries": {str(k): [list(o) for o in v] for k, v in self._by_entry.items()},
+                "categories": {k: [list(o) for o in v] for k, v in self._by_category.items()},
+            }
+
+    def load(self, data: dict[str, Any] | None) -> None:
+        """Replace the observations with `export()` output (None or malformed: keep empty)."""
+        if not isinstance(data, dict):
+            return
+        try:
+            entries = {
+                int(k): [(float(s), bool(c)) for s, c in v]
+                for k, v in data.get("entries", {}).items()
+            }
+            categories = {
+                str(k): [(float(s), bool(c)) for s, c in v]
+                for k, v in data.get("categories", {}).items()
+            }
+        except (TypeError, ValueError):
+            return
+        with self._lock:
+            self._by_entry = defaultdict(list, entries)
+            self._by_category = defaultdict(list, categories)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Per category: number of observations and of wrong ones (for stats)."""

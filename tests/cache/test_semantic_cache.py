@@ -242,3 +242,21 @@ def test_personal_questions_are_not_cached(tmp_path, embedder, clock) -> None:
     assert result.category == "personal" and result.entry_id is None
     assert result.reason == "not_cacheable"
     cache.close()
+
+
+def test_verified_observations_survive_a_restart(tmp_path, embedder, clock) -> None:
+    cache = open_cache(
+        tmp_path, embedder, clock, verified=True, verified_min_observations=3, verified_delta=0.3
+    )
+    stored = put(cache, embedder, "a", CAPITAL)
+    for similarity in (0.97, 0.96, 0.95, 0.94):
+        cache.feedback(stored.entry_id, correct=True, similarity=similarity)
+    learned = cache.verified.threshold(stored.entry_id, "general", 0.99, 0.8)
+    assert learned < 0.99
+    cache.close()
+    cache = open_cache(
+        tmp_path, embedder, clock, verified=True, verified_min_observations=3, verified_delta=0.3
+    )
+    assert cache.verified.threshold(stored.entry_id, "general", 0.99, 0.8) == learned
+    assert cache.verified.snapshot()["general"]["observations"] == 4
+    cache.close()
