@@ -134,21 +134,23 @@ def blended_prefill(
     hidden = F.embedding(token_ids.index_select(0, active), model.embed)
     cos_all, sin_all = model.rope(positions + first_position)
     for index, layer in enumerate(model.layers):
-        if full_layers and index == full_layers:
-            chosen = selector.select(inputs)
-            narrowed = _merge(positions[always], chosen)
-            hidden = hidden.index_select(0, _rows_of(active, narrowed))
-            active = narrowed
         cos, sin = cos_all.index_select(0, active), sin_all.index_select(0, active)
         q, k, v = model.qkv(layer, hidden, cos, sin)
         keys, values = kv[index, 0], kv[index, 1]
-        if full_layers and index == full_layers - 1:
+        check = full_layers and index == full_layers - 1
+        if check:
             rows = _rows_of(active, chunk_positions)
             inputs.deviation = (k.index_select(0, rows) - keys[chunk_positions]).flatten(1)
             inputs.deviation = inputs.deviation.norm(dim=-1)
-            inputs.attention_probe = _probe(q, rows, keys, k, active, chunk_positions, model)
         keys.index_copy_(0, active, k)
         values.index_copy_(0, active, v)
+        if check:
+            # Every token's fresh KV of the check layer is written; only the tokens that go
+            # on need the rest of the layer (attention + MLP), so narrow before it.
+            inputs.attention_probe = _probe(q.index_select(0, rows), keys, chunk_positions, model)
+            narrowed = _merge(positions[always], selector.select(inputs))
+            keep = _rows_of(active, narrowed)
+            q, hidden, active = q.index_select(0, keep), hidden.index_select(0, keep), narrowed
         attn = ops.attention(q, keys, values, active, model.scale, model.config.group_size)
         hidden = model.mlp_residual(layer, hidden, attn)
     logits = model.logits(hidden[-num_logits:])
@@ -176,22 +178,18 @@ def _rows_of(active: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
 
 
 def _probe(
-    q: torch.Tensor,
-    rows: torch.Tensor,
+    chunk_q: torch.Tensor,
     keys: torch.Tensor,
-    fresh_k: torch.Tensor,
-    active: torch.Tensor,
     chunk_positions: torch.Tensor,
     model: LlamaModel,
 ):
     """A callable giving attention probabilities of chunk queries at the check layer.
 
-    Selectors that need attention statistics (cachecraft) call it with a few query rows;
-    computing all N x N probabilities up front would cost more than the layer itself.
+    `chunk_q: [C, H, D]` are the chunk tokens' queries, `keys: [N, KH, D]` the layer's fresh
+    keys. Selectors that need attention statistics (cachecraft) call it with a few query
+    rows; computing all N x N probabilities up front would cost more than the layer itself.
     """
     fresh_keys = keys.clone()
-    fresh_keys.index_copy_(0, active, fresh_k)
-    chunk_q = q.index_select(0, rows)
 
     def probabilities(query_index: torch.Tensor) -> torch.Tensor:
         """`[len(query_index), N]` head-averaged attention of chunk queries (by index into
@@ -201,7 +199,7 @@ def _probe(
         expanded = fresh_keys.repeat_interleave(group, dim=1)
         scores = torch.einsum("qhd,khd->hqk", queries, expanded) * model.scale
         q_pos = chunk_positions.index_select(0, query_index)
-        key_pos = torch.arange(fresh_keys.shape[0], device=q.device)
+        key_pos = torch.arange(fresh_keys.shape[0], device=chunk_q.device)
         scores = scores.masked_fill(key_pos[None, None, :] > q_pos[None, :, None], float("-inf"))
         return scores.softmax(-1).mean(0)
 

@@ -1,8 +1,9 @@
 """Which cached chunk tokens a blended prefill recomputes (`ragkv.engine.blend`).
 
-A selector either chooses up front (`full_layers == 0`: naive, lego, full) or after the first
-`full_layers` layers were computed for every token, using the KV deviation measured at the
-last of them (the check layer) and, for cachecraft, attention statistics there.
+A selector either chooses up front (`full_layers == 0`: naive, lego, full) or once every
+token's KV of the first `full_layers` layers is fresh, using the KV deviation measured at the
+last of them (the check layer) and, for cachecraft, attention statistics there. Only the
+chosen tokens go through the rest of the check layer (its attention and MLP).
 
 Budgets are fractions of the chunk tokens (`ratio`); the question and uncached tokens are
 always computed on top and never count against the budget.
