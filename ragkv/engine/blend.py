@@ -83,11 +83,11 @@ def place_chunks(
         dtype=model.dtype,
         device=model.device,
     )
-    if prefix_kv is not None:
-        kv[:, :, : prefix_kv.shape[2]] = prefix_kv
     for cached, span in zip(chunk_kv, spans, strict=True):
         kv[:, 0, span.start : span.end] = rerotate(cached[:, 0], span.start, model)
         kv[:, 1, span.start : span.end] = cached[:, 1]
+    if prefix_kv is not None:  # last: exact KV wins over a chunk the prefix hit covers
+        kv[:, :, : prefix_kv.shape[2]] = prefix_kv
     return kv
 
 

@@ -21,7 +21,7 @@ from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.scheduler import Scheduler
 from ragkv.engine.selectors import NaiveSelector, Selector, make_selector
-from ragkv.engine.sequence import Sequence
+from ragkv.engine.sequence import Request, Sequence
 from ragkv.settings import ChunkCacheSettings
 
 log = logging.getLogger("ragkv.engine")
@@ -64,6 +64,11 @@ class ChunkBlender:
             sink_tokens=self.settings.sink_tokens,
             adaptive=self.settings.adaptive_ratio and ratio is None,
         )
+
+    def accepts(self, request: Request) -> bool:
+        """A chunk-reuse mode and at least one chunk long enough to cache."""
+        shortest = self.settings.min_chunk_tokens
+        return request.wants_blend and any(s.length >= shortest for s in request.chunk_spans)
 
     def chunk_kv(self, tenant: str, token_ids: list[int]) -> tuple[torch.Tensor, str]:
         """The chunk's KV `[layers, 2, L, KH, D]` computed alone at positions 0.., from the
@@ -126,9 +131,7 @@ class ChunkBlender:
             self.chunk_kv(request.tenant, prompt[span.start : span.end])[0] for span in spans
         ]
         prefix_kv = pool.read_all(pool.slots(seq.pages, 0, num_exact)) if num_exact else None
-        kv = place_chunks(self.model, len(prompt), chunk_kvs, spans)
-        if prefix_kv is not None:
-            kv[:, :, :num_exact] = prefix_kv
+        kv = place_chunks(self.model, len(prompt), chunk_kvs, spans, prefix_kv)
         selector = self.selector_for(request.kv_reuse, request.recompute_ratio)
         result = blended_prefill(
             self.model, torch.tensor(prompt, device=kv.device), kv, spans, selector, num_exact

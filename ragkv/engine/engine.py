@@ -172,7 +172,7 @@ class LLMEngine:
             namespace=self.namespace(request.tenant),
             token_ids=list(request.prompt_ids),
             generator=make_generator(request.params.seed),
-            blend_pending=self._wants_blend(request),
+            blend_pending=self.blender is not None and self.blender.accepts(request),
         )
         with self._lock:
             if len(self.scheduler.waiting) + len(self._incoming) >= self.settings.max_waiting:
@@ -181,13 +181,6 @@ class LLMEngine:
                     retry_after_s=self.settings.retry_after_s,
                 )
             self._incoming.append(seq)
-
-    def _wants_blend(self, request: Request) -> bool:
-        """A chunk-reuse mode, the chunk cache on, and a chunk long enough to cache."""
-        if not request.wants_blend or self.blender is None:
-            return False
-        shortest = self.blender.settings.min_chunk_tokens
-        return any(span.length >= shortest for span in request.chunk_spans)
 
     def abort(self, request_id: str) -> None:
         """Cancel a request (client gone); its pages are freed at the next step."""
