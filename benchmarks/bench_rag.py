@@ -48,6 +48,7 @@ from ragkv.engine.selectors import (
     Selector,
 )
 from ragkv.engine.sequence import Request
+from ragkv.rag_prompt import rag_head
 from ragkv.settings import ChunkCacheSettings, EngineSettings, ModelSettings
 
 RESULTS = Path(__file__).parent / "results" / "rag.json"
@@ -100,8 +101,16 @@ def installed(engine: LLMEngine, selector: Selector | None):
         del engine.blender.selector_for
 
 
-def run_engine(engine: LLMEngine, case: RagCase, mode: Mode, max_tokens: int, head: list[int]):
-    """One measured request through the engine, prefix cache flushed first."""
+def run_engine(
+    engine: LLMEngine,
+    case: RagCase,
+    mode: Mode,
+    max_tokens: int,
+    head: list[int],
+    context: tuple[int, ...],
+):
+    """One measured request through the engine, prefix cache flushed first; chunk KV is the
+    variant computed after `context` (empty: alone)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     engine.flush_prefix()
     if mode.kv_reuse == "prefix":  # cache the shared template head, nothing more
@@ -115,6 +124,7 @@ def run_engine(engine: LLMEngine, case: RagCase, mode: Mode, max_tokens: int, he
         params,
         tenant=TENANT,
         chunk_spans=tuple(prompt.spans),
+        chunk_context=context,
         kv_reuse=mode.kv_reuse,
     )
     with installed(engine, mode.selector):
@@ -134,7 +144,11 @@ def run_engine(engine: LLMEngine, case: RagCase, mode: Mode, max_tokens: int, he
 
 
 def teacher_forced(
-    engine: LLMEngine, case: RagCase, answer: list[int], selector: Selector | None
+    engine: LLMEngine,
+    case: RagCase,
+    answer: list[int],
+    selector: Selector | None,
+    context: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, BlendResult]:
     """Logits `[len(answer), vocab]` predicting each answer token, prompt + answer fed at once:
     a plain full prefill (selector None) or blended with the cached chunk KV."""
@@ -146,14 +160,21 @@ def teacher_forced(
     else:
         spans = prompt.spans
         chunk_kv = [
-            engine.blender.chunk_kv(TENANT, prompt.token_ids[s.start : s.end])[0] for s in spans
+            engine.blender.chunk_kv(TENANT, prompt.token_ids[s.start : s.end], context)[0]
+            for s in spans
         ]
     kv = place_chunks(model, len(ids), chunk_kv, spans)
     result = blended_prefill(model, torch.tensor(ids), kv, spans, selector, num_logits=len(answer))
     return result.logits.reshape(len(answer), -1), result
 
 
-def tier_ttft(engine: LLMEngine, cases: list[RagCase], source: str, head: list[int]) -> dict:
+def tier_ttft(
+    engine: LLMEngine,
+    cases: list[RagCase],
+    source: str,
+    head: list[int],
+    context: tuple[int, ...],
+) -> dict:
     """TTFT of the default mode with every chunk's KV from `source`: cpu, disk or recompute."""
     store = engine.blender.store
     ttfts, counters = [], Counter()
@@ -166,7 +187,7 @@ def tier_ttft(engine: LLMEngine, cases: list[RagCase], source: str, head: list[i
         elif source == "recompute":
             store.flush()
         before = Counter(store.counts)
-        ttfts.append(run_engine(engine, case, Mode("default", "auto"), 1, head)["ttft_ms"])
+        ttfts.append(run_engine(engine, case, Mode("default", "auto"), 1, head, context)["ttft_ms"])
         counters.update(Counter(store.counts) - before)
     return {"ttft_ms_median": statistics.median(ttfts), "ttft_ms": ttfts, "store": dict(counters)}
 
@@ -205,6 +226,12 @@ def main() -> None:
     parser.add_argument("--kv-cache-mb", type=int, default=1024)
     parser.add_argument("--max-batch-tokens", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--context-variant",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="chunk KV computed after the RAG head, or alone (the default)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     wanted = set(args.modes.split(",")) | {"full"} if args.modes != "all" else None
@@ -224,18 +251,19 @@ def main() -> None:
     pool = chunk_pool(tokenizer, args.pool, args.min_chunk_tokens, args.chunk_tokens, args.seed)
     cases = rag_cases(tokenizer, pool, args.requests, args.chunks_per_request, args.seed)
     head = head_prompt(tokenizer)
+    context = tuple(rag_head(tokenizer)) if args.context_variant else ()
     prewarm_started = time.perf_counter()
-    engine.prewarm(TENANT, [p.token_ids for p in pool])
+    engine.prewarm(TENANT, [p.token_ids for p in pool], context)
     prewarm_s = time.perf_counter() - prewarm_started
     for mode in (MODES[0], Mode("default", "auto")):  # warm-up, not recorded
-        run_engine(engine, cases[0], mode, 2, head)
+        run_engine(engine, cases[0], mode, 2, head, context)
 
     rows: dict[str, dict[str, list]] = {m.name: defaultdict(list) for m in modes}
     answer_match: list[float] = []  # plain prefill's top-1 vs the engine's full-mode answer
     for case in cases:
         answer, reference = [], None
         for mode in modes:
-            got = run_engine(engine, case, mode, args.answer_tokens, head)
+            got = run_engine(engine, case, mode, args.answer_tokens, head, context)
             if mode.name == "full":
                 answer = got["tokens"]
                 reference, _ = teacher_forced(engine, case, answer, None)
@@ -246,7 +274,7 @@ def main() -> None:
                 logits, chunk_blend = reference, case.prompt.num_chunk_tokens
             else:
                 selector = mode.selector or engine.blender.selector_for(mode.kv_reuse, None)
-                logits, result = teacher_forced(engine, case, answer, selector)
+                logits, result = teacher_forced(engine, case, answer, selector, context)
                 chunk_blend = result.num_chunk_recomputed
             kl = kl_rows(reference, logits)
             agree = (logits.argmax(-1) == reference.argmax(-1)).float()
@@ -268,7 +296,9 @@ def main() -> None:
     tiers = {}
     if args.tier_requests and engine.blender.store.disk is not None:
         tier_cases = cases[: args.tier_requests]
-        tiers = {s: tier_ttft(engine, tier_cases, s, head) for s in ("cpu", "disk", "recompute")}
+        tiers = {
+            s: tier_ttft(engine, tier_cases, s, head, context) for s in ("cpu", "disk", "recompute")
+        }
 
     prompt_tokens = [len(c.prompt.token_ids) for c in cases]
     report = {

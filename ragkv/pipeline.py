@@ -19,7 +19,7 @@ from ragkv.engine.blend import ChunkSpan
 from ragkv.engine.sampling import SamplingParams
 from ragkv.engine.sequence import Request, RequestOutput
 from ragkv.errors import InvalidRequest
-from ragkv.rag_prompt import ContextChunk, RagPrompt, assemble_rag_prompt
+from ragkv.rag_prompt import ContextChunk, RagPrompt, assemble_rag_prompt, rag_head
 from ragkv.retrieval.chunker import Chunker
 from ragkv.retrieval.service import Retriever
 
@@ -35,6 +35,7 @@ class PromptSpec:
     pin_ttl_s: float | None = None
     session_id: str | None = None
     chunk_spans: tuple[ChunkSpan, ...] = ()
+    chunk_context: tuple[int, ...] = ()
     recompute_ratio: float | None = None
 
 
@@ -75,12 +76,15 @@ class Pipeline:
         default_max_tokens: int,
         retriever: Retriever | None = None,
         chunk_tokens: int = 256,
+        context_variant: bool = False,
     ) -> None:
         self.engine = engine
         self.tokenizer = engine.engine.tokenizer
         self.default_max_tokens = default_max_tokens
         self.retriever = retriever
         self.chunker = Chunker(self.tokenizer, chunk_tokens)
+        # What chunk KV is computed after (a cache variant): the default RAG head, or nothing.
+        self.chunk_context = tuple(rag_head(self.tokenizer)) if context_variant else ()
 
     async def context(
         self,
@@ -148,6 +152,7 @@ class Pipeline:
             pin_ttl_s=spec.pin_ttl_s,
             session_id=spec.session_id,
             chunk_spans=spec.chunk_spans,
+            chunk_context=spec.chunk_context,
             kv_reuse=spec.kv_reuse,
             recompute_ratio=spec.recompute_ratio,
         )

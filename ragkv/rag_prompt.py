@@ -48,6 +48,15 @@ class RagPrompt:
         return sum(span.length for span in self.spans)
 
 
+def rag_head(tokenizer: ChatTokenizer, instruction: str = DEFAULT_INSTRUCTION) -> list[int]:
+    """Token ids every single-turn RAG prompt without a system message starts with: the
+    template head (with the template's default system prompt, if any) and the instruction.
+    Chunk KV computed after it (`chunk_cache.context_variant`) sees a real attention sink
+    and the instruction, as it does inside a prompt."""
+    head, _, _ = _split(tokenizer, [{"role": "user", "content": ""}])
+    return tokenizer.encode(head) + tokenizer.encode(instruction)
+
+
 def assemble_rag_prompt(
     tokenizer: ChatTokenizer,
     messages: list[dict[str, Any]],
@@ -56,14 +65,7 @@ def assemble_rag_prompt(
 ) -> RagPrompt:
     """`messages` rendered with the chat template, the chunks placed inside the last user
     message before its text. Raises `InvalidRequest` if there is no user message."""
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
-    if last_user < 0:
-        raise InvalidRequest("documents need a user message to answer", param="messages")
-    question = str(messages[last_user].get("content") or "")
-    rendered = [dict(m) for m in messages]
-    rendered[last_user]["content"] = _SENTINEL
-    text = tokenizer.render_chat(rendered)
-    head, _, tail = text.partition(_SENTINEL)
+    head, question, tail = _split(tokenizer, messages)
     token_ids = tokenizer.encode(head) + tokenizer.encode(instruction)
     spans: list[ChunkSpan] = []
     for number, chunk in enumerate(chunks, start=1):
@@ -74,3 +76,15 @@ def assemble_rag_prompt(
         token_ids += tokenizer.encode("\n\n")
     token_ids += tokenizer.encode(f"Question: {question}") + tokenizer.encode(tail)
     return RagPrompt(token_ids, [s for s in spans if s.length > 0])
+
+
+def _split(tokenizer: ChatTokenizer, messages: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """The rendered chat split around the last user message's text: (head, text, tail)."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    if last_user < 0:
+        raise InvalidRequest("documents need a user message to answer", param="messages")
+    question = str(messages[last_user].get("content") or "")
+    rendered = [dict(m) for m in messages]
+    rendered[last_user]["content"] = _SENTINEL
+    head, _, tail = tokenizer.render_chat(rendered).partition(_SENTINEL)
+    return head, question, tail

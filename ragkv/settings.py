@@ -113,6 +113,12 @@ class ChunkCacheSettings(Section):
     min_chunk_tokens: int = Field(
         16, ge=1, description="shorter chunks are computed with the prompt, not cached"
     )
+    context_variant: bool = Field(
+        False,
+        description="compute each chunk's KV after the default RAG prompt head (system "
+        "prompt + instruction) instead of alone (a cache variant; measured worse with "
+        "cacheblend, see benchmarks/README.md)",
+    )
     disk_read_mb_s: float = Field(500.0, gt=0, description="initial disk speed of the cost model")
     prefill_tokens_s: float = Field(
         400.0, gt=0, description="initial prefill speed of the cost model"

@@ -15,6 +15,7 @@ import hashlib
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,10 +39,18 @@ class ChunkKey(NamedTuple):
         return f"{self.tenant}\x00{self.token_hash}\x00{self.variant}".encode()
 
 
-def chunk_key(tenant: str, token_ids: list[int], variant: str = "") -> ChunkKey:
+def chunk_key(tenant: str, token_ids: Sequence[int], variant: str = "") -> ChunkKey:
     """The key of a chunk's token ids for `tenant`."""
-    digest = hashlib.sha256(np.asarray(token_ids, dtype="<i4").tobytes()).hexdigest()
-    return ChunkKey(tenant, digest, variant)
+    return ChunkKey(tenant, _digest(token_ids), variant)
+
+
+def context_variant(context: Sequence[int]) -> str:
+    """The variant name of chunk KV computed after the `context` tokens ("" = alone)."""
+    return f"ctx-{_digest(context)[:16]}" if context else ""
+
+
+def _digest(token_ids: Sequence[int]) -> str:
+    return hashlib.sha256(np.asarray(token_ids, dtype="<i4").tobytes()).hexdigest()
 
 
 @dataclass

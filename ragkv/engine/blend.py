@@ -147,7 +147,7 @@ def blended_prefill(
         if check:
             # Every token's fresh KV of the check layer is written; only the tokens that go
             # on need the rest of the layer (attention + MLP), so narrow before it.
-            inputs.attention_probe = _probe(q.index_select(0, rows), keys, chunk_positions, model)
+            inputs.attention_probe = _probe(q, active, keys, model)
             narrowed = _merge(positions[always], selector.select(inputs))
             keep = _rows_of(active, narrowed)
             q, hidden, active = q.index_select(0, keep), hidden.index_select(0, keep), narrowed
@@ -177,30 +177,24 @@ def _rows_of(active: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(active, subset)
 
 
-def _probe(
-    chunk_q: torch.Tensor,
-    keys: torch.Tensor,
-    chunk_positions: torch.Tensor,
-    model: LlamaModel,
-):
-    """A callable giving attention probabilities of chunk queries at the check layer.
+def _probe(q: torch.Tensor, active: torch.Tensor, keys: torch.Tensor, model: LlamaModel):
+    """A callable giving attention probabilities of computed queries at the check layer.
 
-    `chunk_q: [C, H, D]` are the chunk tokens' queries, `keys: [N, KH, D]` the layer's fresh
-    keys. Selectors that need attention statistics (cachecraft) call it with a few query
-    rows; computing all N x N probabilities up front would cost more than the layer itself.
+    `q: [A, H, D]` are the queries of the `active` positions, `keys: [N, KH, D]` the layer's
+    fresh keys. Selectors that need attention statistics call it with a few query positions;
+    computing all N x N probabilities up front would cost more than the layer itself.
     """
     fresh_keys = keys.clone()
 
-    def probabilities(query_index: torch.Tensor) -> torch.Tensor:
-        """`[len(query_index), N]` head-averaged attention of chunk queries (by index into
-        the chunk positions) over all keys, causal."""
-        queries = chunk_q.index_select(0, query_index)
+    def probabilities(query_positions: torch.Tensor) -> torch.Tensor:
+        """`[len(query_positions), N]` head-averaged causal attention of the queries at
+        `query_positions` (a subset of the active positions) over all keys."""
+        queries = q.index_select(0, _rows_of(active, query_positions))
         group = model.config.group_size
         expanded = fresh_keys.repeat_interleave(group, dim=1)
         scores = torch.einsum("qhd,khd->hqk", queries, expanded) * model.scale
-        q_pos = chunk_positions.index_select(0, query_index)
-        key_pos = torch.arange(fresh_keys.shape[0], device=chunk_q.device)
-        scores = scores.masked_fill(key_pos[None, None, :] > q_pos[None, :, None], float("-inf"))
-        return scores.softmax(-1).mean(0)
+        key_pos = torch.arange(fresh_keys.shape[0], device=q.device)
+        future = key_pos[None, None, :] > query_positions[None, :, None]
+        return scores.masked_fill(future, float("-inf")).softmax(-1).mean(0)
 
     return probabilities

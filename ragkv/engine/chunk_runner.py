@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ragkv.cache.chunks import ChunkKVStore, CostModel, chunk_key
-from ragkv.engine.blend import BlendResult, ChunkSpan, blended_prefill, place_chunks
+from ragkv.cache.chunks import ChunkKey, ChunkKVStore, CostModel, chunk_key, context_variant
+from ragkv.engine.blend import BlendResult, ChunkSpan, blended_prefill, place_chunks, rerotate
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.scheduler import Scheduler
@@ -38,6 +38,7 @@ class ChunkStats:
     tokens_recomputed: int = 0
     chunks_computed: int = 0
     fallbacks: int = 0
+    variant_fallbacks: int = 0
     by_selector: Counter[str] = field(default_factory=Counter)
 
 
@@ -70,29 +71,48 @@ class ChunkBlender:
         shortest = self.settings.min_chunk_tokens
         return request.wants_blend and any(s.length >= shortest for s in request.chunk_spans)
 
-    def chunk_kv(self, tenant: str, token_ids: list[int]) -> tuple[torch.Tensor, str]:
-        """The chunk's KV `[layers, 2, L, KH, D]` computed alone at positions 0.., from the
-        store or freshly computed (and stored); with the tier it came from or 'computed'."""
-        key = chunk_key(tenant, token_ids)
+    def chunk_kv(
+        self, tenant: str, token_ids: list[int], context: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, str]:
+        """The chunk's KV `[layers, 2, L, KH, D]` as if at positions 0.., computed after the
+        `context` tokens (the cache variant; none = alone), from the store or freshly computed
+        (and stored); with the tier it came from or 'computed'.
+
+        A variant missing from the store falls back to the chunk computed alone when that is
+        stored (Cache-Craft: the closest variant held beats recomputing the chunk)."""
+        key = chunk_key(tenant, token_ids, context_variant(context))
         hit = self.store.get(key, len(token_ids))
+        if hit is None and context:
+            hit = self.store.get(chunk_key(tenant, token_ids), len(token_ids))
+            self.stats.variant_fallbacks += hit is not None
         if hit is not None:
             return hit.kv, hit.tier
-        started = time.perf_counter()
-        kv = place_chunks(self.model, len(token_ids), [], [])
-        result = blended_prefill(self.model, torch.tensor(token_ids), kv, [], NaiveSelector())
-        elapsed = time.perf_counter() - started
-        self.store.cost.observe_prefill(len(token_ids), elapsed)
-        self.store.put(key, result.kv, elapsed)
-        self.stats.chunks_computed += 1
-        return result.kv, "computed"
+        return self._compute(key, token_ids, context), "computed"
 
-    def prewarm(self, tenant: str, token_ids: list[int]) -> bool:
-        """Compute and store a chunk's KV unless cached; True if it was computed."""
+    def _compute(self, key: ChunkKey, token_ids: list[int], context: tuple[int, ...]):
+        """Prefill `context + token_ids`, store the chunk's part under `key`, return it."""
+        started = time.perf_counter()
+        ids = [*context, *token_ids]
+        kv = place_chunks(self.model, len(ids), [], [])
+        result = blended_prefill(self.model, torch.tensor(ids), kv, [], NaiveSelector())
+        chunk = result.kv[:, :, len(context) :]
+        if context:  # keys as if computed at 0.., like every stored chunk
+            chunk = chunk.clone()
+            chunk[:, 0] = rerotate(chunk[:, 0], -len(context), self.model)
+        elapsed = time.perf_counter() - started
+        self.store.cost.observe_prefill(len(ids), elapsed)
+        self.store.put(key, chunk, elapsed)
+        self.stats.chunks_computed += 1
+        return chunk
+
+    def prewarm(self, tenant: str, token_ids: list[int], context: tuple[int, ...] = ()) -> bool:
+        """Compute and store a chunk's KV (after `context`) unless cached; True if computed."""
         if len(token_ids) < self.settings.min_chunk_tokens:
             return False
-        if self.store.contains(chunk_key(tenant, token_ids)):
+        key = chunk_key(tenant, token_ids, context_variant(context))
+        if self.store.contains(key):
             return False
-        self.chunk_kv(tenant, token_ids)
+        self._compute(key, token_ids, context)
         return True
 
     def prefill(self, seq: Sequence, pool: KVPool, scheduler: Scheduler) -> torch.Tensor | None:
@@ -128,7 +148,8 @@ class ChunkBlender:
             if span.end > num_exact and span.length >= self.settings.min_chunk_tokens
         ]
         chunk_kvs = [
-            self.chunk_kv(request.tenant, prompt[span.start : span.end])[0] for span in spans
+            self.chunk_kv(request.tenant, prompt[span.start : span.end], request.chunk_context)[0]
+            for span in spans
         ]
         prefix_kv = pool.read_all(pool.slots(seq.pages, 0, num_exact)) if num_exact else None
         kv = place_chunks(self.model, len(prompt), chunk_kvs, spans, prefix_kv)
@@ -160,6 +181,7 @@ class ChunkBlender:
             "tokens_recomputed": stats.tokens_recomputed,
             "chunks_computed": stats.chunks_computed,
             "fallbacks": stats.fallbacks,
+            "variant_fallbacks": stats.variant_fallbacks,
             "requests_by_selector": dict(stats.by_selector),
             **self.store.stats(),
         }

@@ -271,8 +271,9 @@ class LLMEngine:
             with self._step_lock:
                 self.blender.store.close()
 
-    def prewarm(self, tenant: str, chunks: list[list[int]]) -> int:
-        """Compute and store the KV of chunks not cached yet; returns how many were computed.
+    def prewarm(self, tenant: str, chunks: list[list[int]], context: tuple[int, ...] = ()) -> int:
+        """Compute and store the KV of chunks not cached yet (after `context`, the variant
+        requests name in `chunk_context`); returns how many were computed.
 
         Takes the step lock one chunk at a time, so serving goes on in between."""
         if self.blender is None:
@@ -280,7 +281,7 @@ class LLMEngine:
         computed = 0
         for token_ids in chunks:
             with self._step_lock:
-                computed += self.blender.prewarm(tenant, token_ids)
+                computed += self.blender.prewarm(tenant, token_ids, context)
         return computed
 
     def _blend(self, seq: Sequence) -> list[RequestOutput]:

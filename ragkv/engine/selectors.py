@@ -27,8 +27,9 @@ SELECTOR_NAMES = ("naive", "cacheblend", "cachecraft", "lego", "full")
 class SelectionInputs:
     """What a selector sees. `chunk_positions: [C]` sorted prompt positions of chunk tokens
     (minus any exact prefix hit); after the check layer `deviation: [C]` is the L2 distance
-    between fresh and cached K per token, and `attention_probe(idx: [q]) -> [q, N]` gives
-    head-averaged attention probabilities of the chunk queries `chunk_positions[idx]`."""
+    between fresh and cached K per token, and `attention_probe(positions: [q]) -> [q, N]`
+    gives head-averaged attention probabilities of the queries at those (computed) prompt
+    positions over all N keys."""
 
     spans: list[ChunkSpan]
     chunk_positions: torch.Tensor
@@ -176,7 +177,7 @@ class CacheCraftSelector:
         impacts = [0.0] * len(spans_rows)
         if not picks:
             return impacts
-        probs = inputs.attention_probe(torch.cat(picks))
+        probs = inputs.attention_probe(inputs.chunk_positions[torch.cat(picks)])
         for row, owner in enumerate(owners):
             before = float(probs[row, : inputs.spans[owner].start].sum())
             impacts[owner] += before / sum(1 for o in owners if o == owner)

@@ -33,6 +33,7 @@ class Request:
     pin_ttl_s: float | None = None
     session_id: str | None = None
     chunk_spans: tuple[ChunkSpan, ...] = ()
+    chunk_context: tuple[int, ...] = ()
     kv_reuse: str = "auto"
     recompute_ratio: float | None = None
 

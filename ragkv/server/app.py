@@ -85,6 +85,7 @@ def build_app(settings: Settings) -> FastAPI:
             settings.engine.default_max_tokens,
             app.state.retriever,
             settings.retrieval.chunk_tokens,
+            settings.chunk_cache.context_variant,
         )
         if not settings.auth.enabled:
             log.warning("no API keys configured: auth is off, serving localhost only")

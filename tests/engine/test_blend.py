@@ -10,10 +10,10 @@ import lmdb
 import pytest
 import torch
 
-from ragkv.cache.chunks import ChunkKVStore, chunk_key
-from ragkv.engine.blend import blended_prefill, place_chunks, rerotate
+from ragkv.cache.chunks import ChunkKVStore, chunk_key, context_variant
+from ragkv.engine.blend import ChunkSpan, blended_prefill, place_chunks, rerotate
 from ragkv.engine.selectors import make_selector
-from ragkv.rag_prompt import ContextChunk, assemble_rag_prompt
+from ragkv.rag_prompt import ContextChunk, assemble_rag_prompt, rag_head
 from ragkv.retrieval.loaders import wikipedia_sample_path
 from ragkv.settings import ChunkCacheSettings
 from tests.engine.helpers import greedy_request, prefill_logits, run_greedy
@@ -165,3 +165,42 @@ def test_corrupt_disk_chunk_is_recomputed_not_used(smollm, passages, make_engine
     again, source = engine.blender.chunk_kv("default", tokens)
     assert source == "computed" and reopened.disk.refused == 1
     assert torch.equal(again, fresh)
+
+
+def test_context_variant_is_exact_right_after_its_context(smollm, passages, make_engine, tmp_path):
+    """Chunk KV computed after a context and placed right after that same context is the KV
+    a plain prefill computes there: naive reuse is then exact."""
+    engine = engine_with_chunks(make_engine, tmp_path)
+    context = tuple(rag_head(smollm.tokenizer))
+    tokens = passages[4][1]
+    variant, source = engine.blender.chunk_kv("default", tokens, context)
+    alone_kv, _ = engine.blender.chunk_kv("default", tokens)
+    assert source == "computed" and engine.blender.stats.chunks_computed == 2
+    assert not torch.allclose(variant, alone_kv, atol=1e-3)  # the context changed the KV
+    question = smollm.tokenizer.encode("\n\nQuestion: What is this about?")
+    prompt = [*context, *tokens, *question]
+    span = ChunkSpan(len(context), len(tokens))
+    kv = place_chunks(smollm.model, len(prompt), [variant], [span])
+    result = blended_prefill(smollm.model, torch.tensor(prompt), kv, [span], make_selector("naive"))
+    assert result.num_chunk_reused == len(tokens)
+    plain = prefill_logits(smollm.model, prompt)[-1]
+    assert (result.logits - plain).abs().max() <= 1e-3
+
+
+def test_missing_variant_falls_back_to_the_chunk_alone(smollm, passages, make_engine, tmp_path):
+    engine = engine_with_chunks(make_engine, tmp_path)
+    tokens = passages[3][1]
+    context = tuple(rag_head(smollm.tokenizer))
+    assert engine.prewarm("default", [tokens]) == 1  # stored alone
+    kv, source = engine.blender.chunk_kv("default", tokens, context)
+    assert source != "computed" and engine.blender.stats.variant_fallbacks == 1
+    assert engine.prewarm("default", [tokens], context) == 1  # the variant is its own entry
+    assert engine.blender.store.contains(chunk_key("default", tokens, context_variant(context)))
+    assert engine.prewarm("default", [tokens], context) == 0
+
+
+def test_rag_prompts_start_with_the_rag_head(smollm, passages):
+    head = rag_head(smollm.tokenizer)
+    prompt = rag_prompt(smollm, passages, [1, 2])
+    assert prompt.token_ids[: len(head)] == head
+    assert prompt.spans[0].start > len(head)  # the first label sits between

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from ragkv.cache.chunks import chunk_key
+from ragkv.cache.chunks import chunk_key, context_variant
 from ragkv.retrieval.loaders import wikipedia_sample
 from tests.conftest import LiveServer
 
@@ -208,8 +208,15 @@ def test_ingest_with_prewarm_fills_the_chunk_cache(live_server, leads):
     document = httpx.get(
         f"{live_server.url}/v1/collections/{name}/documents/warm", headers=A
     ).json()
-    keys = [chunk_key("tenant-a", c["token_ids"]) for c in document["chunks"]]
+    variant = context_variant(live_server.app.state.pipeline.chunk_context)
+    keys = [chunk_key("tenant-a", c["token_ids"], variant) for c in document["chunks"]]
     deadline = time.monotonic() + 120
     while not all(engine.blender.store.contains(k) for k in keys):
         assert time.monotonic() < deadline, "prewarm did not finish"
         time.sleep(0.5)
+    computed = engine.blender.stats.chunks_computed
+    body = {"question": "What is this about?", "collection": name, "top_k": 1, "max_tokens": 4}
+    response = httpx.post(f"{live_server.url}/v1/rag/chat", json=body, headers=A, timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.json()["ragkv"]["chunk_tokens_reused"] > 0
+    assert engine.blender.stats.chunks_computed == computed  # prewarmed KV was used

@@ -126,7 +126,9 @@ async def run_chat(
             spec = _spec(
                 body, tenant, prompt.token_ids, max_tokens, body.logprobs, body.top_logprobs or 0
             )
-            spec = replace(spec, chunk_spans=tuple(prompt.spans))
+            spec = replace(
+                spec, chunk_spans=tuple(prompt.spans), chunk_context=pipeline.chunk_context
+            )
     return await respond(pipeline, spec, completion, body.stream, http, store_back, extra)
 
 

@@ -228,7 +228,14 @@ async def add_documents(
     scheduled = prewarm and engine.blender is not None
     if scheduled:
         background.add_task(
-            run_in_threadpool, _prewarm, retriever, engine, tenant, name, stats.document_ids
+            run_in_threadpool,
+            _prewarm,
+            retriever,
+            engine,
+            tenant,
+            name,
+            stats.document_ids,
+            request.app.state.pipeline.chunk_context,
         )
     return IngestResult(
         collection=name,
@@ -240,7 +247,12 @@ async def add_documents(
 
 
 def _prewarm(
-    retriever: Retriever, engine: LLMEngine, tenant: str, name: str, document_ids: list[str]
+    retriever: Retriever,
+    engine: LLMEngine,
+    tenant: str,
+    name: str,
+    document_ids: list[str],
+    context: tuple[int, ...],
 ) -> None:
     """Compute the chunk KV of ingested documents (best effort: a failure is only logged)."""
     try:
@@ -249,7 +261,7 @@ def _prewarm(
             for doc_id in document_ids
             for chunk in retriever.get_document(tenant, name, doc_id).chunks
         ]
-        computed = engine.prewarm(tenant, chunks)
+        computed = engine.prewarm(tenant, chunks, context)
         log.info("prewarmed %d of %d chunks of collection %s", computed, len(chunks), name)
     except Exception:
         log.exception("chunk KV prewarm of collection %s failed", name)
