@@ -26,6 +26,7 @@ import numpy as np
 from ragkv.cache.categories import CategoryClassifier, PolicyTable
 from ragkv.cache.guard import guard_conflict
 from ragkv.cache.semantic import SemanticCache
+from ragkv.cache.semantic_partitions import PartitionKey
 from ragkv.cache.semantic_types import CacheWrite
 from ragkv.retrieval.embedder import Embedder
 from ragkv.settings import EmbeddingSettings, SemanticCacheSettings
@@ -119,7 +120,9 @@ def scale(size: int, dim: int = 384, queries: int = 2000) -> dict:
     insert_s = time.perf_counter() - started
     memory = (rss_bytes() - rss_before) / size
     stored = cache.store.vectors(list(range(1, queries + 1)))
-    latencies: dict[str, list[float]] = {"hit": [], "miss": []}
+    latencies: dict[str, list[float]] = {"hit": [], "miss": [], "raw_hit": [], "raw_miss": []}
+    # The baseline in the same run: raw hnswlib on the same index, one query, k=1.
+    raw = cache.partitions.get(PartitionKey("t", "m", "none", "general")).index.index
     found = 0
     for entry_id, vector in stored.items():
         noisy = vector + rng.standard_normal(dim).astype(np.float32) * 0.01
@@ -127,6 +130,9 @@ def scale(size: int, dim: int = 384, queries: int = 2000) -> dict:
             t0 = time.perf_counter()
             result = cache.lookup("t", "m", "none", f"q{entry_id - 1}", query, "general")
             latencies[kind].append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            raw.knn_query(query, k=1)
+            latencies[f"raw_{kind}"].append((time.perf_counter() - t0) * 1000)
             if kind == "hit":
                 found += result.hit is not None and result.hit.entry_id == entry_id
     t0 = time.perf_counter()

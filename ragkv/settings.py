@@ -156,8 +156,14 @@ class CategoryPolicy(Section):
     threshold: float = Field(0.92, gt=0.0, le=1.0, description="raw cosine needed for a hit")
     floor: float = Field(0.88, gt=0.0, le=1.0, description="lowest threshold under load")
     ttl_s: float | None = Field(None, gt=0, description="entry lifetime; None: no expiry")
-    max_entries: int = Field(100_000, ge=1, description="per partition")
-    max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="per partition")
+    max_entries: int = Field(
+        100_000, ge=1, description="entries per tenant in this category (all models and templates)"
+    )
+    max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="bytes per tenant in this category (all models and templates)",
+    )
     cacheable: bool = True
     eviction: Literal["lru", "lfu"] = "lru"
     guard: bool = True

@@ -7,6 +7,7 @@ together; the guard catches these cheaply with surface features (microseconds pe
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -160,6 +161,7 @@ class QueryFeatures(NamedTuple):
     words: frozenset[str]
 
 
+@functools.lru_cache(maxsize=8192)
 def query_features(text: str) -> QueryFeatures:
     """Extract numbers, date words, negation and capitalised names from `text`."""
     numbers = frozenset(n.replace(",", "") for n in _NUMBER.findall(text))

@@ -297,10 +297,13 @@ class SemanticCache(SemanticCacheAdmin):
             positions = sorted(latest.values())[-policy.max_entries :]
             replaced = self._duplicates(part, [planned[p] for p in positions])
             incoming = sum(planned[p].size for p in positions)
-            victims = choose_victims(part.meta, part.bytes, policy, len(positions), incoming,
+            # A category's quota is the tenant's, across every model and template it uses.
+            meta, live_bytes = self.partitions.quota_scope(key)
+            victims = choose_victims(meta, live_bytes, policy, len(positions), incoming,
                                      replaced, now)  # fmt: skip
             evictions[key] = victims
-            deletes.extend((part.partition_id, entry_id) for entry_id in replaced | set(victims))
+            deletes.extend((part.partition_id, entry_id) for entry_id in replaced)
+            deletes.extend((meta[entry_id].partition_id, entry_id) for entry_id in victims)
             for position in positions:
                 plan = planned[position]
                 ttl_s = plan.write.ttl_s if plan.write.ttl_s is not None else policy.ttl_s
@@ -313,14 +316,21 @@ class SemanticCache(SemanticCacheAdmin):
         ids, _ = self.store.write(adds, deletes)
         for _, entry_id in deletes:
             self._forget(entry_id)
-        for entry_id, position, entry in zip(ids, add_positions, adds, strict=True):
+        by_partition: dict[int, list[int]] = {}
+        for row, (entry_id, position, entry) in enumerate(
+            zip(ids, add_positions, adds, strict=True)
+        ):
             part = self.partitions.by_id[entry.meta.partition_id]
-            if part.index is None:
-                part.index = self.partitions.new_index(entry.vector.shape[0])
-            part.index.add([entry_id], entry.vector[None, :])
             part.meta[entry_id] = entry.meta
             part.bytes += entry.meta.bytes
+            by_partition.setdefault(entry.meta.partition_id, []).append(row)
             results[position] = StoreResult(entry_id, entry.category, "stored", 0)
+        for partition_id, rows in by_partition.items():  # one index call per partition
+            part = self.partitions.by_id[partition_id]
+            if part.index is None:
+                part.index = self.partitions.new_index(adds[rows[0]].vector.shape[0])
+            vectors = np.stack([adds[row].vector for row in rows])
+            part.index.add([ids[row] for row in rows], vectors)
         self.partitions.writes_since_save += len(adds) + len(deletes)
         for key, victims in evictions.items():
             self.stats.count(key.tenant, key.category, "evictions", len(victims))
@@ -338,11 +348,13 @@ class SemanticCache(SemanticCacheAdmin):
         if part.index is None:
             return set()
         replaced = set()
-        for plan in plans:
-            for entry_id, similarity in part.index.search(plan.vector, 1):
-                stored = self.store.get(entry_id) if similarity >= _DUPLICATE_SIMILARITY else None
-                if stored is not None and stored.query == plan.write.query:
-                    replaced.add(entry_id)
+        nearest = part.index.nearest(np.stack([plan.vector for plan in plans]))
+        for plan, found in zip(plans, nearest, strict=True):
+            if found is None or found[1] < _DUPLICATE_SIMILARITY:
+                continue
+            stored = self.store.get(found[0])
+            if stored is not None and stored.query == plan.write.query:
+                replaced.add(found[0])
         return replaced
 
     # -- deleting -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Quota enforcement for one partition: which entries to evict for incoming ones."""
+"""Quota enforcement for one tenant and category: which entries to evict for incoming ones."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def choose_victims(
     replaced: set[int],
     now: float,
 ) -> list[int]:
-    """Entry ids to evict so that the partition fits `policy.max_entries` and `max_bytes`
+    """Entry ids (of `meta`: the tenant's entries of the category) to evict so that they fit
+    `policy.max_entries` and `max_bytes`
     after `incoming_*` arrive and `replaced` ids leave. Expired entries go first, then the
     least recently used (`lru`) or least frequently used (`lfu`, ties by age).
     """

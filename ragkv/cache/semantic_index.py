@@ -19,6 +19,8 @@ import hnswlib
 import numpy as np
 
 _MIN_CAPACITY = 1024
+_PARALLEL_ROWS = 64  # batches at least this big use every core
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class PartitionIndex:
@@ -43,7 +45,9 @@ class PartitionIndex:
         needed = self.index.element_count + len(entry_ids)
         if needed > self.index.get_max_elements():
             self.index.resize_index(max(needed, 2 * self.index.get_max_elements()))
-        self.index.add_items(vectors, np.asarray(entry_ids, np.uint64), replace_deleted=True)
+        threads = _CORES if len(entry_ids) >= _PARALLEL_ROWS else 1  # a batch builds on all cores
+        labels = np.asarray(entry_ids, np.uint64)
+        self.index.add_items(vectors, labels, num_threads=threads, replace_deleted=True)
         self.live += len(entry_ids)
         self.dirty = True
 
@@ -56,6 +60,21 @@ class PartitionIndex:
         self.live -= 1
         self.dirty = True
         return True
+
+    def nearest(self, vectors: np.ndarray) -> list[tuple[int, float] | None]:
+        """The nearest live entry of each row of `vectors: [n, dim]` as (entry_id, cosine),
+        None where there is none; one call on all cores for a batch."""
+        if self.live == 0:
+            return [None] * len(vectors)
+        threads = _CORES if len(vectors) >= _PARALLEL_ROWS else 1
+        try:
+            labels, distances = self.index.knn_query(vectors, k=1, num_threads=threads)
+        except RuntimeError:  # deleted neighbours starved some row: one at a time
+            return [next(iter(self.search(row, 1)), None) for row in vectors]
+        return [
+            (int(label[0]), 1.0 - float(distance[0]))
+            for label, distance in zip(labels, distances, strict=True)
+        ]
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to `k` nearest live entries of `vector: [dim]` as (entry_id, cosine), best first."""

@@ -88,6 +88,19 @@ class PartitionSet:
             self.by_id[partition_id] = part
         return part
 
+    def quota_scope(self, key: PartitionKey) -> tuple[dict[int, EntryMeta], int]:
+        """Live entries and bytes that count against `key`'s category quota: the tenant's
+        entries of that category in every partition (any model or template)."""
+        parts = [
+            p
+            for p in self.by_key.values()
+            if p.key.tenant == key.tenant and p.key.category == key.category
+        ]
+        if len(parts) == 1:  # the common case: no copy
+            return parts[0].meta, parts[0].bytes
+        merged = {entry_id: meta for p in parts for entry_id, meta in p.meta.items()}
+        return merged, sum(p.bytes for p in parts)
+
     # -- start-up -------------------------------------------------------------------------------
 
     def open(self) -> StartReport:

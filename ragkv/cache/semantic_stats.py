@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
@@ -31,6 +32,7 @@ class SemanticCacheStats:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        self._children: dict[tuple[str, str], Any] = {}
         self._events = PromCounter(
             "ragkv_semantic_cache_events",
             "Semantic cache events by kind and category",
@@ -57,7 +59,12 @@ class SemanticCacheStats:
             return
         with self._lock:
             self._counts[(tenant, category)][event] += amount
-        self._events.labels(event=event, category=category).inc(amount)
+            child = self._children.get((event, category))
+            if child is None:  # labels() costs more than inc(); keep the children
+                child = self._children[(event, category)] = self._events.labels(
+                    event=event, category=category
+                )
+        child.inc(amount)
 
     def observe_lookup(self, seconds: float, hit: bool, best_similarity: float | None) -> None:
         """Record one lookup's latency (embedding excluded) and best similarity."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -64,9 +65,11 @@ def check_query(query: Any) -> str:
 def check_vector(vector: Any) -> np.ndarray:
     """`vector` as an L2-normalised float32 `[dim]`; InvalidRequest when unusable."""
     array = np.asarray(vector, dtype=np.float32)
-    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+    if array.ndim != 1 or array.size == 0:
         raise InvalidRequest("the query vector must be a finite 1-D array", param="vector")
-    norm = float(np.linalg.norm(array))
-    if norm == 0.0:
+    squared = float(np.dot(array, array))  # NaN or inf when any element is (one pass)
+    if not math.isfinite(squared):
+        raise InvalidRequest("the query vector must be a finite 1-D array", param="vector")
+    if squared == 0.0:
         raise InvalidRequest("the query vector must not be all zeros", param="vector")
-    return array / norm
+    return array / math.sqrt(squared)

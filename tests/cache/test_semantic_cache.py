@@ -114,6 +114,28 @@ def test_entry_quota_evicts_by_policy(tmp_path, embedder, clock, eviction) -> No
     cache.close()
 
 
+def test_quota_is_per_tenant_across_models_and_templates(tmp_path, embedder, clock) -> None:
+    policy = CategoryPolicy(threshold=0.9, floor=0.9, max_entries=3)
+    cache = open_cache(tmp_path, embedder, clock, categories={"general": policy})
+    queries = ["How do bees make honey?", "Why is the sky blue?", "How do magnets work?"]
+    placed = [("m", "t1"), ("m", "t2"), ("other-model", "t1")]
+    for query, (model, template) in zip(queries, placed, strict=True):
+        vector = embedder.embed_one(query)
+        cache.store_answer("a", model, template, query, vector, "x", category="general")
+        clock.advance(1)
+    for query in queries:  # tenant b has its own quota: its entries evict none of a's
+        put(cache, embedder, "b", query, category="general")
+    newest = "What causes earthquakes?"
+    vector = embedder.embed_one(newest)
+    result = cache.store_answer("a", "m", "t2", newest, vector, "x", category="general")
+    assert result.evicted == 1  # the oldest of a's three, in another partition
+    found = lambda q, m, t: cache.lookup("a", m, t, q, embedder.embed_one(q)).hit  # noqa: E731
+    assert found(queries[0], "m", "t1") is None
+    assert found(queries[1], "m", "t2") and found(queries[2], "other-model", "t1")
+    assert all(get(cache, embedder, "b", q).hit for q in queries)
+    cache.close()
+
+
 def test_lfu_and_lru_choose_different_victims(tmp_path, embedder, clock) -> None:
     queries = ["How do bees make honey?", "Why is the sky blue?", "How do magnets work?"]
     survivors = {}
