@@ -15,10 +15,10 @@ def choose_victims(
     replaced: set[int],
     now: float,
 ) -> list[int]:
-    """Entry ids (of `meta`: the tenant's entries of the category) to evict so that they fit
-    `policy.max_entries` and `max_bytes`
-    after `incoming_*` arrive and `replaced` ids leave. Expired entries go first, then the
-    least recently used (`lru`) or least frequently used (`lfu`, ties by age).
+    """Entry ids of `meta` (the tenant's entries of the category) to evict so that they fit
+    `policy.max_entries` and `max_bytes` after `incoming_*` arrive and `replaced` ids leave.
+    Expired entries go first, then the least recently used (`lru`) or least frequently used
+    (`lfu`, ties by age).
     """
     kept_bytes = live_bytes - sum(meta[i].bytes for i in replaced if i in meta)
     over_entries = len(meta) - len(replaced) + incoming_entries - policy.max_entries
