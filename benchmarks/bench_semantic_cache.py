@@ -219,7 +219,9 @@ def main() -> None:
         r = scale_results[str(size)] = scale(size)
         print(f"{size:>8} entries: insert {r['insert_per_s']:.0f}/s, hit p50/p99 "
               f"{r['hit_p50_ms']:.3f}/{r['hit_p99_ms']:.3f} ms, miss p50/p99 "
-              f"{r['miss_p50_ms']:.3f}/{r['miss_p99_ms']:.3f} ms, "
+              f"{r['miss_p50_ms']:.3f}/{r['miss_p99_ms']:.3f} ms; raw hnswlib hit p50/p99 "
+              f"{r['raw_hit_p50_ms']:.3f}/{r['raw_hit_p99_ms']:.3f} ms, p99 ratio "
+              f"{r['hit_p99_ms'] / r['raw_hit_p99_ms']:.2f}x; "
               f"recall {r['near_duplicate_recall']:.3f}, "
               f"{r['bytes_per_entry_rss']:.0f} B/entry RSS, save {r['save_s']:.1f} s, "
               f"restart {r['restart_s']:.2f} s {r['restart']}")  # fmt: skip
