@@ -125,6 +125,10 @@ def attention_ref(
 
 PREFILL_QUERY_BLOCKS = 4
 MIN_BLOCKED_QUERIES = 64
+# A prefill after a cached prefix at most this share of its new tokens runs as square causal
+# attention with dummy queries for the prefix: the unmasked causal kernel skips the upper
+# triangle, so the few wasted rows cost less than a masked call.
+MAX_PAD_SHARE = 0.25
 
 
 @dataclass
@@ -133,7 +137,8 @@ class AttentionGroup:
 
     q_rows: [b * q_len] rows of the step's queries, sequence-major; kv_slots: [b, max_kv]
     flat slot ids into the cache; mask: [b, 1, q_len, max_kv] (True = visible) or None with
-    `causal` meaning plain square causal attention.
+    `causal` meaning plain square causal attention; `pad` zero queries go before the rows
+    (standing for a cached prefix of `pad` tokens) and their outputs are dropped.
     """
 
     q_rows: torch.Tensor
@@ -141,6 +146,7 @@ class AttentionGroup:
     mask: torch.Tensor | None
     q_len: int
     causal: bool
+    pad: int = 0
 
 
 def plan_paged_attention(
@@ -176,9 +182,10 @@ def plan_paged_attention(
             continue
         slots = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)
         positions = q_positions[q_start:q_end]
-        if q_end - q_start == kv_lens[b] and int(positions[0]) == 0:
+        prefix = int(positions[0])
+        if q_end - q_start == kv_lens[b] - prefix and prefix <= MAX_PAD_SHARE * (q_end - q_start):
             rows = torch.arange(q_start, q_end, device=device)
-            groups.append(AttentionGroup(rows, slots[None], None, q_end - q_start, True))
+            groups.append(AttentionGroup(rows, slots[None], None, q_end - q_start, True, prefix))
             continue
         # A prefill after cached KV needs a mask, and a masked call computes the whole
         # rectangle: split the queries so each block reads keys only up to its last position.
@@ -222,6 +229,8 @@ def paged_attention_grouped(
         keys = k_flat[group.kv_slots].transpose(1, 2)
         values = v_flat[group.kv_slots].transpose(1, 2)
         queries = q[group.q_rows].view(batch, group.q_len, num_heads, head_dim).transpose(1, 2)
+        if group.pad:
+            queries = F.pad(queries, (0, 0, group.pad, 0))
         attended = F.scaled_dot_product_attention(
             queries,
             keys,
@@ -231,6 +240,7 @@ def paged_attention_grouped(
             scale=scale,
             enable_gqa=num_heads != num_kv_heads,
         )
+        attended = attended[:, :, group.pad :]
         out[group.q_rows] = attended.transpose(1, 2).reshape(-1, num_heads, head_dim)
     return out
 
@@ -249,12 +259,16 @@ def attention_dense(
     The blended prefill's attention: only selected tokens are queries, every token is a key.
     When the queries are all N positions it is plain square causal attention (no mask).
     """
-    if q.shape[0] == keys.shape[0] and q.shape[0] > 1:
+    num_queries, num_keys = q.shape[0], keys.shape[0]
+    pad = num_keys - num_queries  # when the queries are the last positions: pad to a square
+    if num_queries > 1 and pad <= MAX_PAD_SHARE * num_queries and int(q_positions[0]) == pad:
         qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, keys, values))
+        if pad:
+            qh = F.pad(qh, (0, 0, pad, 0))
         out = F.scaled_dot_product_attention(
             qh, kh, vh, is_causal=True, scale=scale, enable_gqa=group > 1
         )
-        return out.squeeze(0).transpose(0, 1)
+        return out[:, :, pad:].squeeze(0).transpose(0, 1)
     return attention_ref(q, keys, values, q_positions, scale, group)
 
 

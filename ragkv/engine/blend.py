@@ -126,6 +126,7 @@ def blended_prefill(
 
     inputs = SelectionInputs(spans=spans, chunk_positions=chunk_positions, num_exact=num_exact)
     full_layers = min(selector.full_layers, model.config.num_layers) if len(chunk_positions) else 0
+    refine_until = full_layers + getattr(selector, "refine_layers", 0) if full_layers else 0
     if full_layers:
         active = positions[num_exact:]
     else:
@@ -142,6 +143,12 @@ def blended_prefill(
             rows = _rows_of(active, chunk_positions)
             inputs.deviation = (k.index_select(0, rows) - keys[chunk_positions]).flatten(1)
             inputs.deviation = inputs.deviation.norm(dim=-1)
+        refine = full_layers <= index < refine_until
+        if refine:  # gradual filtering: the deviation of this layer narrows the set again
+            chosen = active[is_chunk.index_select(0, active)]
+            rows = _rows_of(active, chosen)
+            deviation = (k.index_select(0, rows) - keys[chosen]).flatten(1).norm(dim=-1)
+            kept = selector.refine(inputs, chosen, deviation, index - full_layers + 1)
         keys.index_copy_(0, active, k)
         values.index_copy_(0, active, v)
         if check:
@@ -149,6 +156,10 @@ def blended_prefill(
             # on need the rest of the layer (attention + MLP), so narrow before it.
             inputs.attention_probe = _probe(q, active, keys, model)
             narrowed = _merge(positions[always], selector.select(inputs))
+            keep = _rows_of(active, narrowed)
+            q, hidden, active = q.index_select(0, keep), hidden.index_select(0, keep), narrowed
+        elif refine:
+            narrowed = _merge(positions[always], kept)
             keep = _rows_of(active, narrowed)
             q, hidden, active = q.index_select(0, keep), hidden.index_select(0, keep), narrowed
         attn = ops.attention(q, keys, values, active, model.scale, model.config.group_size)

@@ -103,6 +103,10 @@ class CacheBlendSelector:
     `deviation_mass` of the total squared deviation, within `[min_ratio, max_ratio]`.
     `sink_tokens` first tokens of each chunk are always taken (inside the budget): a chunk
     prefilled alone made them attention sinks, and they must not stay so.
+
+    `refine_layers` > 0 is CacheBlend's gradual filtering: the check layer keeps
+    `refine_start` x the budget, and each of the next `refine_layers` layers keeps the most
+    deviating of those (measured at that layer), shrinking linearly to the budget.
     """
 
     ratio: float = 0.15
@@ -112,6 +116,8 @@ class CacheBlendSelector:
     min_ratio: float = 0.05
     max_ratio: float = 0.5
     sink_tokens: int = 0
+    refine_layers: int = 0
+    refine_start: float = 2.0
     name: str = "cacheblend"
 
     @property
@@ -133,12 +139,35 @@ class CacheBlendSelector:
         if inputs.deviation is None:
             raise ValueError("cacheblend selects after its check layer; no deviation given")
         budget = self.budget(inputs)
+        if self.refine_layers:
+            budget = min(len(inputs.chunk_positions), round(budget * self.refine_start))
         score = inputs.deviation.clone()
-        if self.sink_tokens:
-            for rows in inputs.span_rows():
-                score[rows[: self.sink_tokens]] = float("inf")
+        self._keep_sinks(inputs, inputs.chunk_positions, score)
         picked = score.topk(budget).indices
         return inputs.chunk_positions[picked.sort().values]
+
+    def refine(
+        self, inputs: SelectionInputs, chosen: torch.Tensor, deviation: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        """Gradual filtering step `step` (1..refine_layers): the subset of the `chosen`
+        chunk positions (sorted) kept, by their `deviation: [len(chosen)]` at this layer."""
+        budget = self.budget(inputs)
+        share = self.refine_start - (self.refine_start - 1.0) * step / self.refine_layers
+        keep = min(len(chosen), round(budget * share))
+        score = deviation.clone()
+        self._keep_sinks(inputs, chosen, score)
+        return chosen[score.topk(keep).indices.sort().values]
+
+    def _keep_sinks(
+        self, inputs: SelectionInputs, positions: torch.Tensor, score: torch.Tensor
+    ) -> None:
+        """Raise the score of each chunk's first `sink_tokens` tokens among `positions`."""
+        if not self.sink_tokens:
+            return
+        firsts = torch.cat(
+            [torch.arange(s.start, min(s.end, s.start + self.sink_tokens)) for s in inputs.spans]
+        ).to(positions.device)
+        score[torch.isin(positions, firsts)] = float("inf")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 
 from ragkv.cache.chunks import ChunkKVStore, chunk_key, context_variant
 from ragkv.engine.blend import ChunkSpan, blended_prefill, place_chunks, rerotate
-from ragkv.engine.selectors import make_selector
+from ragkv.engine.selectors import CacheBlendSelector, make_selector
 from ragkv.rag_prompt import ContextChunk, assemble_rag_prompt, rag_head
 from ragkv.retrieval.loaders import wikipedia_sample_path
 from ragkv.settings import ChunkCacheSettings
@@ -92,6 +92,23 @@ def test_naive_reuse_is_real_and_cacheblend_is_closer_to_full(smollm, passages):
         naive_kl.append(kl(full, naive.logits))
         blend_kl.append(kl(full, cacheblend.logits))
     assert sum(blend_kl) < 0.8 * sum(naive_kl), (blend_kl, naive_kl)
+
+
+def test_gradual_filtering_narrows_to_the_budget_and_stays_exact_at_one(smollm, passages):
+    order = [3, 0, 4]
+    prompt = rag_prompt(smollm, passages, order)
+    gradual = CacheBlendSelector(0.1, sink_tokens=1, refine_layers=3, refine_start=2.0)
+    _, result = blend(smollm, passages, order, gradual)
+    budget = round(0.1 * prompt.num_chunk_tokens)
+    assert result.num_chunk_recomputed == budget
+    firsts = {span.start for span in prompt.spans}
+    assert firsts <= set(result.recomputed.tolist())  # sinks survive every filtering step
+    _, one_shot = blend(smollm, passages, order, CacheBlendSelector(0.1, sink_tokens=1))
+    assert not torch.equal(result.recomputed, one_shot.recomputed)  # later layers chose
+    plain = prefill_logits(smollm.model, prompt.token_ids)[-1]
+    everything = CacheBlendSelector(1.0, refine_layers=3)
+    _, exact = blend(smollm, passages, order, everything)
+    assert (exact.logits - plain).abs().max() <= 1e-3
 
 
 def test_lego_and_cachecraft_pick_what_they_promise(smollm, passages):

@@ -43,6 +43,7 @@ def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_head
         ([7], [40]),
         ([1, 33, 1, 0], [100, 33, 2, 9]),
         ([130, 1], [161, 20]),
+        ([64, 90], [70, 100]),
     ],
     ids=[
         "one-token",
@@ -51,6 +52,7 @@ def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_head
         "chunked-prefill",
         "mixed-with-empty",
         "long-prefill-after-prefix",
+        "padded-and-masked-prefills",
     ],
 )
 def test_grouped_matches_reference(q_lens, kv_lens, heads) -> None:
@@ -100,8 +102,16 @@ def brute_force_attention(q, keys, values, q_positions, scale):
 @pytest.mark.parametrize("heads", [(4, 4), (6, 2), (8, 1)], ids=["gqa1", "gqa3", "gqa8"])
 @pytest.mark.parametrize(
     ("num_keys", "positions"),
-    [(1, [0]), (37, list(range(37))), (37, [36]), (50, [0, 3, 17, 18, 49]), (33, [5, 32])],
-    ids=["one-token", "all-square", "last-only", "scattered", "two"],
+    [
+        (1, [0]),
+        (37, list(range(37))),
+        (37, [36]),
+        (50, [0, 3, 17, 18, 49]),
+        (33, [5, 32]),
+        (40, list(range(8, 40))),
+        (40, list(range(20, 40))),
+    ],
+    ids=["one-token", "all-square", "last-only", "scattered", "two", "after-short", "after-long"],
 )
 def test_dense_attention_of_selected_queries(num_keys, positions, heads) -> None:
     generator = torch.Generator().manual_seed(num_keys + heads[0])
