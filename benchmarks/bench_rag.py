@@ -80,6 +80,16 @@ MODES = [
         CacheBlendSelector(0.15, check_layer=2, sink_tokens=1),
     ),
     Mode("cacheblend-adaptive-s1", "cacheblend", CacheBlendSelector(adaptive=True, sink_tokens=1)),
+    # CacheBlend's gradual filtering: `start` x the budget after the check layer, narrowed
+    # by each next layer's deviation to the budget over `layers` layers
+    *(
+        Mode(
+            f"cacheblend-0.15-g{layers}x{start:g}",
+            "cacheblend",
+            CacheBlendSelector(0.15, sink_tokens=1, refine_layers=layers, refine_start=start),
+        )
+        for layers, start in ((1, 2.0), (3, 2.0), (6, 3.0))
+    ),
     # selection right after layer 0 (one full layer instead of two), with chunk sinks
     *(
         Mode(f"cacheblend-{r:.2f}-s{s}-c0", "cacheblend", CacheBlendSelector(r, 0, sink_tokens=s))
