@@ -73,7 +73,9 @@ MODES = [
     Mode("cacheblend-adaptive", "cacheblend", CacheBlendSelector(adaptive=True)),
     Mode("cachecraft-0.15", "cachecraft", CacheCraftSelector(ratio=0.15)),
     Mode("lego-16", "lego", LegoSelector(num_tokens=16)),
-    Mode("default", "auto"),  # the engine default: cacheblend 0.15, sink_tokens 1, check layer 1
+    # the engine default: cacheblend 0.15, sink_tokens 1, check layer 1, gradual filtering
+    # from 2x the budget over the next 3 layers
+    Mode("default", "auto"),
     Mode(
         "cacheblend-0.15-s1-c2",
         "cacheblend",

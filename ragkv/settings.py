@@ -109,6 +109,15 @@ class ChunkCacheSettings(Section):
     )
     check_layer: int = Field(1, ge=0, description="layer where KV deviation is measured")
     sink_tokens: int = Field(1, ge=0, description="first tokens of each chunk always recomputed")
+    refine_layers: int = Field(
+        3,
+        ge=0,
+        description="cacheblend gradual filtering: layers after the check layer that narrow "
+        "the recomputed set by their own KV deviation (0: one selection)",
+    )
+    refine_start: float = Field(
+        2.0, ge=1.0, le=10.0, description="share of the budget kept after the check layer"
+    )
     lego_tokens: int = Field(16, ge=1, description="tokens per chunk recomputed by 'lego'")
     min_chunk_tokens: int = Field(
         16, ge=1, description="shorter chunks are computed with the prompt, not cached"

@@ -64,6 +64,8 @@ class ChunkBlender:
             lego_tokens=self.settings.lego_tokens,
             sink_tokens=self.settings.sink_tokens,
             adaptive=self.settings.adaptive_ratio and ratio is None,
+            refine_layers=self.settings.refine_layers,
+            refine_start=self.settings.refine_start,
         )
 
     def accepts(self, request: Request) -> bool:

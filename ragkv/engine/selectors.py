@@ -240,6 +240,8 @@ def make_selector(
     lego_tokens: int = 16,
     sink_tokens: int = 1,
     adaptive: bool = False,
+    refine_layers: int = 0,
+    refine_start: float = 2.0,
 ) -> Selector:
     """A selector by its `kv_reuse` name; `ratio` None takes `default_ratio`."""
     ratio = default_ratio if ratio is None else ratio
@@ -251,7 +253,12 @@ def make_selector(
         return LegoSelector(num_tokens=lego_tokens)
     if name == "cacheblend":
         return CacheBlendSelector(
-            ratio=ratio, check_layer=check_layer, adaptive=adaptive, sink_tokens=sink_tokens
+            ratio=ratio,
+            check_layer=check_layer,
+            adaptive=adaptive,
+            sink_tokens=sink_tokens,
+            refine_layers=refine_layers,
+            refine_start=refine_start,
         )
     if name == "cachecraft":
         return CacheCraftSelector(ratio=ratio, check_layer=check_layer)
