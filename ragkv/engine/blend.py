@@ -25,10 +25,13 @@ from ragkv.kernels import ops
 
 @dataclass(frozen=True)
 class ChunkSpan:
-    """A chunk's place in the prompt: token positions `[start, start + length)`."""
+    """A chunk's place in the prompt: token positions `[start, start + length)`. `seen`: how
+    many leading prompt tokens its cached KV was computed after (0: the chunk alone), the
+    part of its real context it already reflects."""
 
     start: int
     length: int
+    seen: int = 0
 
     @property
     def end(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -82,14 +82,24 @@ class ChunkBlender:
 
         A variant missing from the store falls back to the chunk computed alone when that is
         stored (Cache-Craft: the closest variant held beats recomputing the chunk)."""
+        kv, source, _ = self.fetch(tenant, token_ids, context)
+        return kv, source
+
+    def fetch(
+        self, tenant: str, token_ids: list[int], context: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, str, int]:
+        """`chunk_kv`, plus how many `context` tokens the KV returned was computed after
+        (`len(context)`, or 0 when it fell back to the chunk alone)."""
         key = chunk_key(tenant, token_ids, context_variant(context))
         hit = self.store.get(key, len(token_ids))
-        if hit is None and context:
-            hit = self.store.get(chunk_key(tenant, token_ids), len(token_ids))
-            self.stats.variant_fallbacks += hit is not None
         if hit is not None:
-            return hit.kv, hit.tier
-        return self._compute(key, token_ids, context), "computed"
+            return hit.kv, hit.tier, len(context)
+        if context:
+            hit = self.store.get(chunk_key(tenant, token_ids), len(token_ids))
+            if hit is not None:
+                self.stats.variant_fallbacks += 1
+                return hit.kv, hit.tier, 0
+        return self._compute(key, token_ids, context), "computed", len(context)
 
     def _compute(self, key: ChunkKey, token_ids: list[int], context: tuple[int, ...]):
         """Prefill `context + token_ids`, store the chunk's part under `key`, return it."""
@@ -149,10 +159,14 @@ class ChunkBlender:
             for span in request.chunk_spans
             if span.end > num_exact and span.length >= self.settings.min_chunk_tokens
         ]
-        chunk_kvs = [
-            self.chunk_kv(request.tenant, prompt[span.start : span.end], request.chunk_context)[0]
-            for span in spans
-        ]
+        context = request.chunk_context
+        shared = len(context) if tuple(prompt[: len(context)]) == context else 0
+        chunk_kvs = []
+        for index, span in enumerate(spans):
+            kv, _, seen = self.fetch(request.tenant, prompt[span.start : span.end], context)
+            chunk_kvs.append(kv)
+            # Cache-Craft's prefix overlap: the prompt tokens this chunk's KV already saw.
+            spans[index] = replace(span, seen=min(seen, shared))
         prefix_kv = pool.read_all(pool.slots(seq.pages, 0, num_exact)) if num_exact else None
         kv = place_chunks(self.model, len(prompt), chunk_kvs, spans, prefix_kv)
         selector = self.selector_for(request.kv_reuse, request.recompute_ratio)

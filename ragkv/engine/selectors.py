@@ -175,8 +175,10 @@ class CacheCraftSelector:
     """Cache-Craft: a per-chunk budget from its cache-context impact, then deviation within.
 
     The impact of a chunk is the share of its tokens' attention (at the check layer, fresh)
-    that goes to the context before the chunk: what its cached KV, computed alone, never saw.
-    Later chunks see more context, so order is in the statistic. The total budget (`ratio`)
+    that goes to the context before the chunk which its cached KV never saw: all of it for a
+    chunk computed alone, less the prefix it was computed after for a context variant
+    (prefix overlap, `ChunkSpan.seen`). Later chunks see more context, so order is in the
+    statistic. The total budget (`ratio`)
     is split across chunks in proportion to impact x length; within a chunk the most
     deviating tokens are taken.
     """
@@ -191,7 +193,8 @@ class CacheCraftSelector:
         return self.check_layer + 1
 
     def impacts(self, inputs: SelectionInputs) -> list[float]:
-        """Per span: mean attention share its queries give to positions before the span."""
+        """Per span: mean attention share its queries give to the positions before the span
+        that its cached KV did not see."""
         if inputs.attention_probe is None:
             raise ValueError("cachecraft needs attention statistics from the check layer")
         spans_rows = inputs.span_rows()
@@ -208,7 +211,8 @@ class CacheCraftSelector:
             return impacts
         probs = inputs.attention_probe(inputs.chunk_positions[torch.cat(picks)])
         for row, owner in enumerate(owners):
-            before = float(probs[row, : inputs.spans[owner].start].sum())
+            span = inputs.spans[owner]
+            before = float(probs[row, span.seen : span.start].sum())
             impacts[owner] += before / sum(1 for o in owners if o == owner)
         return impacts
 

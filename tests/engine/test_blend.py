@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import lmdb
 import pytest
@@ -221,3 +222,33 @@ def test_rag_prompts_start_with_the_rag_head(smollm, passages):
     prompt = rag_prompt(smollm, passages, [1, 2])
     assert prompt.token_ids[: len(head)] == head
     assert prompt.spans[0].start > len(head)  # the first label sits between
+
+
+def test_cachecraft_spends_less_on_a_chunk_whose_context_its_kv_saw(smollm, passages):
+    """Prefix overlap: the first chunk's context variant already saw the RAG head, so only
+    its label is unseen context, and cachecraft moves budget to the other chunks."""
+    order = [1, 4, 2]
+    prompt = rag_prompt(smollm, passages, order)
+    head = rag_head(smollm.tokenizer)
+    cached = []
+    for i in order:
+        ids = [*head, *passages[i][1]]
+        kv = alone(smollm.model, ids)[:, :, len(head) :].clone()
+        kv[:, 0] = rerotate(kv[:, 0], -len(head), smollm.model)
+        cached.append(kv)
+
+    def first_chunk_share(seen: int) -> int:
+        spans = [replace(s, seen=seen) for s in prompt.spans]
+        kv = place_chunks(smollm.model, len(prompt.token_ids), cached, spans)
+        result = blended_prefill(
+            smollm.model,
+            torch.tensor(prompt.token_ids),
+            kv,
+            spans,
+            make_selector("cachecraft", 0.2),
+        )
+        first = spans[0]
+        picked = result.recomputed
+        return int(((picked >= first.start) & (picked < first.end)).sum())
+
+    assert first_chunk_share(len(head)) < first_chunk_share(0)
