@@ -11,6 +11,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -122,6 +123,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--decode-dtype", default="same", choices=["same", "bfloat16", "float16"])
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument(
+        "--llama-cpp-python",
+        type=Path,
+        default=None,
+        help="an interpreter with llama-cpp-python: adds llama.cpp's decode on the same GGUF",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,6 +176,11 @@ def main() -> None:
             )
         ref_decode = args.decode_tokens / seconds
     rows["decode_1_stream_tok_per_s"] = {"ragkv": single, "transformers": ref_decode}
+    if args.llama_cpp_python is not None:
+        rows["decode_1_stream_vs_llama_cpp"] = {
+            "ragkv": single,
+            "llama.cpp": llama_cpp_decode(args.llama_cpp_python, path, args),
+        }
     rows["decode_16_streams_tok_per_s"] = {
         "ragkv": engine_decode_tps(engine, 16, args.decode_tokens // 2),
         "transformers": None,
@@ -198,6 +210,8 @@ def main() -> None:
         "ttft_cached_over_cold": warm / cold,
         "cached_tokens": cached,
     }
+    if "decode_1_stream_vs_llama_cpp" in rows:
+        ratios["decode_vs_llama_cpp"] = _ratio(rows["decode_1_stream_vs_llama_cpp"])
     report = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": args.threads,
@@ -219,6 +233,16 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
+
+
+def llama_cpp_decode(python: Path, model: Path, args: argparse.Namespace) -> float:
+    """llama.cpp's single-stream decode tok/s on the same GGUF (its own Q4_1 kernels), run by
+    `python` in a subprocess (`llama_cpp_decode.py`)."""
+    script = Path(__file__).with_name("llama_cpp_decode.py")
+    command = [str(python), str(script), str(model), "--threads", str(args.threads)]
+    command += ["--tokens", str(args.decode_tokens)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["decode_tok_per_s"])
 
 
 def _ratio(row: dict[str, float | None]) -> float | None:
