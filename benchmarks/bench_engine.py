@@ -246,7 +246,9 @@ def llama_cpp_decode(python: Path, model: Path, args: argparse.Namespace) -> flo
 
 
 def _ratio(row: dict[str, float | None]) -> float | None:
-    ours, base = row.get("ragkv"), row.get("transformers")
+    """ragkv over the row's baseline (its other column), None when either is missing."""
+    ours = row.get("ragkv")
+    base = next((value for key, value in row.items() if key != "ragkv"), None)
     return ours / base if ours and base else None
 
 

@@ -19,6 +19,12 @@ import llama_cpp
 import numpy as np
 
 
+def next_token(llm: llama_cpp.Llama) -> int:
+    """Argmax of the last position's logits (a numpy row; `eval_logits` would copy every
+    row into Python lists each step)."""
+    return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
@@ -38,12 +44,12 @@ def main() -> None:
     llm.eval(prompt)
     prefill_s = time.perf_counter() - started
     for _ in range(8):  # warm-up decode steps, not timed
-        llm.eval([int(np.argmax(llm.eval_logits[-1]))])
+        llm.eval([next_token(llm)])
     llm.reset()
     llm.eval(prompt)
     started = time.perf_counter()
     for _ in range(args.tokens):
-        llm.eval([int(np.argmax(llm.eval_logits[-1]))])
+        llm.eval([next_token(llm)])
     decode = args.tokens / (time.perf_counter() - started)
     print(
         json.dumps(
