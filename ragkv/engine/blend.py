@@ -155,13 +155,11 @@ def blended_prefill(
         keys.index_copy_(0, active, k)
         values.index_copy_(0, active, v)
         if check:
-            # Every token's fresh KV of the check layer is written; only the tokens that go
-            # on need the rest of the layer (attention + MLP), so narrow before it.
             inputs.attention_probe = _probe(q, active, keys, model)
-            narrowed = _merge(positions[always], selector.select(inputs))
-            keep = _rows_of(active, narrowed)
-            q, hidden, active = q.index_select(0, keep), hidden.index_select(0, keep), narrowed
-        elif refine:
+            kept = selector.select(inputs)
+        if check or refine:
+            # Every token's fresh KV of this layer is written; only the tokens that go on
+            # need the rest of the layer (attention + MLP), so narrow before it.
             narrowed = _merge(positions[always], kept)
             keep = _rows_of(active, narrowed)
             q, hidden, active = q.index_select(0, keep), hidden.index_select(0, keep), narrowed
@@ -195,19 +193,19 @@ def _probe(q: torch.Tensor, active: torch.Tensor, keys: torch.Tensor, model: Lla
     """A callable giving attention probabilities of computed queries at the check layer.
 
     `q: [A, H, D]` are the queries of the `active` positions, `keys: [N, KH, D]` the layer's
-    fresh keys. Selectors that need attention statistics call it with a few query positions;
-    computing all N x N probabilities up front would cost more than the layer itself.
+    fresh keys (no later layer writes them, so they are read in place). Selectors that need
+    attention statistics call it with a few query positions; computing all N x N
+    probabilities up front would cost more than the layer itself.
     """
-    fresh_keys = keys.clone()
 
     def probabilities(query_positions: torch.Tensor) -> torch.Tensor:
         """`[len(query_positions), N]` head-averaged causal attention of the queries at
         `query_positions` (a subset of the active positions) over all keys."""
         queries = q.index_select(0, _rows_of(active, query_positions))
         group = model.config.group_size
-        expanded = fresh_keys.repeat_interleave(group, dim=1)
+        expanded = keys.repeat_interleave(group, dim=1)
         scores = torch.einsum("qhd,khd->hqk", queries, expanded) * model.scale
-        key_pos = torch.arange(fresh_keys.shape[0], device=q.device)
+        key_pos = torch.arange(keys.shape[0], device=q.device)
         future = key_pos[None, None, :] > query_positions[None, :, None]
         return scores.masked_fill(future, float("-inf")).softmax(-1).mean(0)
 
