@@ -57,12 +57,36 @@ def engine_decode_tps(engine: LLMEngine, num_streams: int, num_tokens: int) -> f
     ]
     for request in requests:
         engine.add_request(request)
+    engine.step()  # takes the queued requests in and starts their prefill
     while any(seq.in_prefill for seq in engine.scheduler.running) or engine.scheduler.waiting:
         engine.step()
+    # Decode steps only: the prefill and the first token it samples are not counted.
     started, produced = time.perf_counter(), 0
     while engine.has_work():
         produced += len(engine.step())
     return produced / (time.perf_counter() - started)
+
+
+def transformers_decode_tps(hf, num_tokens: int) -> float:
+    """transformers `generate` decode tokens/s, prefill excluded as in `engine_decode_tps`:
+    (N - 1) tokens over the time of N new tokens minus the time of 1 (prefill + first)."""
+    prompt = torch.tensor([token_ids(32)])
+
+    def generate(new_tokens: int) -> float:
+        with torch.inference_mode():
+            return best_of(
+                3 if new_tokens == 1 else 1,
+                lambda: hf.generate(
+                    prompt,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    attention_mask=torch.ones_like(prompt),
+                ),
+            )
+
+    generate(2)  # warm-up
+    return (num_tokens - 1) / (generate(num_tokens) - generate(1))
 
 
 def ttft_s(engine: LLMEngine, ids: list[int], use_prefix_cache: bool) -> tuple[float, int]:
@@ -162,19 +186,7 @@ def main() -> None:
     single = engine_decode_tps(engine, 1, args.decode_tokens)
     ref_decode = None
     if hf is not None:
-        prompt = torch.tensor([token_ids(32)])
-        with torch.inference_mode():
-            seconds = best_of(
-                1,
-                lambda: hf.generate(
-                    prompt,
-                    max_new_tokens=args.decode_tokens,
-                    min_new_tokens=args.decode_tokens,
-                    do_sample=False,
-                    attention_mask=torch.ones_like(prompt),
-                ),
-            )
-        ref_decode = args.decode_tokens / seconds
+        ref_decode = transformers_decode_tps(hf, args.decode_tokens)
     rows["decode_1_stream_tok_per_s"] = {"ragkv": single, "transformers": ref_decode}
     if args.llama_cpp_python is not None:
         rows["decode_1_stream_vs_llama_cpp"] = {

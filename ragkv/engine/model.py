@@ -16,6 +16,15 @@ from ragkv.kernels import ops
 # Low-precision weights pay off for GEMV-shaped decode steps only: on CPU a bf16 GEMM with
 # 16 rows ran at half the fp32 speed (benchmarks/README.md), so larger batches keep dtype.
 LOW_PRECISION_MAX_ROWS = 4
+# Up to this many rows the LM head runs on its transposed column blocks (the GEMV layout);
+# larger batches use `F.linear` on `[vocab, hidden]`.
+LM_HEAD_GEMV_MAX_ROWS = 64
+# On CPU one BLAS GEMV streams its weight on one core, and a decode step is GEMVs: each
+# projection is stored as one column block per thread, `[blocks, in, out/blocks]`, and run as
+# a batched GEMM so every core streams its own block (benchmarks/README.md, "Engine").
+# Past this many rows a GEMM is compute-bound and one multi-threaded call on the joined
+# matrix is faster; joining copies the weight, about 1% of such a GEMM.
+BLOCKED_GEMM_MAX_ROWS = 512
 
 
 @dataclass
@@ -40,7 +49,8 @@ class ForwardBatch:
 @dataclass
 class LayerWeights:
     """One decoder layer. Projections are fused and stored transposed, `[in, out]`:
-    `wqkv [hidden, q+2kv]`, `wo [q, hidden]`, `w_gate_up [hidden, 2I]`, `w_down [I, hidden]`.
+    `wqkv [hidden, q+2kv]`, `wo [q, hidden]`, `w_gate_up [hidden, 2I]`, `w_down [I, hidden]`,
+    each split into column blocks `[blocks, in, out/blocks]` on a multi-threaded CPU.
 
     `x @ w` on an `[in, out]` weight streams memory at twice the speed of `F.linear` on
     `[out, in]` for one-row (decode) inputs on CPU, and is as fast for prefill GEMMs.
@@ -73,6 +83,11 @@ class LlamaModel:
         def take(name: str) -> torch.Tensor:
             return weights[name].to(device=self.device, dtype=dtype).contiguous()
 
+        blocks = torch.get_num_threads() if self.device.type == "cpu" else 1
+
+        def t(weight: torch.Tensor) -> torch.Tensor:
+            return _column_blocks(weight, blocks)
+
         self.embed = take("embed")
         self.lm_head = self.embed if weights["lm_head"] is weights["embed"] else take("lm_head")
         self.final_norm = take("final_norm")
@@ -85,21 +100,21 @@ class LlamaModel:
             self.layers.append(
                 LayerWeights(
                     attn_norm=take(p + "attn_norm"),
-                    wqkv=_t(torch.cat([take(p + "wq"), take(p + "wk"), take(p + "wv")])),
+                    wqkv=t(torch.cat([take(p + "wq"), take(p + "wk"), take(p + "wv")])),
                     bqkv=bias,
-                    wo=_t(take(p + "wo")),
+                    wo=t(take(p + "wo")),
                     ffn_norm=take(p + "ffn_norm"),
-                    w_gate_up=_t(torch.cat([take(p + "w_gate"), take(p + "w_up")])),
-                    w_down=_t(take(p + "w_down")),
+                    w_gate_up=t(torch.cat([take(p + "w_gate"), take(p + "w_up")])),
+                    w_down=t(take(p + "w_down")),
                 )
             )
         # Decode reads every weight once per token: on CPU that is memory-bound, so an optional
         # low-precision copy of the projections serves decode-only steps (prefill keeps dtype).
         self.decode_layers: list[LayerWeights] | None = None
         self.decode_lm_head = self.lm_head
-        # One-row steps (single-stream decode) read the LM head transposed, the fast GEMV
-        # layout; batched rows keep `F.linear` on [vocab, hidden], faster there (README).
-        self.lm_head_t = _t(self.lm_head)
+        # Decode-sized steps read the LM head transposed in column blocks, the fast GEMV
+        # layout; larger batches keep `F.linear` on [vocab, hidden], faster there (README).
+        self.lm_head_t = t(self.lm_head)
         if decode_dtype is not None and decode_dtype != dtype:
             self.decode_layers = [_cast_projections(layer, decode_dtype) for layer in self.layers]
             self.decode_lm_head = self.lm_head.to(decode_dtype)
@@ -117,10 +132,12 @@ class LlamaModel:
         c = self.config
         x = ops.rms_norm(hidden, layer.attn_norm, c.rms_norm_eps)
         qkv = _matmul(x, layer.wqkv, layer.bqkv)
-        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        q = ops.apply_rope(q.view(-1, c.num_heads, c.head_dim), cos, sin)
-        k = ops.apply_rope(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
-        return q, k, v.reshape(-1, c.num_kv_heads, c.head_dim)
+        heads = qkv.view(-1, c.num_heads + 2 * c.num_kv_heads, c.head_dim)
+        # q and k rotate in one call: a decode step is a few hundred elements per layer, where
+        # the call overhead is the cost.
+        q_k = ops.apply_rope(heads[:, : c.num_heads + c.num_kv_heads], cos, sin)
+        q, k = q_k.split([c.num_heads, c.num_kv_heads], dim=1)
+        return q, k, heads[:, c.num_heads + c.num_kv_heads :]
 
     def mlp_residual(
         self, layer: LayerWeights, hidden: torch.Tensor, attn: torch.Tensor
@@ -133,7 +150,7 @@ class LlamaModel:
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
         """Final norm and LM head: `[R, hidden]` -> fp32 `[R, vocab]`."""
         x = ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
-        if lm_head is None and x.shape[0] == 1:
+        if lm_head is None and x.shape[0] <= LM_HEAD_GEMV_MAX_ROWS:
             return _matmul(x, self.lm_head_t).float()
         return _linear(x, self.lm_head if lm_head is None else lm_head).float()
 
@@ -172,16 +189,33 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
 
 
 def _matmul(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None):
-    """`x @ weight_t (+ bias)` for a transposed `[in, out]` weight, in the weight's dtype."""
-    out = x.to(weight_t.dtype) @ weight_t
+    """`x @ weight_t (+ bias)` for a transposed `[in, out]` weight or its column blocks
+    `[blocks, in, out/blocks]`, computed in the weight's dtype."""
+    x_cast = x.to(weight_t.dtype)
+    if weight_t.dim() == 3 and x.shape[0] <= BLOCKED_GEMM_MAX_ROWS:
+        out = torch.bmm(x_cast.expand(weight_t.shape[0], -1, -1), weight_t)
+        out = out.transpose(0, 1).reshape(x.shape[0], -1)
+    else:
+        out = x_cast @ _joined(weight_t)
     if bias is not None:
         out += bias
     return out.to(x.dtype)
 
 
-def _t(weight: torch.Tensor) -> torch.Tensor:
-    """A contiguous transposed copy: `[out, in]` -> `[in, out]`."""
-    return weight.t().contiguous()
+def _column_blocks(weight: torch.Tensor, blocks: int) -> torch.Tensor:
+    """`[out, in]` -> a contiguous transposed copy `[in, out]`, or with `blocks` > 1 dividing
+    `out`, its column blocks `[blocks, in, out/blocks]` (see `_matmul`)."""
+    out_features, in_features = weight.shape
+    if blocks <= 1 or out_features % blocks:
+        return weight.t().contiguous()
+    return weight.view(blocks, out_features // blocks, in_features).transpose(1, 2).contiguous()
+
+
+def _joined(weight_t: torch.Tensor) -> torch.Tensor:
+    """The `[in, out]` matrix of a weight stored whole or as column blocks."""
+    if weight_t.dim() == 2:
+        return weight_t
+    return weight_t.transpose(0, 1).reshape(weight_t.shape[1], -1)
 
 
 def _cast_projections(layer: LayerWeights, dtype: torch.dtype) -> LayerWeights:
@@ -192,7 +226,7 @@ def _cast_projections(layer: LayerWeights, dtype: torch.dtype) -> LayerWeights:
     """
 
     def cast(weight_t: torch.Tensor) -> torch.Tensor:
-        return weight_t.t().to(dtype).contiguous().t()
+        return _joined(weight_t).t().to(dtype).contiguous().t()
 
     return replace(
         layer,

@@ -39,6 +39,7 @@ def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_head
     [
         ([1], [1]),
         ([1, 1, 1], [5, 37, 16]),
+        ([1, 1, 1], [20, 20, 20]),
         ([17], [17]),
         ([7], [40]),
         ([1, 33, 1, 0], [100, 33, 2, 9]),
@@ -48,6 +49,7 @@ def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_head
     ids=[
         "one-token",
         "decodes",
+        "equal-length-decodes",
         "square-prefill",
         "chunked-prefill",
         "mixed-with-empty",
