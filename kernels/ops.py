@@ -124,6 +124,8 @@ def attention_ref(
 
 
 PREFILL_QUERY_BLOCKS = 4
+# Blocks of the blended prefill's scattered queries (`attention_dense`).
+DENSE_QUERY_BLOCKS = 8
 MIN_BLOCKED_QUERIES = 64
 # A prefill after a cached prefix at most this share of its new tokens runs as square causal
 # attention with dummy queries for the prefix: the unmasked causal kernel skips the upper
@@ -274,7 +276,18 @@ def attention_dense(
             qh, kh, vh, is_causal=True, scale=scale, enable_gqa=group > 1
         )
         return out[:, :, pad:].squeeze(0).transpose(0, 1)
-    return attention_ref(q, keys, values, q_positions, scale, group)
+    if num_queries < MIN_BLOCKED_QUERIES:
+        return attention_ref(q, keys, values, q_positions, scale, group)
+    # A masked call computes every query x key pair: split the (sorted) queries into blocks
+    # that each read keys only up to their last position, the causal half skipped.
+    out = torch.empty_like(q)
+    bounds = [num_queries * i // DENSE_QUERY_BLOCKS for i in range(DENSE_QUERY_BLOCKS + 1)]
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        visible = int(q_positions[end - 1]) + 1
+        out[start:end] = attention_ref(
+            q[start:end], keys[:visible], values[:visible], q_positions[start:end], scale, group
+        )
+    return out
 
 
 # The interface the engine calls. A Triton backend replaces these on CUDA tensors.

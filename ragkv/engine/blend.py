@@ -79,9 +79,10 @@ def place_chunks(
 ) -> torch.Tensor:
     """Dense prompt KV `[layers, 2, N, KH, D]` with each chunk's cached KV (computed at
     positions 0..) re-rotated into its span, and `prefix_kv` (exact, `[layers, 2, P, KH, D]`)
-    at positions 0..P-1. Positions covered by neither are zero (they are computed)."""
+    at positions 0..P-1. Positions covered by neither are left unset: `blended_prefill`
+    computes them at every layer and writes their KV before any attention reads it."""
     c = model.config
-    kv = torch.zeros(
+    kv = torch.empty(
         (c.num_layers, 2, num_tokens, c.num_kv_heads, c.head_dim),
         dtype=model.dtype,
         device=model.device,

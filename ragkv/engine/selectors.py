@@ -129,11 +129,24 @@ class CacheBlendSelector:
         num_chunk = len(inputs.chunk_positions)
         ratio = self.ratio
         if self.adaptive and inputs.deviation is not None and num_chunk:
-            energy = inputs.deviation.double().pow(2).sort(descending=True).values
-            share = energy.cumsum(0) / energy.sum().clamp_min(1e-30)
-            needed = int(torch.searchsorted(share, self.deviation_mass)) + 1
-            ratio = min(max(needed / num_chunk, self.min_ratio), self.max_ratio)
+            ratio = min(max(self._needed(inputs) / num_chunk, self.min_ratio), self.max_ratio)
         return min(num_chunk, round(ratio * num_chunk))
+
+    def _needed(self, inputs: SelectionInputs) -> int:
+        """Adaptive budget: the chunk-first tokens plus the fewest other chunk tokens holding
+        `deviation_mass` of the others' squared K deviation.
+
+        A chunk prefilled alone made its first token an attention sink whose deviation is
+        orders of magnitude above the rest; counted in, it alone holds most of the mass and
+        the budget would always fall to `min_ratio`.
+        """
+        firsts = self._firsts(inputs, max(1, self.sink_tokens), inputs.chunk_positions)
+        energy = inputs.deviation[~firsts].double().pow(2).sort(descending=True).values
+        if not len(energy):
+            return int(firsts.sum())
+        share = energy.cumsum(0) / energy.sum().clamp_min(1e-30)
+        needed = min(int(torch.searchsorted(share, self.deviation_mass)) + 1, len(energy))
+        return needed + int(firsts.sum())
 
     def select(self, inputs: SelectionInputs) -> torch.Tensor:
         if inputs.deviation is None:
@@ -162,12 +175,16 @@ class CacheBlendSelector:
         self, inputs: SelectionInputs, positions: torch.Tensor, score: torch.Tensor
     ) -> None:
         """Raise the score of each chunk's first `sink_tokens` tokens among `positions`."""
-        if not self.sink_tokens:
-            return
+        if self.sink_tokens:
+            score[self._firsts(inputs, self.sink_tokens, positions)] = float("inf")
+
+    @staticmethod
+    def _firsts(inputs: SelectionInputs, count: int, positions: torch.Tensor) -> torch.Tensor:
+        """Mask over `positions`: the first `count` tokens of each chunk."""
         firsts = torch.cat(
-            [torch.arange(s.start, min(s.end, s.start + self.sink_tokens)) for s in inputs.spans]
+            [torch.arange(s.start, min(s.end, s.start + count)) for s in inputs.spans]
         ).to(positions.device)
-        score[torch.isin(positions, firsts)] = float("inf")
+        return torch.isin(positions, firsts)
 
 
 @dataclass

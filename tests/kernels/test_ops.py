@@ -112,8 +112,20 @@ def brute_force_attention(q, keys, values, q_positions, scale):
         (33, [5, 32]),
         (40, list(range(8, 40))),
         (40, list(range(20, 40))),
+        (300, list(range(1, 300, 3))),
+        (200, list(range(10)) + list(range(120, 200))),
     ],
-    ids=["one-token", "all-square", "last-only", "scattered", "two", "after-short", "after-long"],
+    ids=[
+        "one-token",
+        "all-square",
+        "last-only",
+        "scattered",
+        "two",
+        "after-short",
+        "after-long",
+        "scattered-in-blocks",
+        "clustered-in-blocks",
+    ],
 )
 def test_dense_attention_of_selected_queries(num_keys, positions, heads) -> None:
     generator = torch.Generator().manual_seed(num_keys + heads[0])
