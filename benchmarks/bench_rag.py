@@ -70,7 +70,12 @@ MODES = [
     Mode("prefix", "prefix"),
     Mode("naive", "naive", NaiveSelector()),
     *(Mode(f"cacheblend-{r:.2f}", "cacheblend", CacheBlendSelector(r)) for r in (0.05, 0.15, 0.3)),
-    Mode("cacheblend-adaptive", "cacheblend", CacheBlendSelector(adaptive=True)),
+    # `chunk_cache.adaptive_ratio`: the default's selector with the adaptive budget
+    Mode(
+        "cacheblend-adaptive",
+        "cacheblend",
+        CacheBlendSelector(adaptive=True, sink_tokens=1, refine_layers=3),
+    ),
     Mode("cachecraft-0.15", "cachecraft", CacheCraftSelector(ratio=0.15)),
     Mode("lego-16", "lego", LegoSelector(num_tokens=16)),
     # the engine default: cacheblend 0.15, sink_tokens 1, check layer 1, gradual filtering
@@ -81,7 +86,6 @@ MODES = [
         "cacheblend",
         CacheBlendSelector(0.15, check_layer=2, sink_tokens=1),
     ),
-    Mode("cacheblend-adaptive-s1", "cacheblend", CacheBlendSelector(adaptive=True, sink_tokens=1)),
     # CacheBlend's gradual filtering: `start` x the budget after the check layer, narrowed
     # by each next layer's deviation to the budget over `layers` layers
     *(

@@ -112,7 +112,7 @@ class CacheBlendSelector:
     ratio: float = 0.15
     check_layer: int = 1
     adaptive: bool = False
-    deviation_mass: float = 0.5
+    deviation_mass: float = 0.7
     min_ratio: float = 0.05
     max_ratio: float = 0.5
     sink_tokens: int = 0

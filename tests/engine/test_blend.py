@@ -13,7 +13,7 @@ import torch
 
 from ragkv.cache.chunks import ChunkKVStore, chunk_key, context_variant
 from ragkv.engine.blend import ChunkSpan, blended_prefill, place_chunks, rerotate
-from ragkv.engine.selectors import CacheBlendSelector, make_selector
+from ragkv.engine.selectors import CacheBlendSelector, SelectionInputs, make_selector
 from ragkv.rag_prompt import ContextChunk, assemble_rag_prompt, rag_head
 from ragkv.retrieval.loaders import wikipedia_sample_path
 from ragkv.settings import ChunkCacheSettings
@@ -110,6 +110,27 @@ def test_gradual_filtering_narrows_to_the_budget_and_stays_exact_at_one(smollm, 
     everything = CacheBlendSelector(1.0, refine_layers=3)
     _, exact = blend(smollm, passages, order, everything)
     assert (exact.logits - plain).abs().max() <= 1e-3
+
+
+def test_adaptive_budget_follows_the_deviation_spread_apart_from_chunk_firsts():
+    spans = [ChunkSpan(0, 100), ChunkSpan(100, 100)]
+    positions = torch.arange(200)
+    concentrated = torch.full((200,), 0.1)
+    concentrated[[5, 50, 150]] = 10.0  # three tokens hold 99% of the non-first energy
+    flat = torch.ones(200)
+    for deviation in (concentrated, flat):
+        deviation[[0, 100]] = 1000.0  # chunk-first tokens: sinks, far above everything
+
+    def budget(deviation, **bounds):
+        selector = CacheBlendSelector(adaptive=True, sink_tokens=1, **bounds)
+        inputs = SelectionInputs(spans=spans, chunk_positions=positions, deviation=deviation)
+        return selector.budget(inputs)
+
+    unbounded = {"min_ratio": 0.0, "max_ratio": 1.0}
+    assert budget(concentrated, **unbounded) == 2 + 3
+    assert budget(flat, **unbounded) == 2 + 139  # 70% of 198 equal tokens, rounded up
+    assert budget(concentrated) == 10  # min_ratio 0.05 of 200
+    assert budget(flat) == 100  # max_ratio 0.5
 
 
 def test_lego_and_cachecraft_pick_what_they_promise(smollm, passages):
