@@ -104,7 +104,8 @@ class ChunkCacheSettings(Section):
     )
     adaptive_ratio: bool = Field(
         False,
-        description="cacheblend picks its own ratio per request from the deviation spread "
+        description="cacheblend picks its own ratio per request: the chunk-first tokens plus "
+        "the fewest others holding 70% of their K deviation, within 5-50% "
         "(recompute_ratio then ignored)",
     )
     check_layer: int = Field(1, ge=0, description="layer where KV deviation is measured")

@@ -68,6 +68,30 @@ def test_evicted_memory_entries_stay_on_disk_and_come_back(tmp_path):
     assert store.counts["decided_load"] == 1
 
 
+def test_device_tier_demotes_to_cpu_and_promotes_back():
+    """What the fastest memory tier evicts falls to the next; a hit there moves back up.
+
+    The store builds its device tier only on an accelerator. Without one a CPU tier stands
+    in for it: a tier moves KV with `.to(device)` and is otherwise device-agnostic.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = nbytes(kv(0))
+    store = ChunkKVStore("m", device, memory_bytes=4 * size, device_bytes=size)
+    if device == "cpu":
+        store.memory.insert(0, MemoryTier("device", torch.device("cpu"), size, "lru"))
+    assert [tier.name for tier in store.memory] == ["device", "cpu"]
+    first, second = chunk_key("t", [1]), chunk_key("t", [2])
+    store.put(first, kv(1), 0.1)
+    store.put(second, kv(2), 0.1)  # the device tier holds one: `first` falls to cpu
+    assert set(store.memory[0].entries) == {second} and set(store.memory[1].entries) == {first}
+    hit = store.get(first, num_tokens=8)
+    assert hit is not None and hit.tier == "cpu" and torch.equal(hit.kv.cpu(), kv(1))
+    assert hit.kv.device.type == device
+    assert set(store.memory[0].entries) == {first} and set(store.memory[1].entries) == {second}
+    assert store.get(first, 8).tier == "device"
+    assert store.counts["hits_cpu"] == 1 and store.counts["hits_device"] == 1
+
+
 def test_cost_model_recomputes_when_the_disk_is_slower(tmp_path):
     store = ChunkKVStore("m", "cpu", memory_bytes=0, disk_path=tmp_path, disk_bytes=1 << 24)
     store.cost = CostModel(disk_read_mb_s=1e-6, prefill_tokens_s=1e6)
