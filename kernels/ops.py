@@ -193,14 +193,26 @@ def plan_paged_attention(
         # A prefill after cached KV needs a mask, and a masked call computes the whole
         # rectangle: split the queries so each block reads keys only up to its last position.
         num_blocks = PREFILL_QUERY_BLOCKS if q_end - q_start >= MIN_BLOCKED_QUERIES else 1
-        bounds = [q_start + (q_end - q_start) * i // num_blocks for i in range(num_blocks + 1)]
-        for start, end in zip(bounds, bounds[1:], strict=False):
-            visible = int(q_positions[end - 1]) + 1
+        for start, end, visible in _query_blocks(q_positions, q_start, q_end, num_blocks):
             key_pos = torch.arange(visible, device=device)
             mask = (key_pos[None, :] <= q_positions[start:end, None])[None, None]
             rows = torch.arange(start, end, device=device)
             groups.append(AttentionGroup(rows, slots[:visible][None], mask, end - start, False))
     return groups
+
+
+def _query_blocks(
+    q_positions: torch.Tensor, start: int, end: int, num_blocks: int
+) -> list[tuple[int, int, int]]:
+    """Split the queries `[start, end)` (positions sorted) into `num_blocks` runs of about
+    equal size: `(block_start, block_end, visible)`, where `visible` = the block's last
+    position + 1 is how many keys its causal attention can read. Empty runs are left out."""
+    bounds = [start + (end - start) * i // num_blocks for i in range(num_blocks + 1)]
+    return [
+        (lo, hi, int(q_positions[hi - 1]) + 1)
+        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        if hi > lo
+    ]
 
 
 def _slots(
@@ -281,9 +293,7 @@ def attention_dense(
     # A masked call computes every query x key pair: split the (sorted) queries into blocks
     # that each read keys only up to their last position, the causal half skipped.
     out = torch.empty_like(q)
-    bounds = [num_queries * i // DENSE_QUERY_BLOCKS for i in range(DENSE_QUERY_BLOCKS + 1)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
-        visible = int(q_positions[end - 1]) + 1
+    for start, end, visible in _query_blocks(q_positions, 0, num_queries, DENSE_QUERY_BLOCKS):
         out[start:end] = attention_ref(
             q[start:end], keys[:visible], values[:visible], q_positions[start:end], scale, group
         )
