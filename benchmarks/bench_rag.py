@@ -37,18 +37,18 @@ import torch
 from rag_workload import RagCase, chunk_pool, head_prompt, kl_rows, rag_cases, rouge_l
 
 from ragkv.assets import generation_model_path
-from ragkv.engine.blend import BlendResult, blended_prefill, place_chunks
-from ragkv.engine.engine import LLMEngine
-from ragkv.engine.sampling import SamplingParams
-from ragkv.engine.selectors import (
+from ragkv.engine.blend.prefill import BlendResult, blended_prefill, place_chunks
+from ragkv.engine.blend.selectors import (
     CacheBlendSelector,
     CacheCraftSelector,
     LegoSelector,
     NaiveSelector,
     Selector,
 )
+from ragkv.engine.engine import LLMEngine
+from ragkv.engine.sampling import SamplingParams
 from ragkv.engine.sequence import Request
-from ragkv.rag_prompt import rag_head
+from ragkv.pipeline.prompt import rag_head
 from ragkv.settings import ChunkCacheSettings, EngineSettings, ModelSettings
 
 RESULTS = Path(__file__).parent / "results" / "rag.json"

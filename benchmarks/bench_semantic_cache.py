@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ragkv.cache.categories import CategoryClassifier, PolicyTable
-from ragkv.cache.guard import guard_conflict
-from ragkv.cache.semantic import SemanticCache
-from ragkv.cache.semantic_partitions import PartitionKey
-from ragkv.cache.semantic_types import CacheWrite
+from ragkv.cache.semantic.cache import SemanticCache
+from ragkv.cache.semantic.categories import CategoryClassifier, PolicyTable
+from ragkv.cache.semantic.guard import guard_conflict
+from ragkv.cache.semantic.partitions import PartitionKey
+from ragkv.cache.semantic.types import CacheWrite
 from ragkv.retrieval.embedder import Embedder
 from ragkv.settings import EmbeddingSettings, SemanticCacheSettings
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ragkv.rag_prompt import ContextChunk, RagPrompt, assemble_rag_prompt
+from ragkv.pipeline.prompt import ContextChunk, RagPrompt, assemble_rag_prompt
 from ragkv.retrieval.chunker import Chunker
 from ragkv.retrieval.loaders import wikipedia_sample_path
 

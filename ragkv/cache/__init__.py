@@ -1,4 +1,5 @@
-"""Cache data structures: semantic cache, radix prefix tree, chunk KV store.
+"""Cache data structures, cut by concept: `kv` (radix prefix tree, chunk KV store and its
+tiers) and `semantic` (the category-aware semantic cache).
 
-Never imports engine, pipeline or server: tensors and page ids are passed in.
+Never imports engine, pipeline or server: tensors, page ids and vectors are passed in.
 """

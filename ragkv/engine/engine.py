@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from ragkv.cache.chunks import ChunkKVStore
-from ragkv.cache.radix import RadixCache
-from ragkv.engine.chunk_runner import ChunkBlender, open_chunk_store, spans_valid
+from ragkv.cache.kv.chunk_store import ChunkKVStore
+from ragkv.cache.kv.radix import RadixCache
+from ragkv.engine.blend.blender import ChunkBlender, open_chunk_store, spans_valid
 from ragkv.engine.config import ModelConfig
+from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
-from ragkv.engine.runner import build_forward_batch
 from ragkv.engine.sampling import make_generator, sample
 from ragkv.engine.scheduler import ScheduledBatch, Scheduler
 from ragkv.engine.sequence import Request, RequestOutput, Sequence

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from ragkv.cache.radix import RadixCache
+from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.sequence import SeqStatus, Sequence
 from ragkv.settings import EngineSettings

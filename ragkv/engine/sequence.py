@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ragkv.cache.radix import RadixNode
-from ragkv.engine.blend import ChunkSpan
+from ragkv.cache.kv.radix import RadixNode
+from ragkv.engine.blend.prefill import ChunkSpan
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
 
 

@@ -15,10 +15,10 @@ from ragkv.assets import generation_model_path
 from ragkv.engine.async_engine import AsyncEngine
 from ragkv.engine.config import load_config
 from ragkv.engine.engine import LLMEngine
-from ragkv.pipeline import Pipeline
+from ragkv.pipeline.pipeline import Pipeline
+from ragkv.pipeline.semantic import SemanticStep
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
-from ragkv.semantic_step import SemanticStep
 from ragkv.server.errors import install_error_handlers
 from ragkv.server.metrics import ChunkStoreCollector, KVMetrics, build_registry
 from ragkv.server.metrics import router as metrics_router

@@ -15,8 +15,8 @@ from ragkv.cache.streams import replay_chunks
 from ragkv.engine.sampling import TokenLogprob
 from ragkv.engine.sequence import RequestOutput
 from ragkv.errors import ModelError, RagkvError
-from ragkv.pipeline import Pipeline, PromptSpec
-from ragkv.semantic_step import SemanticProbe, SemanticStep
+from ragkv.pipeline.pipeline import Pipeline, PromptSpec
+from ragkv.pipeline.semantic import SemanticProbe, SemanticStep
 from ragkv.server import openai_format as fmt
 from ragkv.server.metrics import KVMetrics
 

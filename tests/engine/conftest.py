@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ragkv.assets import generation_model_path
-from ragkv.cache.chunks import ChunkKVStore
+from ragkv.cache.kv.chunk_store import ChunkKVStore
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.model import LlamaModel

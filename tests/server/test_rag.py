@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from ragkv.cache.chunks import chunk_key, context_variant
+from ragkv.cache.kv.chunk_store import chunk_key, context_variant
 from ragkv.retrieval.loaders import wikipedia_sample
 from tests.conftest import LiveServer
 

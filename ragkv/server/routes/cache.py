@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ragkv.cache.semantic import SemanticCache
-from ragkv.cache.semantic_keys import template_hash
-from ragkv.cache.semantic_types import CacheWrite
+from ragkv.cache.semantic.cache import SemanticCache
+from ragkv.cache.semantic.keys import template_hash
+from ragkv.cache.semantic.types import CacheWrite
 from ragkv.errors import Conflict
 from ragkv.retrieval.embedder import Embedder
 from ragkv.server.auth import Tenant

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.errors import InvalidRequest, NotFound
-from ragkv.pipeline import Pipeline, PromptSpec
+from ragkv.pipeline.pipeline import Pipeline, PromptSpec
 from ragkv.server import openai_format as fmt
 from ragkv.server.auth import Tenant
 from ragkv.server.generation import Completion, StoreBack, respond, respond_cached

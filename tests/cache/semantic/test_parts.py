@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from ragkv.cache.adaptive import LoadAdapter
-from ragkv.cache.categories import CategoryClassifier, PolicyTable, rule_category
-from ragkv.cache.guard import guard_conflict
-from ragkv.cache.semantic_keys import is_cacheable, normalize_query, template_hash
-from ragkv.cache.single_flight import SingleFlight
+from ragkv.cache.semantic.adaptive import LoadAdapter
+from ragkv.cache.semantic.categories import CategoryClassifier, PolicyTable, rule_category
+from ragkv.cache.semantic.guard import guard_conflict
+from ragkv.cache.semantic.keys import is_cacheable, normalize_query, template_hash
+from ragkv.cache.semantic.single_flight import SingleFlight
+from ragkv.cache.semantic.verified import VerifiedThresholds
 from ragkv.cache.streams import StreamRecorder, replay_chunks
-from ragkv.cache.verified import VerifiedThresholds
 from ragkv.errors import InvalidRequest
 from ragkv.retrieval.embedder import Embedder
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings

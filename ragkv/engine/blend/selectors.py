@@ -1,4 +1,4 @@
-"""Which cached chunk tokens a blended prefill recomputes (`ragkv.engine.blend`).
+"""Which cached chunk tokens a blended prefill recomputes (`ragkv.engine.blend.prefill`).
 
 A selector either chooses up front (`full_layers == 0`: naive, lego, full) or once every
 token's KV of the first `full_layers` layers is fresh, using the KV deviation measured at the
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from ragkv.engine.blend import ChunkSpan
+    from ragkv.engine.blend.prefill import ChunkSpan
 
 SELECTOR_NAMES = ("naive", "cacheblend", "cachecraft", "lego", "full")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ragkv.cache.semantic_store import EntryMeta
+from ragkv.cache.semantic.store import EntryMeta
 from ragkv.settings import CategoryPolicy
 
 

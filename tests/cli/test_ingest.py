@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ragkv.assets import generation_model_path
-from ragkv.cli import app
+from ragkv.cli.main import app
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
 from ragkv.retrieval.tokenizer import LazyTokenizer, load_model_tokenizer

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ragkv.cache.semantic_stats import EVENTS
-from ragkv.cache.verified import VERIFIED_STATE
+from ragkv.cache.semantic.stats import EVENTS
+from ragkv.cache.semantic.verified import VERIFIED_STATE
 from ragkv.errors import NotFound
 from ragkv.settings import CategoryPolicy
 
 if TYPE_CHECKING:
-    from ragkv.cache.semantic import SemanticCache
+    from ragkv.cache.semantic.cache import SemanticCache
 
 
 class SemanticCacheAdmin:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragkv.cache.semantic import SemanticCache
+from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.errors import InvalidRequest, NotFound
 from ragkv.retrieval.embedder import Embedder
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import torch
 
-from ragkv.cache.chunks import ChunkKey, ChunkKVStore, CostModel, chunk_key, context_variant
-from ragkv.engine.blend import BlendResult, ChunkSpan, blended_prefill, place_chunks, rerotate
+from ragkv.cache.kv.chunk_store import ChunkKey, ChunkKVStore, CostModel, chunk_key, context_variant
+from ragkv.engine.blend.prefill import (
+    BlendResult,
+    ChunkSpan,
+    blended_prefill,
+    place_chunks,
+    rerotate,
+)
+from ragkv.engine.blend.selectors import NaiveSelector, Selector, make_selector
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.scheduler import Scheduler
-from ragkv.engine.selectors import NaiveSelector, Selector, make_selector
 from ragkv.engine.sequence import Request, Sequence
 from ragkv.settings import ChunkCacheSettings
 

@@ -2,7 +2,7 @@
 assembly at token level -> engine (prefix reuse, chunk blending) -> outputs.
 
 The server calls this; it calls the engine and the retriever. The semantic cache sits in
-front (`ragkv.semantic_step`), and the server stores answers back into it.
+front (`ragkv.pipeline.semantic`), and the server stores answers back into it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from ragkv.engine.async_engine import AsyncEngine
-from ragkv.engine.blend import ChunkSpan
+from ragkv.engine.blend.prefill import ChunkSpan
 from ragkv.engine.sampling import SamplingParams
 from ragkv.engine.sequence import Request, RequestOutput
 from ragkv.errors import InvalidRequest
-from ragkv.rag_prompt import ContextChunk, RagPrompt, assemble_rag_prompt, rag_head
+from ragkv.pipeline.prompt import ContextChunk, RagPrompt, assemble_rag_prompt, rag_head
 from ragkv.retrieval.chunker import Chunker
 from ragkv.retrieval.service import Retriever
 

@@ -19,16 +19,17 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from ragkv.cache.adaptive import LoadAdapter
-from ragkv.cache.categories import CategoryClassifier, EmbedFn, PolicyTable
-from ragkv.cache.guard import guard_conflict
-from ragkv.cache.semantic_admin import SemanticCacheAdmin
-from ragkv.cache.semantic_eviction import choose_victims
-from ragkv.cache.semantic_index import IndexFiles
-from ragkv.cache.semantic_partitions import Partition, PartitionKey, PartitionSet
-from ragkv.cache.semantic_stats import SemanticCacheStats
-from ragkv.cache.semantic_store import EntryMeta, NewEntry, SemanticStore, expires_at
-from ragkv.cache.semantic_types import (
+from ragkv.cache.semantic.adaptive import LoadAdapter
+from ragkv.cache.semantic.admin import SemanticCacheAdmin
+from ragkv.cache.semantic.categories import CategoryClassifier, EmbedFn, PolicyTable
+from ragkv.cache.semantic.eviction import choose_victims
+from ragkv.cache.semantic.guard import guard_conflict
+from ragkv.cache.semantic.index import IndexFiles
+from ragkv.cache.semantic.partitions import Partition, PartitionKey, PartitionSet
+from ragkv.cache.semantic.single_flight import SingleFlight
+from ragkv.cache.semantic.stats import SemanticCacheStats
+from ragkv.cache.semantic.store import EntryMeta, NewEntry, SemanticStore, expires_at
+from ragkv.cache.semantic.types import (
     CacheHit,
     CacheWrite,
     LookupResult,
@@ -36,8 +37,7 @@ from ragkv.cache.semantic_types import (
     check_query,
     check_vector,
 )
-from ragkv.cache.single_flight import SingleFlight
-from ragkv.cache.verified import VERIFIED_STATE, VerifiedThresholds
+from ragkv.cache.semantic.verified import VERIFIED_STATE, VerifiedThresholds
 from ragkv.errors import InvalidRequest, NotFound
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 

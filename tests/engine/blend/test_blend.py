@@ -11,10 +11,10 @@ import lmdb
 import pytest
 import torch
 
-from ragkv.cache.chunks import ChunkKVStore, chunk_key, context_variant
-from ragkv.engine.blend import ChunkSpan, blended_prefill, place_chunks, rerotate
-from ragkv.engine.selectors import CacheBlendSelector, SelectionInputs, make_selector
-from ragkv.rag_prompt import ContextChunk, assemble_rag_prompt, rag_head
+from ragkv.cache.kv.chunk_store import ChunkKVStore, chunk_key, context_variant
+from ragkv.engine.blend.prefill import ChunkSpan, blended_prefill, place_chunks, rerotate
+from ragkv.engine.blend.selectors import CacheBlendSelector, SelectionInputs, make_selector
+from ragkv.pipeline.prompt import ContextChunk, assemble_rag_prompt, rag_head
 from ragkv.retrieval.loaders import wikipedia_sample_path
 from ragkv.settings import ChunkCacheSettings
 from tests.engine.helpers import greedy_request, prefill_logits, run_greedy

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragkv.cache.semantic import SemanticCache
+from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
 WRITER = textwrap.dedent(
@@ -19,7 +19,7 @@ WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     import numpy as np
-    from ragkv.cache.semantic import SemanticCache
+    from ragkv.cache.semantic.cache import SemanticCache
     from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
     policy = CategoryPolicy(threshold=0.9, floor=0.9, max_entries=300, guard=False)

@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ragkv.cache.semantic_index import IndexFiles, PartitionIndex
-from ragkv.cache.semantic_store import OP_ADD, OP_DELETE, OP_FLUSH, EntryMeta, SemanticStore
+from ragkv.cache.semantic.index import IndexFiles, PartitionIndex
+from ragkv.cache.semantic.store import OP_ADD, OP_DELETE, OP_FLUSH, EntryMeta, SemanticStore
 from ragkv.settings import SemanticCacheSettings
 
 log = logging.getLogger("ragkv.cache.semantic")

@@ -100,7 +100,7 @@ def ingest(
     """Chunk, embed and index documents into a collection (created when missing)."""
     from rich.console import Console
 
-    from ragkv.cli_ingest import collect_documents, run_ingest
+    from ragkv.cli.ingest import collect_documents, run_ingest
 
     settings = load_settings(config)
     configure_logging("warning")

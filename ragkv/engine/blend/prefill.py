@@ -3,7 +3,7 @@
 A RAG prompt is `[prefix][chunk_1 .. chunk_n][question]`. Each chunk's KV was computed with the
 chunk alone at positions `0..L-1`. Here it is re-rotated to the chunk's place in the prompt
 (RoPE composes: rotating by the position delta equals computing at the new position) and
-blended: a selector (`ragkv.engine.selectors`) decides which chunk tokens are recomputed so
+blended: a selector (`ragkv.engine.blend.selectors`) decides which chunk tokens are recomputed so
 that cross-chunk attention is restored. Tokens without cached KV (the question, uncached
 prefix) are always computed; tokens of an exact prefix-cache hit are never recomputed.
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ragkv.engine.blend.selectors import SelectionInputs, Selector
 from ragkv.engine.model import LlamaModel
-from ragkv.engine.selectors import SelectionInputs, Selector
 from ragkv.kernels import ops
 
 

@@ -10,8 +10,8 @@ import textwrap
 import lmdb
 import torch
 
-from ragkv.cache.chunk_disk import DiskTier
-from ragkv.cache.chunks import ChunkKVStore, CostModel, MemoryTier, chunk_key
+from ragkv.cache.kv.chunk_disk import DiskTier
+from ragkv.cache.kv.chunk_store import ChunkKVStore, CostModel, MemoryTier, chunk_key
 
 
 def kv(seed: int, tokens: int = 8) -> torch.Tensor:
@@ -117,7 +117,7 @@ def test_flush_one_tenant_keeps_the_other(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from ragkv.cache.chunks import ChunkKVStore, chunk_key
+    from ragkv.cache.kv.chunk_store import ChunkKVStore, chunk_key
     store = ChunkKVStore("model-a", "cpu", 1 << 24, disk_path=sys.argv[1], disk_bytes=1 << 26)
     g = torch.Generator().manual_seed(42)
     for i in range(3):

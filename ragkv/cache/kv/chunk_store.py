@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ragkv.cache.chunk_disk import DiskTier
+from ragkv.cache.kv.chunk_disk import DiskTier
 
 
 class ChunkKey(NamedTuple):

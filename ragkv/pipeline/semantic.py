@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from ragkv.cache.semantic import SemanticCache
-from ragkv.cache.semantic_keys import is_cacheable, template_hash
-from ragkv.cache.semantic_types import CacheHit
+from ragkv.cache.semantic.cache import SemanticCache
+from ragkv.cache.semantic.keys import is_cacheable, template_hash
+from ragkv.cache.semantic.types import CacheHit
 from ragkv.retrieval.embedder import Embedder
 
 log = logging.getLogger("ragkv.pipeline")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragkv.cache.radix import RadixCache
+from ragkv.cache.kv.radix import RadixCache
 
 PAGE = 4
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ragkv import __version__
 
-RAGKV = [sys.executable, "-m", "ragkv.cli"]
+RAGKV = [sys.executable, "-m", "ragkv.cli.main"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

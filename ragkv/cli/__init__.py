@@ -1,0 +1,1 @@
+"""The `ragkv` command line: `serve`, `ingest`, `ask`, `stats`."""
