@@ -21,7 +21,7 @@ from ragkv.assets import generation_model_path
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.sampling import SamplingParams
-from ragkv.engine.sequence import Request
+from ragkv.engine.sequence import KVReuse, Request
 from ragkv.engine.weights import load_weights
 from ragkv.settings import EngineSettings, ModelSettings
 
@@ -45,7 +45,7 @@ def best_of(runs: int, fn) -> float:
 
 def engine_prefill_s(engine: LLMEngine, ids: list[int]) -> float:
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-    request = Request(f"p{time.perf_counter_ns()}", ids, params, use_prefix_cache=False)
+    request = Request(f"p{time.perf_counter_ns()}", ids, params, kv_reuse=KVReuse.FULL)
     return best_of(1, lambda: engine.generate([request]))
 
 
@@ -91,7 +91,8 @@ def transformers_decode_tps(hf, num_tokens: int) -> float:
 
 def ttft_s(engine: LLMEngine, ids: list[int], use_prefix_cache: bool) -> tuple[float, int]:
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-    request = Request(f"t{time.perf_counter_ns()}", ids, params, use_prefix_cache=use_prefix_cache)
+    kv_reuse = KVReuse.PREFIX if use_prefix_cache else KVReuse.FULL
+    request = Request(f"t{time.perf_counter_ns()}", ids, params, kv_reuse=kv_reuse)
     started = time.perf_counter()
     (output,) = engine.generate([request])[request.request_id]
     return time.perf_counter() - started, output.cached_tokens

@@ -47,7 +47,7 @@ from ragkv.engine.blend.selectors import (
 )
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.sampling import SamplingParams
-from ragkv.engine.sequence import Request
+from ragkv.engine.sequence import KVReuse, Request
 from ragkv.pipeline.prompt import rag_head
 from ragkv.settings import ChunkCacheSettings, EngineSettings, ModelSettings
 
@@ -132,7 +132,7 @@ def run_engine(
     if mode.kv_reuse == "prefix":  # cache the shared template head, nothing more
         tiny = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
         rid = f"head-{time.perf_counter_ns()}"
-        engine.generate([Request(rid, head, tiny, tenant=TENANT, kv_reuse="prefix")])
+        engine.generate([Request(rid, head, tiny, tenant=TENANT, kv_reuse=KVReuse.PREFIX)])
     prompt = case.prompt
     request = Request(
         f"{mode.name}-{case.number}-{time.perf_counter_ns()}",
@@ -141,7 +141,7 @@ def run_engine(
         tenant=TENANT,
         chunk_spans=tuple(prompt.spans),
         chunk_context=context,
-        kv_reuse=mode.kv_reuse,
+        kv_reuse=KVReuse(mode.kv_reuse),
     )
     with installed(engine, mode.selector):
         outputs = engine.generate([request])[request.request_id]
@@ -289,7 +289,9 @@ def main() -> None:
             if mode.kv_reuse in ("full", "prefix"):  # exact KV: the reference by construction
                 logits, chunk_blend = reference, case.prompt.num_chunk_tokens
             else:
-                selector = mode.selector or engine.blender.selector_for(mode.kv_reuse, None)
+                selector = mode.selector or engine.blender.selector_for(
+                    KVReuse(mode.kv_reuse), None
+                )
                 logits, result = teacher_forced(engine, case, answer, selector, context)
                 chunk_blend = result.num_chunk_recomputed
             kl = kl_rows(reference, logits)

@@ -67,7 +67,7 @@ class ModelSettings(Section):
     )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     backend: Literal["auto", "torch", "triton"] = Field(
-        "auto", description="ops backend: torch on CPU; triton on CUDA (later)"
+        "auto", description="ops backend: torch (auto); triton is refused until its kernels land"
     )
 
 
@@ -161,7 +161,7 @@ class RetrievalSettings(Section):
 
 
 class CategoryPolicy(Section):
-    """One question category's semantic-cache rules (owned by ragkv/cache/categories.py)."""
+    """One question category's semantic-cache rules (ragkv/cache/semantic/categories.py)."""
 
     threshold: float = Field(0.92, gt=0.0, le=1.0, description="raw cosine needed for a hit")
     floor: float = Field(0.88, gt=0.0, le=1.0, description="lowest threshold under load")
@@ -189,7 +189,7 @@ def _check_category_policies(policies: dict[str, CategoryPolicy]) -> dict[str, C
 
 
 class SemanticCacheSettings(Section):
-    """Category-aware semantic cache (owned by ragkv/cache/semantic.py)."""
+    """Category-aware semantic cache (owned by ragkv/cache/semantic/)."""
 
     enabled: bool = Field(True, description="answer close-enough questions from the cache")
     hnsw_m: int = Field(16, ge=4, le=128, description="hnswlib graph degree")
@@ -217,6 +217,11 @@ class SemanticCacheSettings(Section):
     verified: bool = Field(False, description="learn per-entry thresholds from feedback")
     verified_delta: float = Field(0.05, gt=0.0, lt=1.0, description="allowed error rate")
     verified_min_observations: int = Field(5, ge=1)
+    single_flight_wait_s: float = Field(
+        120.0,
+        gt=0.0,
+        description="how long an identical request waits for one in flight before running itself",
+    )
 
 
 class Settings(BaseSettings):

@@ -1,5 +1,10 @@
 """Async front of `LLMEngine`: one loop task steps the engine in a worker thread and fans
-outputs out to per-request queues, so the event loop stays free while the model runs."""
+outputs out to per-request queues, so the event loop stays free while the model runs.
+
+Everything above the engine talks to this class only: generation (`stream`), what the
+pipeline needs to know (`tokenizer`, `context_length`, `load`) and the admin calls (stats,
+flush, prewarm), which run in a worker thread and wait for the current step.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.sequence import Request, RequestOutput
+from ragkv.engine.tokenizer import Tokenizer
 from ragkv.errors import ModelError, Overloaded
 
 log = logging.getLogger("ragkv.engine")
@@ -21,7 +27,7 @@ class AsyncEngine:
     """Start with `start()` inside a running loop; `stream(request)` yields its outputs."""
 
     def __init__(self, engine: LLMEngine) -> None:
-        self.engine = engine
+        self._engine = engine
         self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -41,21 +47,62 @@ class AsyncEngine:
             queue.put_nowait(Overloaded("the server is shutting down", retry_after_s=5))
 
     @property
+    def tokenizer(self) -> Tokenizer:
+        """The serving model's tokenizer (chunk token ids must come from it)."""
+        return self._engine.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        """The model's context window in tokens."""
+        return self._engine.config.context_length
+
+    @property
+    def chunk_cache_enabled(self) -> bool:
+        """Whether the chunk KV cache (blending, prewarm) is on."""
+        return self._engine.blender is not None
+
+    async def prefix_stats(self) -> dict[str, object]:
+        """Prefix-level statistics (see `LLMEngine.prefix_stats`)."""
+        return await asyncio.to_thread(self._engine.prefix_stats)
+
+    async def chunk_stats(self) -> dict[str, object] | None:
+        """Chunk-level statistics; None when the chunk cache is off."""
+        return await asyncio.to_thread(self._engine.chunk_stats)
+
+    async def flush_prefix(self, tenant: str | None = None) -> int:
+        """Drop the prefix cache of one tenant (or all); pages released."""
+        return await asyncio.to_thread(self._engine.flush_prefix, tenant)
+
+    async def flush_chunks(self, tenant: str | None = None) -> int:
+        """Drop cached chunk KV of one tenant (or all); entries dropped."""
+        return await asyncio.to_thread(self._engine.flush_chunks, tenant)
+
+    def prewarm(self, tenant: str, chunks: list[list[int]], context: tuple[int, ...]) -> int:
+        """Blocking: compute the KV of `chunks` not cached yet (call from a worker thread;
+        serving goes on between chunks); how many were computed."""
+        return self._engine.prewarm(tenant, chunks, context)
+
+    async def close(self) -> None:
+        """Stop the loop, then close the engine's disk tier."""
+        await self.stop()
+        await asyncio.to_thread(self._engine.close)
+
+    @property
     def load(self) -> float:
         """0..1: how busy the engine is (running sequences over their maximum)."""
-        scheduler = self.engine.scheduler
+        scheduler = self._engine.scheduler
         busy = len(scheduler.running) + len(scheduler.waiting)
-        return min(1.0, busy / self.engine.settings.max_num_seqs)
+        return min(1.0, busy / self._engine.settings.max_num_seqs)
 
     async def _run(self) -> None:
         assert self._wakeup is not None
         while True:
-            if not self.engine.has_work():
+            if not self._engine.has_work():
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
             try:
-                outputs = await asyncio.to_thread(self.engine.step)
+                outputs = await asyncio.to_thread(self._engine.step)
             except Exception as exc:  # keep serving: fail the open requests, not the loop
                 log.exception("engine step failed")
                 self._fail_all(ModelError(f"the model failed: {exc}"))
@@ -67,7 +114,7 @@ class AsyncEngine:
 
     def _fail_all(self, error: BaseException) -> None:
         for request_id, queue in list(self._queues.items()):
-            self.engine.abort(request_id)
+            self._engine.abort(request_id)
             queue.put_nowait(error)
 
     async def stream(
@@ -84,7 +131,7 @@ class AsyncEngine:
         self._queues[request.request_id] = queue
         finished = False
         try:
-            self.engine.add_request(request)
+            self._engine.add_request(request)
             self._wakeup.set()
             while not finished:
                 try:
@@ -101,5 +148,5 @@ class AsyncEngine:
         finally:
             self._queues.pop(request.request_id, None)
             if not finished:
-                self.engine.abort(request.request_id)
+                self._engine.abort(request.request_id)
                 self._wakeup.set()

@@ -11,19 +11,20 @@ from pathlib import Path
 
 import torch
 
-from ragkv.cache.kv.chunk_store import ChunkKVStore
+from ragkv.cache.kv.chunk_store import ChunkKVStore, open_chunk_store
 from ragkv.cache.kv.radix import RadixCache
-from ragkv.engine.blend.blender import ChunkBlender, open_chunk_store, spans_valid
+from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
-from ragkv.engine.sampling import make_generator, sample
+from ragkv.engine.output import OutputProcessor
+from ragkv.engine.sampling import TokenLogprob, make_generator, sample
 from ragkv.engine.scheduler import ScheduledBatch, Scheduler
-from ragkv.engine.sequence import Request, RequestOutput, Sequence
+from ragkv.engine.sequence import Request, RequestOutput, Sequence, spans_valid
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.engine.weights import fingerprint, load_weights
-from ragkv.errors import InvalidRequest, Overloaded
+from ragkv.errors import InvalidRequest, ModelError, Overloaded
 from ragkv.settings import ChunkCacheSettings, EngineSettings, ModelSettings
 
 log = logging.getLogger("ragkv.engine")
@@ -61,6 +62,8 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.fingerprint = model_fingerprint
+        self.backend = "torch"
+        self.outputs = OutputProcessor(tokenizer)
         page_bytes = (
             2
             * self.config.num_layers
@@ -95,6 +98,7 @@ class LLMEngine:
 
         With `chunk_settings` enabled the chunk KV cache is on (its disk tier under
         `data_dir/chunk_kv` when `data_dir` is given and the disk tier is enabled)."""
+        backend = resolve_backend(model_settings.backend)
         if model_settings.num_threads:
             torch.set_num_threads(model_settings.num_threads)
         started = time.perf_counter()
@@ -119,10 +123,12 @@ class LLMEngine:
             chunk_store=store,
             chunk_settings=chunk_settings,
         )
+        engine.backend = backend
         log.info(
-            "loaded %s (%d layers) in %.1f s; KV pool %d pages of %d tokens",
+            "loaded %s (%d layers, %s backend) in %.1f s; KV pool %d pages of %d tokens",
             path.name,
             config.num_layers,
+            backend,
             time.perf_counter() - started,
             engine.pool.num_pages,
             engine.pool.page_size,
@@ -286,9 +292,10 @@ class LLMEngine:
 
     def _blend(self, seq: Sequence) -> list[RequestOutput]:
         """Blended prefill of an admitted sequence, store-back, then its first token."""
-        logits = self.blender.prefill(seq, self.pool, self.scheduler)
+        logits = self.blender.prefill(seq, self.pool)
         if logits is None:
-            return []  # blending failed; the sequence waits for a plain prefill
+            self.scheduler.requeue(seq)  # blending failed; the sequence waits for a plain prefill
+            return []
         self.scheduler.store_prefix(seq)  # store-back: the same prompt again is a prefix hit
         token, logprob = sample(logits, seq.request.params, seq.generator)
         return [self._append_token(seq, token, logprob)]
@@ -316,59 +323,15 @@ class LLMEngine:
             outputs.append(self._append_token(seq, token, logprob))
         return outputs
 
-    def _append_token(self, seq: Sequence, token: int, logprob) -> RequestOutput:
-        if seq.first_token_s is None:
-            seq.first_token_s = time.perf_counter()
-        params = seq.request.params
-        seq.token_ids.append(token)
-        seq.output_ids.append(token)
-        if logprob is not None:
-            seq.logprobs.append(logprob)
-        reason = None
-        if token in self.tokenizer.stop_token_ids and not params.ignore_eos:
-            reason = "stop"
-        elif len(seq.output_ids) >= params.max_tokens:
-            reason = "length"
-        visible = seq.output_ids[:-1] if reason == "stop" else seq.output_ids
-        seq.text = self.tokenizer.decode(visible)
-        for stop in params.stop:
-            index = seq.text.find(stop)
-            if index >= 0:
-                seq.text, reason = seq.text[:index], "stop"
+    def _append_token(
+        self, seq: Sequence, token: int, logprob: TokenLogprob | None
+    ) -> RequestOutput:
+        reason = self.outputs.append(seq, token, logprob)
         if reason is not None:
             seq.finish_reason = reason
             self.scheduler.finish(seq)
             self._count(seq)
-        return self._output(seq)
-
-    def _output(self, seq: Sequence) -> RequestOutput:
-        finished = seq.finish_reason is not None
-        holdback = 0 if finished else max((len(s) for s in seq.request.params.stop), default=1) - 1
-        text = seq.text
-        if not finished and text.endswith("\ufffd"):
-            holdback = max(holdback, 1)  # half a UTF-8 character: wait for the rest
-        end = max(seq.num_text_sent, len(text) - holdback)
-        delta, seq.num_text_sent = text[seq.num_text_sent : end], end
-        new_ids = seq.output_ids[-1:]
-        new_logprobs = seq.logprobs[-1:] if seq.request.params.logprobs else []
-        ttft = None
-        if seq.first_token_s is not None:
-            ttft = (seq.first_token_s - seq.arrival_s) * 1000
-        return RequestOutput(
-            request_id=seq.request_id,
-            text=delta,
-            token_ids=new_ids,
-            logprobs=new_logprobs,
-            finished=finished,
-            finish_reason=seq.finish_reason,
-            prompt_tokens=seq.num_prompt,
-            completion_tokens=len(seq.output_ids),
-            cached_tokens=seq.num_cached_prompt,
-            ttft_ms=ttft,
-            chunk_tokens_reused=seq.chunk_tokens_reused,
-            tokens_recomputed=seq.tokens_recomputed,
-            selector=seq.selector,
-        )
+        return self.outputs.output(seq)
 
     def _count(self, seq: Sequence) -> None:
         self.stats.requests += 1
@@ -395,3 +358,15 @@ class LLMEngine:
             for output in self.step():
                 if output.request_id == request.request_id:
                     yield output
+
+
+def resolve_backend(backend: str) -> str:
+    """The ops backend `model.backend` asks for: `auto` is torch until the Triton kernels
+    land; `triton` is refused with what to do instead (never silently run as torch)."""
+    if backend in ("auto", "torch"):
+        return "torch"
+    device = "a CUDA device" if torch.cuda.is_available() else "no CUDA device here"
+    raise ModelError(
+        f"model.backend 'triton' is not available in this build ({device}); "
+        "set model.backend to 'torch' or 'auto'"
+    )

@@ -1,4 +1,5 @@
-"""A request's life inside the engine: its tokens, KV pages, and output so far."""
+"""The request contract the layers above hand in (`Request`, `ChunkSpan`, `KVReuse`), and a
+request's life inside the engine (`Sequence`) and what it produces (`RequestOutput`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,50 @@ from dataclasses import dataclass, field
 import torch
 
 from ragkv.cache.kv.radix import RadixNode
-from ragkv.engine.blend.prefill import ChunkSpan
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
+
+
+class KVReuse(enum.Enum):
+    """How a request may reuse cached KV; parsed once at the API edge.
+
+    `full`: no cached KV at all (a plain prefill, the exactness reference); `prefix`: radix
+    prefix hits only; `naive`, `cacheblend`, `cachecraft`, `lego`: chunk KV blended with that
+    selector; `auto`: the configured default selector.
+    """
+
+    AUTO = "auto"
+    FULL = "full"
+    PREFIX = "prefix"
+    NAIVE = "naive"
+    CACHEBLEND = "cacheblend"
+    CACHECRAFT = "cachecraft"
+    LEGO = "lego"
+
+    @property
+    def uses_prefix_cache(self) -> bool:
+        """Every mode but `full` reads and writes the radix prefix cache."""
+        return self is not KVReuse.FULL
+
+    @property
+    def blends_chunks(self) -> bool:
+        """Modes that reuse cached chunk KV (all but `full` and `prefix`)."""
+        return self not in (KVReuse.FULL, KVReuse.PREFIX)
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """A chunk's place in the prompt: token positions `[start, start + length)`. `seen`: how
+    many leading prompt tokens its cached KV was computed after (0: the chunk alone), the
+    part of its real context it already reflects."""
+
+    start: int
+    length: int
+    seen: int = 0
+
+    @property
+    def end(self) -> int:
+        """One past the chunk's last position."""
+        return self.start + self.length
 
 
 class SeqStatus(enum.Enum):
@@ -21,26 +64,44 @@ class SeqStatus(enum.Enum):
     FINISHED = "finished"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
-    """What a caller asks the engine for: prompt token ids plus sampling and cache options."""
+    """What a caller asks the engine for: prompt token ids plus sampling and cache options.
+
+    `chunk_spans`: where the context chunks sit in the prompt (ordered, disjoint, before the
+    last token); `chunk_context`: the tokens chunk KV is computed after (its cache variant).
+    """
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
     tenant: str = "default"
-    use_prefix_cache: bool = True
+    kv_reuse: KVReuse = KVReuse.AUTO
     pin_ttl_s: float | None = None
     session_id: str | None = None
     chunk_spans: tuple[ChunkSpan, ...] = ()
     chunk_context: tuple[int, ...] = ()
-    kv_reuse: str = "auto"
     recompute_ratio: float | None = None
+
+    @property
+    def use_prefix_cache(self) -> bool:
+        """Whether the radix prefix cache serves and stores this request."""
+        return self.kv_reuse.uses_prefix_cache
 
     @property
     def wants_blend(self) -> bool:
         """Chunks to reuse and a mode that reuses them (not `full`, not `prefix`)."""
-        return bool(self.chunk_spans) and self.kv_reuse not in ("full", "prefix")
+        return bool(self.chunk_spans) and self.kv_reuse.blends_chunks
+
+
+def spans_valid(spans: tuple[ChunkSpan, ...], num_prompt: int) -> bool:
+    """Spans are in order, disjoint, inside the prompt, and end before its last token."""
+    end = 0
+    for span in spans:
+        if span.start < end or span.length < 0 or span.end > num_prompt - 1:
+            return False
+        end = span.end
+    return True
 
 
 @dataclass

@@ -1,160 +1,214 @@
-"""One request's way through ragkv: context (inline documents or retrieval) -> prompt
-assembly at token level -> engine (prefix reuse, chunk blending) -> outputs.
+"""`Pipeline`: one request's way through ragkv.
 
-The server calls this; it calls the engine and the retriever. The semantic cache sits in
-front (`ragkv.pipeline.semantic`), and the server stores answers back into it.
+    chat:     semantic probe (single-flight) -> context (inline documents or retrieval)
+              -> prompt assembly with chunk boundaries -> engine (prefix hit / chunk blend /
+              prefill) -> stream out -> store-back
+    complete: prompt ids -> engine -> stream out
+
+Routes parse, call `chat` or `complete`, and format the `Answer` as JSON or SSE; nothing
+else orchestrates a request.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import replace
 
-from starlette.concurrency import run_in_threadpool
-
+from ragkv.cache.semantic.single_flight import Flight
 from ragkv.engine.async_engine import AsyncEngine
-from ragkv.engine.blend.prefill import ChunkSpan
 from ragkv.engine.sampling import SamplingParams
-from ragkv.engine.sequence import Request, RequestOutput
-from ragkv.errors import InvalidRequest
-from ragkv.pipeline.prompt import ContextChunk, RagPrompt, assemble_rag_prompt, rag_head
-from ragkv.retrieval.chunker import Chunker
-from ragkv.retrieval.service import Retriever
+from ragkv.engine.sequence import ChunkSpan, Request, RequestOutput
+from ragkv.engine.tokenizer import Tokenizer
+from ragkv.errors import ModelError
+from ragkv.pipeline.answer import Answer, CacheReport, Delta, Usage
+from ragkv.pipeline.context import ContextBuilder, Source
+from ragkv.pipeline.metrics import KVMetrics
+from ragkv.pipeline.prompt import assemble_rag_prompt, rag_head
+from ragkv.pipeline.request import CacheOptions, ChatRequest, CompletionRequest
+from ragkv.pipeline.semantic import SemanticProbe, SemanticStep, SharedAnswer, replay_pieces
 
-
-@dataclass(frozen=True)
-class PromptSpec:
-    """What to generate from: token ids plus how and for whom."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    tenant: str
-    kv_reuse: str = "auto"
-    pin_ttl_s: float | None = None
-    session_id: str | None = None
-    chunk_spans: tuple[ChunkSpan, ...] = ()
-    chunk_context: tuple[int, ...] = ()
-    recompute_ratio: float | None = None
-
-
-@dataclass(frozen=True)
-class Source:
-    """A chunk the answer was given as context; `score` is None for inline documents."""
-
-    document_id: str
-    chunk_id: str
-    title: str | None
-    score: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        """The source as the API shows it."""
-        score = None if self.score is None else round(self.score, 4)
-        return {
-            "document_id": self.document_id,
-            "chunk_id": self.chunk_id,
-            "title": self.title,
-            "score": score,
-        }
-
-
-@dataclass
-class Context:
-    """The context of a RAG request: chunks in prompt order and where they came from."""
-
-    chunks: list[ContextChunk] = field(default_factory=list)
-    sources: list[Source] = field(default_factory=list)
+Disconnected = Callable[[], Awaitable[bool]]
 
 
 class Pipeline:
-    """Builds engine requests from chat messages or prompts, and streams their outputs."""
+    """Runs chat and completion requests through the caches and the engine.
+
+    `semantic` None: the semantic cache is off. `context_variant`: chunk KV is computed after
+    the default RAG head (`chunk_cache.context_variant`), else after nothing.
+    """
 
     def __init__(
         self,
         engine: AsyncEngine,
+        context: ContextBuilder,
         default_max_tokens: int,
-        retriever: Retriever | None = None,
-        chunk_tokens: int = 256,
+        semantic: SemanticStep | None = None,
+        metrics: KVMetrics | None = None,
         context_variant: bool = False,
     ) -> None:
         self.engine = engine
-        self.tokenizer = engine.engine.tokenizer
+        self.tokenizer: Tokenizer = engine.tokenizer
+        self.context = context
         self.default_max_tokens = default_max_tokens
-        self.retriever = retriever
-        self.chunker = Chunker(self.tokenizer, chunk_tokens)
-        # What chunk KV is computed after (a cache variant): the default RAG head, or nothing.
+        self.semantic = semantic
+        self.metrics = metrics
         self.chunk_context = tuple(rag_head(self.tokenizer)) if context_variant else ()
 
-    async def context(
+    async def chat(self, request: ChatRequest, disconnected: Disconnected | None = None) -> Answer:
+        """Answer a chat request: from the semantic cache, from an identical request in
+        flight, or from the engine (with its context's chunk KV blended). Errors before the
+        first token raise here; later ones surface from iterating the answer."""
+        chat_ids = self.tokenizer.apply_chat_template(request.messages)
+        kv_reuse = request.cache.kv_reuse.value
+        probe, flight = None, None
+        if self.semantic is not None and not request.params.logprobs:
+            probe = await self.semantic.probe(request, self.engine.load)
+        if probe is not None:
+            probe, shared = await self.semantic.join(probe)
+            if probe.served:
+                text = probe.hit.response if probe.hit is not None else shared.text
+                return self._semantic_answer(probe, text, len(chat_ids), kv_reuse)
+            flight = self.semantic.lead(probe)
+        try:
+            prompt_ids, spans, sources = chat_ids, (), None
+            if request.has_context:
+                prompt_ids, spans, sources = await self._with_context(request, chat_ids)
+            engine_request = self._engine_request(
+                request.tenant, prompt_ids, request.params, request.max_tokens_set, request.cache
+            )
+            if spans:
+                engine_request = replace(
+                    engine_request, chunk_spans=spans, chunk_context=self.chunk_context
+                )
+            return await self._generate(
+                engine_request, kv_reuse, disconnected, probe, sources, flight
+            )
+        except BaseException:
+            if flight is not None:
+                flight.resolve(None)  # the identical requests waiting run on their own
+            raise
+
+    async def complete(
+        self, request: CompletionRequest, disconnected: Disconnected | None = None
+    ) -> Answer:
+        """Answer a plain-prompt completion from the engine (prefix cache only)."""
+        engine_request = self._engine_request(
+            request.tenant, request.prompt_ids, request.params, request.max_tokens_set,
+            request.cache,
+        )  # fmt: skip
+        return await self._generate(engine_request, request.cache.kv_reuse.value, disconnected)
+
+    async def _with_context(
+        self, request: ChatRequest, chat_ids: list[int]
+    ) -> tuple[list[int], tuple[ChunkSpan, ...], tuple[Source, ...]]:
+        """The prompt with the context chunks placed before the question, and their spans."""
+        rag = request.rag
+        context = await self.context.build(
+            request.tenant,
+            request.question,
+            [(document.id, document.text) for document in request.documents],
+            rag.collection if rag is not None else None,
+            rag.top_k if rag is not None else 4,
+        )
+        sources = tuple(context.sources)
+        if not context.chunks:
+            return chat_ids, (), sources
+        prompt = assemble_rag_prompt(self.tokenizer, request.messages, context.chunks)
+        return prompt.token_ids, tuple(prompt.spans), sources
+
+    def _engine_request(
         self,
         tenant: str,
-        question: str,
-        documents: list[tuple[str | None, str]] | None = None,
-        collection: str | None = None,
-        top_k: int = 4,
-    ) -> Context:
-        """Chunks of the inline `documents` (`(id, text)` pairs) followed by the `top_k`
-        chunks of `collection` closest to `question`."""
-        context = Context()
-        for index, (doc_id, text) in enumerate(documents or []):
-            name = doc_id or f"document-{index + 1}"
-            for chunk in await run_in_threadpool(self.chunker.chunk, text):
-                context.chunks.append(ContextChunk(chunk.token_ids, doc_id))
-                context.sources.append(Source(name, chunk.chunk_id, doc_id, None))
-        if collection is not None:
-            if self.retriever is None:
-                raise InvalidRequest("retrieval is not available on this server", param="rag")
-            hits = await run_in_threadpool(
-                self.retriever.search, tenant, collection, question, top_k
-            )
-            for hit in hits:
-                title = hit.metadata.get("title") or hit.document_id
-                context.chunks.append(ContextChunk(list(hit.token_ids), str(title)))
-                context.sources.append(Source(hit.document_id, hit.chunk_id, title, hit.score))
-        return context
-
-    def rag_prompt(self, messages: list[dict[str, str]], context: Context) -> RagPrompt:
-        """Token ids of `messages` with the context chunks placed before the question."""
-        return assemble_rag_prompt(self.tokenizer, messages, context.chunks)
-
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of messages rendered with the model's chat template."""
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-
-    def text_prompt_ids(self, prompt: str | list[str] | list[int]) -> list[int]:
-        """Token ids of a plain prompt (text, one-element text list, or token ids)."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        if prompt and isinstance(prompt[0], str):
-            return self.tokenizer.encode(str(prompt[0]))
-        if not all(isinstance(t, int) for t in prompt):
-            raise InvalidRequest("prompt must be text or a list of token ids", param="prompt")
-        return [int(t) for t in prompt]
-
-    def max_tokens(self, requested: int | None, num_prompt: int) -> int:
-        """Requested max_tokens, else the default clipped to the context left."""
-        if requested is not None:
-            return requested
-        room = self.engine.engine.config.context_length - num_prompt
-        return max(1, min(self.default_max_tokens, room))
-
-    async def generate(
-        self, spec: PromptSpec, is_disconnected: Callable[[], Awaitable[bool]] | None = None
-    ) -> AsyncIterator[RequestOutput]:
-        """Stream the engine's outputs for `spec`; `full` reuses no cached KV at all."""
-        request = Request(
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_tokens_set: bool,
+        cache: CacheOptions,
+    ) -> Request:
+        """The engine request; an unset max_tokens is the default clipped to the room left."""
+        if not max_tokens_set:
+            room = self.engine.context_length - len(prompt_ids)
+            params = replace(params, max_tokens=max(1, min(self.default_max_tokens, room)))
+        return Request(
             request_id=uuid.uuid4().hex,
-            prompt_ids=spec.prompt_ids,
-            params=spec.params,
-            tenant=spec.tenant,
-            use_prefix_cache=spec.kv_reuse != "full",
-            pin_ttl_s=spec.pin_ttl_s,
-            session_id=spec.session_id,
-            chunk_spans=spec.chunk_spans,
-            chunk_context=spec.chunk_context,
-            kv_reuse=spec.kv_reuse,
-            recompute_ratio=spec.recompute_ratio,
+            prompt_ids=prompt_ids,
+            params=params,
+            tenant=tenant,
+            kv_reuse=cache.kv_reuse,
+            pin_ttl_s=cache.pin_ttl_s,
+            session_id=cache.session_id,
+            recompute_ratio=cache.recompute_ratio,
         )
-        async for output in self.engine.stream(request, is_disconnected):
-            yield output
+
+    async def _generate(
+        self,
+        request: Request,
+        kv_reuse: str,
+        disconnected: Disconnected | None,
+        probe: SemanticProbe | None = None,
+        sources: tuple[Source, ...] | None = None,
+        flight: Flight[SharedAnswer] | None = None,
+    ) -> Answer:
+        outputs = self.engine.stream(request, disconnected)
+        try:
+            first = await anext(outputs)  # errors before the first token are plain errors
+        except StopAsyncIteration:
+            raise ModelError("the engine finished without output") from None
+        status = "kv-hit" if first.cached_tokens > 0 or first.chunk_tokens_reused > 0 else "miss"
+
+        async def deltas(answer: Answer) -> AsyncIterator[Delta]:
+            text: list[str] = []
+            output = first
+            try:
+                while True:
+                    text.append(output.text)
+                    yield Delta(output.text, output.logprobs, output.finish_reason)
+                    if output.finished:
+                        break
+                    output = await anext(outputs)
+                shared = None
+                if probe is not None and self.semantic is not None:
+                    shared = await self.semantic.store(probe, "".join(text), output.finish_reason)
+                self._finish(answer, output, kv_reuse, probe, sources)
+                if flight is not None:
+                    flight.resolve(shared)
+            except StopAsyncIteration:
+                return  # the client went away; the engine request is aborted
+            finally:
+                if flight is not None:
+                    flight.resolve(None)
+                await outputs.aclose()
+
+        return Answer(status, deltas)
+
+    def _finish(
+        self,
+        answer: Answer,
+        final: RequestOutput,
+        kv_reuse: str,
+        probe: SemanticProbe | None,
+        sources: tuple[Source, ...] | None,
+    ) -> None:
+        semantic = probe.info() if probe is not None else None
+        report = CacheReport.of_engine(final, kv_reuse, semantic, sources)
+        if self.metrics is not None:
+            self.metrics.observe(final, kv_reuse, report.tokens_recomputed)
+        usage = Usage(final.prompt_tokens, final.completion_tokens, final.cached_tokens)
+        answer.finish(usage, report, final.finish_reason)
+
+    def _semantic_answer(
+        self, probe: SemanticProbe, text: str, num_prompt: int, kv_reuse: str
+    ) -> Answer:
+        """An answer served without the engine, replayed as a few-word stream."""
+        usage = Usage(num_prompt, len(self.tokenizer.encode(text)))
+        report = CacheReport(kv_reuse=kv_reuse, semantic=probe.info())
+
+        async def deltas(answer: Answer) -> AsyncIterator[Delta]:
+            pieces = list(replay_pieces(text)) or [""]
+            for index, piece in enumerate(pieces):
+                last = index == len(pieces) - 1
+                if last:
+                    answer.finish(usage, report, "stop")
+                yield Delta(piece, [], "stop" if last else None)
+
+        return Answer("semantic-hit", deltas)

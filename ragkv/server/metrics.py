@@ -10,16 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from ragkv.engine.sequence import RequestOutput
 
 router = APIRouter(tags=["metrics"])
 
@@ -34,50 +26,6 @@ async def metrics(request: Request) -> Response:
     """Every metric of this app in the Prometheus text format."""
     registry: CollectorRegistry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class KVMetrics:
-    """Per-request KV reuse of the prefix and chunk levels, labelled by `kv_reuse` mode."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["kv_reuse"]
-        self.ttft = Histogram(
-            "ragkv_ttft_seconds",
-            "time to first token of engine-served requests",
-            labels,
-            registry=registry,
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
-        )
-        self.prompt_tokens = Counter(
-            "ragkv_prompt_tokens", "prompt tokens", labels, registry=registry
-        )
-        self.prefix_reused = Counter(
-            "ragkv_prefix_tokens_reused",
-            "prompt tokens served from the radix tree",
-            labels,
-            registry=registry,
-        )
-        self.chunk_reused = Counter(
-            "ragkv_chunk_tokens_reused",
-            "chunk tokens whose cached KV was kept",
-            labels,
-            registry=registry,
-        )
-        self.recomputed = Counter(
-            "ragkv_tokens_recomputed",
-            "prompt tokens computed by the model",
-            labels,
-            registry=registry,
-        )
-
-    def observe(self, final: RequestOutput, kv_reuse: str, tokens_recomputed: int) -> None:
-        """Count one finished engine request."""
-        if final.ttft_ms is not None:
-            self.ttft.labels(kv_reuse).observe(final.ttft_ms / 1000)
-        self.prompt_tokens.labels(kv_reuse).inc(final.prompt_tokens)
-        self.prefix_reused.labels(kv_reuse).inc(final.cached_tokens)
-        self.chunk_reused.labels(kv_reuse).inc(final.chunk_tokens_reused)
-        self.recomputed.labels(kv_reuse).inc(tokens_recomputed)
 
 
 class ChunkStoreCollector:

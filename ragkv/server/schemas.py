@@ -162,3 +162,13 @@ class CompletionRequest(SamplingFields):
         if isinstance(value, list) and not value:
             raise ValueError("prompt is empty")
         return value
+
+
+class ModelCard(BaseModel):
+    """One model, OpenAI's shape plus the context length."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ragkv"
+    context_length: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ragkv.engine.sequence import KVReuse
 from tests.engine.conftest import LoadedModel
 from tests.engine.helpers import greedy_request, run_greedy
 from tests.engine.test_exactness import long_text
@@ -48,7 +49,5 @@ def test_no_prefix_cache_when_asked(make_engine, smollm: LoadedModel):
     prompt = smollm.tokenizer.encode(long_text(6))
     engine = make_engine()
     run_greedy(engine, [greedy_request(prompt, 2)])
-    ((_, cached),) = run_greedy(
-        engine, [greedy_request(prompt, 2, use_prefix_cache=False)]
-    ).values()
+    ((_, cached),) = run_greedy(engine, [greedy_request(prompt, 2, kv_reuse=KVReuse.FULL)]).values()
     assert cached == 0

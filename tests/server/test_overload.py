@@ -18,7 +18,7 @@ AUTH = {"Authorization": "Bearer sk-tenant-a"}
 @pytest.fixture
 def engine(live_server: LiveServer) -> Iterator[LLMEngine]:
     """The live server's engine, with tight limits for this test only."""
-    engine: LLMEngine = live_server.app.state.engine.engine
+    engine: LLMEngine = live_server.app.state.components.llm
     saved = engine.settings
     engine.settings = saved.model_copy(
         update={"max_num_seqs": 1, "max_waiting": 1, "max_batch_tokens": 16}

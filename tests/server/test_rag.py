@@ -191,7 +191,7 @@ def test_chunk_level_stats_metrics_and_flush(live_server, leads):
     assert flushed["chunk_entries"] >= 4  # memory and disk copies
     after = httpx.get(f"{live_server.url}/admin/cache/stats", headers=ADMIN).json()["chunk"]
     assert after["tiers"]["cpu"]["entries"] < stats["tiers"]["cpu"]["entries"]
-    store = live_server.app.state.engine.engine.blender.store
+    store = live_server.app.state.components.llm.blender.store
     held = [key.tenant for tier in store.memory for key in tier.entries]
     assert "tenant-a" not in held  # other tenants' chunks (other tests) stay
 
@@ -207,11 +207,11 @@ def test_ingest_with_prewarm_fills_the_chunk_cache(live_server, leads):
         timeout=300,
     )
     assert added.status_code == 200 and added.json()["prewarm"] == "scheduled"
-    engine = live_server.app.state.engine.engine
+    engine = live_server.app.state.components.llm
     document = httpx.get(
         f"{live_server.url}/v1/collections/{name}/documents/warm", headers=A
     ).json()
-    variant = context_variant(live_server.app.state.pipeline.chunk_context)
+    variant = context_variant(live_server.app.state.components.pipeline.chunk_context)
     keys = [chunk_key("tenant-a", c["token_ids"], variant) for c in document["chunks"]]
     deadline = time.monotonic() + 120
     while not all(engine.blender.store.contains(k) for k in keys):

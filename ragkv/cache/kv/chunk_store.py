@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ragkv.cache.kv.chunk_disk import DiskTier
+from ragkv.settings import ChunkCacheSettings
 
 
 class ChunkKey(NamedTuple):
@@ -315,3 +316,24 @@ class ChunkKVStore:
         for evicted, entry in self.memory[level].put(key, kv, compute_s):
             if level + 1 < len(self.memory):
                 self._insert(level + 1, evicted, entry.kv, entry.compute_s)
+
+
+def open_chunk_store(
+    settings: ChunkCacheSettings,
+    model_fingerprint: str,
+    device: torch.device,
+    data_dir: Path | None,
+) -> ChunkKVStore:
+    """The chunk KV store of `settings`: memory tiers plus lmdb under `data_dir/chunk_kv`."""
+    mib = 1024 * 1024
+    disk_path = data_dir / "chunk_kv" if data_dir is not None and settings.disk else None
+    return ChunkKVStore(
+        model_fingerprint,
+        device,
+        memory_bytes=settings.memory_mb * mib,
+        device_bytes=settings.device_mb * mib,
+        disk_path=disk_path,
+        disk_bytes=settings.disk_mb * mib,
+        eviction=settings.eviction,
+        cost_model=CostModel(settings.disk_read_mb_s, settings.prefill_tokens_s),
+    )

@@ -26,7 +26,6 @@ from ragkv.cache.semantic.eviction import choose_victims
 from ragkv.cache.semantic.guard import guard_conflict
 from ragkv.cache.semantic.index import IndexFiles
 from ragkv.cache.semantic.partitions import Partition, PartitionKey, PartitionSet
-from ragkv.cache.semantic.single_flight import SingleFlight
 from ragkv.cache.semantic.stats import SemanticCacheStats
 from ragkv.cache.semantic.store import EntryMeta, NewEntry, SemanticStore, expires_at
 from ragkv.cache.semantic.types import (
@@ -94,7 +93,6 @@ class SemanticCache(SemanticCacheAdmin):
             )
             self.verified.load(self.store.get_state(VERIFIED_STATE))
         self.stats = SemanticCacheStats(registry)
-        self.single_flight = SingleFlight()
         self.partitions = PartitionSet(self.store, IndexFiles(path / "index"), settings)
         self._pending_usage: dict[int, EntryMeta] = {}
         with self._lock:

@@ -179,7 +179,9 @@ class SemanticStore:
         return _U64.unpack(raw)[0] if raw else 0
 
     def get(self, entry_id: int) -> StoredEntry | None:
-        """One entry by id, or None when it does not exist."""
+        """One entry by id, or None when it does not exist (ids outside u64 never do)."""
+        if not 0 <= entry_id < 2**64:
+            return None
         key = _U64.pack(entry_id)
         with self.env.begin() as txn:
             raw = txn.get(key, db=self._entries)

@@ -1,8 +1,9 @@
 """The engine's chunk level: fetch or compute each chunk's KV, blend, write into the pool.
 
-`ChunkBlender.run` turns one admitted sequence (pages reserved, exact prefix attached) into
-first-token logits with its whole prompt's KV in the paged pool, ready to decode and to be
-stored back into the radix tree.
+`ChunkBlender.prefill` turns one admitted sequence (pages reserved, exact prefix attached)
+into first-token logits with its whole prompt's KV in the paged pool, ready to decode and to
+be stored back into the radix tree. It knows nothing of the scheduler: when a blend fails it
+says so, and the engine decides what happens to the sequence.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 
-from ragkv.cache.kv.chunk_store import ChunkKey, ChunkKVStore, CostModel, chunk_key, context_variant
+from ragkv.cache.kv.chunk_store import ChunkKey, ChunkKVStore, chunk_key, context_variant
 from ragkv.engine.blend.prefill import (
     BlendResult,
-    ChunkSpan,
     blended_prefill,
     place_chunks,
     rerotate,
@@ -26,8 +25,7 @@ from ragkv.engine.blend.prefill import (
 from ragkv.engine.blend.selectors import NaiveSelector, Selector, make_selector
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
-from ragkv.engine.scheduler import Scheduler
-from ragkv.engine.sequence import Request, Sequence
+from ragkv.engine.sequence import KVReuse, Request, Sequence
 from ragkv.settings import ChunkCacheSettings
 
 log = logging.getLogger("ragkv.engine")
@@ -59,11 +57,12 @@ class ChunkBlender:
         self.settings = settings
         self.stats = ChunkStats()
 
-    def selector_for(self, kv_reuse: str, ratio: float | None) -> Selector:
+    def selector_for(self, kv_reuse: KVReuse, ratio: float | None) -> Selector:
         """The selector of a request's `kv_reuse` (`auto` = the configured default)."""
-        name = self.settings.default_selector if kv_reuse == "auto" else kv_reuse
+        if kv_reuse is KVReuse.AUTO:
+            kv_reuse = KVReuse(self.settings.default_selector)
         return make_selector(
-            name,
+            kv_reuse,
             ratio,
             default_ratio=self.settings.recompute_ratio,
             check_layer=min(self.settings.check_layer, self.model.config.num_layers - 1),
@@ -133,11 +132,11 @@ class ChunkBlender:
         self._compute(key, token_ids, context)
         return True
 
-    def prefill(self, seq: Sequence, pool: KVPool, scheduler: Scheduler) -> torch.Tensor | None:
+    def prefill(self, seq: Sequence, pool: KVPool) -> torch.Tensor | None:
         """Blend an admitted sequence and mark its prompt computed; its first-token logits.
 
-        If blending fails the sequence goes back to the queue for a plain prefill (counted
-        in `fallbacks` and logged, never silent) and None is returned."""
+        None when blending failed (counted in `fallbacks` and logged, never silent): the
+        sequence is as admitted, and the caller gives it a plain prefill instead."""
         seq.blend_pending = False
         num_exact = seq.num_computed
         try:
@@ -145,7 +144,6 @@ class ChunkBlender:
         except Exception:
             log.exception("blended prefill of %s failed; recomputing it in full", seq.request_id)
             self.stats.fallbacks += 1
-            scheduler.requeue(seq)
             return None
         seq.num_computed = len(seq.token_ids)
         seq.num_cached_prompt = num_exact
@@ -207,34 +205,3 @@ class ChunkBlender:
             "requests_by_selector": dict(stats.by_selector),
             **self.store.stats(),
         }
-
-
-def spans_valid(spans: tuple[ChunkSpan, ...], num_prompt: int) -> bool:
-    """Spans are in order, disjoint, inside the prompt, and end before its last token."""
-    end = 0
-    for span in spans:
-        if span.start < end or span.length < 0 or span.end > num_prompt - 1:
-            return False
-        end = span.end
-    return True
-
-
-def open_chunk_store(
-    settings: ChunkCacheSettings,
-    model_fingerprint: str,
-    device: torch.device,
-    data_dir: Path | None,
-) -> ChunkKVStore:
-    """The chunk KV store of `settings`: memory tiers plus lmdb under `data_dir/chunk_kv`."""
-    mib = 1024 * 1024
-    disk_path = data_dir / "chunk_kv" if data_dir is not None and settings.disk else None
-    return ChunkKVStore(
-        model_fingerprint,
-        device,
-        memory_bytes=settings.memory_mb * mib,
-        device_bytes=settings.device_mb * mib,
-        disk_path=disk_path,
-        disk_bytes=settings.disk_mb * mib,
-        eviction=settings.eviction,
-        cost_model=CostModel(settings.disk_read_mb_s, settings.prefill_tokens_s),
-    )

@@ -95,6 +95,29 @@ def place_chunks(
     return kv
 
 
+@dataclass(frozen=True)
+class _Positions:
+    """Which prompt positions a blended prefill computes. All `[*]` sorted position tensors:
+    `chunk` holds cached chunk KV (the selector's candidates), `always` is computed at every
+    layer (neither chunk nor exact prefix); `is_chunk: [N]` marks the chunk positions."""
+
+    all: torch.Tensor
+    is_chunk: torch.Tensor
+    chunk: torch.Tensor
+    always: torch.Tensor
+
+    @classmethod
+    def of(cls, num_tokens: int, spans: list[ChunkSpan], num_exact: int, device) -> _Positions:
+        """Positions of a prompt of `num_tokens` with `spans` and an exact prefix."""
+        positions = torch.arange(num_tokens, device=device)
+        is_chunk = torch.zeros(num_tokens, dtype=torch.bool, device=device)
+        for span in spans:
+            is_chunk[max(span.start, num_exact) : span.end] = True
+        is_chunk[:num_exact] = False
+        always = ~is_chunk & (positions >= num_exact)
+        return cls(positions, is_chunk, positions[is_chunk], positions[always])
+
+
 @torch.inference_mode()
 def blended_prefill(
     model: LlamaModel,
@@ -117,67 +140,64 @@ def blended_prefill(
     computed tokens; teacher-forced scoring appends an answer to the prompt this way).
     """
     num_tokens = token_ids.shape[0]
-    device = kv.device
-    positions = torch.arange(num_tokens, device=device)
-    is_chunk = torch.zeros(num_tokens, dtype=torch.bool, device=device)
-    for span in spans:
-        is_chunk[max(span.start, num_exact) : span.end] = True
-    is_chunk[:num_exact] = False
-    chunk_positions = positions[is_chunk]
-    always = ~is_chunk & (positions >= num_exact)
-    if not bool(always[num_tokens - num_logits :].all()):
+    pos = _Positions.of(num_tokens, spans, num_exact, kv.device)
+    if (
+        not bool((~pos.is_chunk[num_tokens - num_logits :]).all())
+        or num_logits > num_tokens - num_exact
+    ):
         raise ValueError("the positions whose logits are returned must be computed tokens")
-
-    inputs = SelectionInputs(spans=spans, chunk_positions=chunk_positions, num_exact=num_exact)
-    full_layers = min(selector.full_layers, model.config.num_layers) if len(chunk_positions) else 0
-    refine_until = full_layers + getattr(selector, "refine_layers", 0) if full_layers else 0
-    if full_layers:
-        active = positions[num_exact:]
+    inputs = SelectionInputs(spans=spans, chunk_positions=pos.chunk, num_exact=num_exact)
+    check_layer = min(selector.full_layers, model.config.num_layers) - 1 if len(pos.chunk) else -1
+    refine_until = check_layer + 1 + selector.refine_layers if check_layer >= 0 else 0
+    if check_layer >= 0:
+        active = pos.all[num_exact:]
     else:
-        chosen = selector.select(inputs) if len(chunk_positions) else chunk_positions[:0]
-        active = _merge(positions[always], chosen)
+        chosen = selector.select(inputs) if len(pos.chunk) else pos.chunk
+        active = _merge(pos.always, chosen)
     hidden = F.embedding(token_ids.index_select(0, active), model.embed)
-    cos_all, sin_all = model.rope(positions + first_position)
+    cos_all, sin_all = model.rope(pos.all + first_position)
     for index, layer in enumerate(model.layers):
         cos, sin = cos_all.index_select(0, active), sin_all.index_select(0, active)
         q, k, v = model.qkv(layer, hidden, cos, sin)
         keys, values = kv[index, 0], kv[index, 1]
-        check = full_layers and index == full_layers - 1
-        if check:
-            rows = _rows_of(active, chunk_positions)
-            inputs.deviation = (k.index_select(0, rows) - keys[chunk_positions]).flatten(1)
-            inputs.deviation = inputs.deviation.norm(dim=-1)
-        refine = full_layers <= index < refine_until
-        if refine:  # gradual filtering: the deviation of this layer narrows the set again
-            chosen = active[is_chunk.index_select(0, active)]
-            rows = _rows_of(active, chosen)
-            deviation = (k.index_select(0, rows) - keys[chosen]).flatten(1).norm(dim=-1)
-            kept = selector.refine(inputs, chosen, deviation, index - full_layers + 1)
+        kept = None
+        if index == check_layer:
+            inputs.deviation = _deviation(k, active, pos.chunk, keys)
+        elif check_layer < index < refine_until:  # gradual filtering narrows the set again
+            chosen = active[pos.is_chunk.index_select(0, active)]
+            deviation = _deviation(k, active, chosen, keys)
+            kept = selector.refine(inputs, chosen, deviation, index - check_layer)
         keys.index_copy_(0, active, k)
         values.index_copy_(0, active, v)
-        if check:
+        if index == check_layer:
             inputs.attention_probe = _probe(q, active, keys, model)
             kept = selector.select(inputs)
-        if check or refine:
+        if kept is not None:
             # Every token's fresh KV of this layer is written; only the tokens that go on
             # need the rest of the layer (attention + MLP), so narrow before it.
-            narrowed = _merge(positions[always], kept)
-            keep = _rows_of(active, narrowed)
-            q, hidden, active = q.index_select(0, keep), hidden.index_select(0, keep), narrowed
+            narrowed = _merge(pos.always, kept)
+            rows = _rows_of(active, narrowed)
+            q, hidden, active = q.index_select(0, rows), hidden.index_select(0, rows), narrowed
         attn = ops.attention(q, keys, values, active, model.scale, model.config.group_size)
         hidden = model.mlp_residual(layer, hidden, attn)
     logits = model.logits(hidden[-num_logits:])
-    if num_logits == 1:
-        logits = logits[0]
-    recomputed_chunk = int(is_chunk.index_select(0, active).sum())
     return BlendResult(
-        logits=logits,
+        logits=logits[0] if num_logits == 1 else logits,
         kv=kv,
         recomputed=active,
-        num_chunk_tokens=len(chunk_positions),
-        num_chunk_recomputed=recomputed_chunk,
+        num_chunk_tokens=len(pos.chunk),
+        num_chunk_recomputed=int(pos.is_chunk.index_select(0, active).sum()),
         selector=selector.name,
     )
+
+
+def _deviation(
+    k: torch.Tensor, active: torch.Tensor, subset: torch.Tensor, keys: torch.Tensor
+) -> torch.Tensor:
+    """`[len(subset)]` L2 distance between the fresh keys `k` (rows of `active`) and the
+    keys held in `keys: [N, KH, D]` at the positions of `subset`."""
+    fresh = k.index_select(0, _rows_of(active, subset))
+    return (fresh - keys[subset]).flatten(1).norm(dim=-1)
 
 
 def _merge(always: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from ragkv.engine.blend.prefill import ChunkSpan
-
-SELECTOR_NAMES = ("naive", "cacheblend", "cachecraft", "lego", "full")
+from ragkv.engine.sequence import ChunkSpan, KVReuse
 
 
 @dataclass
@@ -48,18 +45,43 @@ class SelectionInputs:
 
 
 class Selector(Protocol):
-    """Chooses the chunk positions to recompute after layer `full_layers - 1`."""
+    """Chooses the chunk positions to recompute.
+
+    `full_layers` 0: `select` runs once, before layer 0. Otherwise every token goes through
+    layers `0..full_layers-1`, `select` runs at the last of them (the check layer, with
+    `deviation` and `attention_probe` set), and each of the next `refine_layers` layers
+    calls `refine` to narrow the chosen set again (gradual filtering; 0: never called).
+    """
 
     name: str
     full_layers: int
+    refine_layers: int
 
     def select(self, inputs: SelectionInputs) -> torch.Tensor:
         """Sorted subset of `inputs.chunk_positions` to recompute."""
         ...
 
+    def refine(
+        self, inputs: SelectionInputs, chosen: torch.Tensor, deviation: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        """Gradual filtering step `step` (1..refine_layers): the sorted subset of `chosen`
+        kept, given each one's K `deviation: [len(chosen)]` at this layer."""
+        ...
+
+
+class _NoRefine:
+    """For selectors that choose once: no gradual filtering."""
+
+    refine_layers: int = 0
+
+    def refine(
+        self, inputs: SelectionInputs, chosen: torch.Tensor, deviation: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        return chosen
+
 
 @dataclass
-class NaiveSelector:
+class NaiveSelector(_NoRefine):
     """Reuse every cached chunk token as is (fastest, least faithful)."""
 
     name: str = "naive"
@@ -70,7 +92,7 @@ class NaiveSelector:
 
 
 @dataclass
-class FullSelector:
+class FullSelector(_NoRefine):
     """Recompute every chunk token: a plain prefill that happens to start from chunk KV."""
 
     name: str = "full"
@@ -81,7 +103,7 @@ class FullSelector:
 
 
 @dataclass
-class LegoSelector:
+class LegoSelector(_NoRefine):
     """EPIC's LegoLink: recompute the first `num_tokens` tokens of each chunk at all layers
     (they turned into attention sinks when the chunk was prefilled alone)."""
 
@@ -188,7 +210,7 @@ class CacheBlendSelector:
 
 
 @dataclass
-class CacheCraftSelector:
+class CacheCraftSelector(_NoRefine):
     """Cache-Craft: a per-chunk budget from its cache-context impact, then deviation within.
 
     The impact of a chunk is the share of its tokens' attention (at the check layer, fresh)
@@ -253,7 +275,7 @@ class CacheCraftSelector:
 
 
 def make_selector(
-    name: str,
+    kind: KVReuse,
     ratio: float | None = None,
     *,
     default_ratio: float = 0.15,
@@ -264,15 +286,16 @@ def make_selector(
     refine_layers: int = 0,
     refine_start: float = 2.0,
 ) -> Selector:
-    """A selector by its `kv_reuse` name; `ratio` None takes `default_ratio`."""
+    """The selector of a chunk-reusing `kind` (`full` recomputes every chunk token); `ratio`
+    None takes `default_ratio`. Raises ValueError for `auto` and `prefix` (no selector)."""
     ratio = default_ratio if ratio is None else ratio
-    if name == "naive":
+    if kind is KVReuse.NAIVE:
         return NaiveSelector()
-    if name == "full":
+    if kind is KVReuse.FULL:
         return FullSelector()
-    if name == "lego":
+    if kind is KVReuse.LEGO:
         return LegoSelector(num_tokens=lego_tokens)
-    if name == "cacheblend":
+    if kind is KVReuse.CACHEBLEND:
         return CacheBlendSelector(
             ratio=ratio,
             check_layer=check_layer,
@@ -281,6 +304,6 @@ def make_selector(
             refine_layers=refine_layers,
             refine_start=refine_start,
         )
-    if name == "cachecraft":
+    if kind is KVReuse.CACHECRAFT:
         return CacheCraftSelector(ratio=ratio, check_layer=check_layer)
-    raise ValueError(f"unknown selector '{name}'; use one of {', '.join(SELECTOR_NAMES)}")
+    raise ValueError(f"'{kind.value}' names no selector; resolve 'auto' to one first")

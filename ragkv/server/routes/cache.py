@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from fastapi import APIRouter, Request
-from prometheus_client import CollectorRegistry
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.cache.semantic.keys import template_hash
 from ragkv.cache.semantic.types import CacheWrite
-from ragkv.errors import Conflict
-from ragkv.retrieval.embedder import Embedder
 from ragkv.server.auth import Tenant
-from ragkv.settings import Settings
+from ragkv.server.deps import Components, Embedding, SemanticCacheDep
 
 router = APIRouter(tags=["semantic cache"])
 
 MAX_WARM_ENTRIES = 1000
 MAX_QUERY_CHARS = 8_000
-
-
-def open_semantic_cache(
-    settings: Settings, embedder: Embedder, registry: CollectorRegistry
-) -> SemanticCache | None:
-    """The app's semantic cache under `<data_dir>/semantic_cache`, or None when disabled."""
-    if not settings.semantic_cache.enabled:
-        return None
-    path = Path(settings.data_dir) / "semantic_cache"
-    return SemanticCache(settings.semantic_cache, path, embed=embedder.embed, registry=registry)
-
-
-def cache_of(request: Request) -> SemanticCache:
-    """The app's cache; Conflict (409) when the semantic cache is turned off."""
-    cache = getattr(request.app.state, "semantic_cache", None)
-    if cache is None:
-        raise Conflict("the semantic cache is disabled (settings semantic_cache.enabled)")
-    return cache
 
 
 class Scope(BaseModel):
@@ -49,9 +25,9 @@ class Scope(BaseModel):
     model: str | None = Field(None, max_length=256)
     system_prompt: str | None = Field(None, max_length=100_000)
 
-    def partition(self, request: Request) -> tuple[str, str]:
-        """(model, template hash) of this request."""
-        return self.model or request.app.state.model_card.id, template_hash(self.system_prompt)
+    def partition(self, served_model: str) -> tuple[str, str]:
+        """(model, template hash) of this request (`served_model` when none is named)."""
+        return self.model or served_model, template_hash(self.system_prompt)
 
 
 class WarmEntry(BaseModel):
@@ -107,13 +83,16 @@ class LookupResponse(BaseModel):
 
 
 @router.post("/v1/cache/entries", response_model=WarmResponse)
-async def warm(body: WarmRequest, request: Request, tenant: Tenant) -> WarmResponse:
+async def warm(
+    body: WarmRequest,
+    tenant: Tenant,
+    cache: SemanticCacheDep,
+    embedder: Embedding,
+    parts: Components,
+) -> WarmResponse:
     """Store known question/answer pairs in the caller's partitions (one transaction)."""
-    cache = cache_of(request)
-    model, template = body.partition(request)
-    vectors = await run_in_threadpool(
-        request.app.state.embedder.embed, [entry.query for entry in body.entries]
-    )
+    model, template = body.partition(parts.model_card.id)
+    vectors = await run_in_threadpool(embedder.embed, [entry.query for entry in body.entries])
     writes = [
         CacheWrite(entry.query, entry.response, vector, entry.category, entry.ttl_s)
         for entry, vector in zip(body.entries, vectors, strict=True)
@@ -133,11 +112,16 @@ async def warm(body: WarmRequest, request: Request, tenant: Tenant) -> WarmRespo
 
 
 @router.post("/v1/cache/lookup", response_model=LookupResponse)
-async def lookup(body: LookupRequest, request: Request, tenant: Tenant) -> LookupResponse:
+async def lookup(
+    body: LookupRequest,
+    tenant: Tenant,
+    cache: SemanticCacheDep,
+    embedder: Embedding,
+    parts: Components,
+) -> LookupResponse:
     """Dry run: the lookup a chat request would make, without counting it or serving it."""
-    cache = cache_of(request)
-    model, template = body.partition(request)
-    vector = await run_in_threadpool(request.app.state.embedder.embed_one, body.query)
+    model, template = body.partition(parts.model_card.id)
+    vector = await run_in_threadpool(embedder.embed_one, body.query)
     result = await run_in_threadpool(
         cache.lookup, tenant, model, template, body.query, vector, body.category, False
     )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ragkv.errors import Unprocessable
 from ragkv.server.auth import Admin
-from ragkv.server.routes.cache import cache_of
+from ragkv.server.deps import Components, Engine, SemanticCacheDep, semantic_cache_of
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
 router = APIRouter(tags=["cache admin"])
@@ -46,48 +46,42 @@ class FeedbackRequest(BaseModel):
 
 
 @router.get("/admin/cache/stats")
-async def stats(request: Request, _: Admin) -> dict[str, Any]:
+async def stats(_: Admin, cache: SemanticCacheDep, engine: Engine) -> dict[str, Any]:
     """Cache statistics per level: `semantic` per tenant and category; `prefix` (radix KV);
     `chunk` (chunk KV: reuse, tiers, load-or-recompute decisions; null when disabled)."""
-    cache = cache_of(request)
-    engine = request.app.state.engine.engine
     return {
         "semantic": await run_in_threadpool(cache.stats_report),
-        "prefix": await run_in_threadpool(engine.prefix_stats),
-        "chunk": await run_in_threadpool(engine.chunk_stats),
+        "prefix": await engine.prefix_stats(),
+        "chunk": await engine.chunk_stats(),
     }
 
 
 @router.post("/admin/cache/flush")
-async def flush(body: FlushRequest, request: Request, _: Admin) -> dict[str, Any]:
+async def flush(body: FlushRequest, _: Admin, parts: Components) -> dict[str, Any]:
     """Drop cached entries; `{}` drops everything (`level` picks one of semantic, prefix,
     chunk)."""
     flushed: dict[str, Any] = {}
     if body.level in ("all", "semantic"):
-        cache = cache_of(request)
+        cache = semantic_cache_of(parts)
         flushed["semantic"] = await run_in_threadpool(cache.flush, body.tenant, body.category)
     if body.level in ("all", "prefix") and body.category is None:
-        engine = request.app.state.engine.engine
-        flushed["prefix_pages"] = await run_in_threadpool(engine.flush_prefix, body.tenant)
+        flushed["prefix_pages"] = await parts.engine.flush_prefix(body.tenant)
     if body.level in ("all", "chunk") and body.category is None:
-        engine = request.app.state.engine.engine
-        flushed["chunk_entries"] = await run_in_threadpool(engine.flush_chunks, body.tenant)
+        flushed["chunk_entries"] = await parts.engine.flush_chunks(body.tenant)
     return {"flushed": flushed}
 
 
 @router.get("/admin/cache/categories", response_model=CategoriesBody)
-async def get_categories(request: Request, _: Admin) -> CategoriesBody:
+async def get_categories(_: Admin, cache: SemanticCacheDep) -> CategoriesBody:
     """The category policies in force."""
-    cache = cache_of(request)
     return CategoriesBody(
         categories=cache.categories(), default_category=cache.policies.default_category
     )
 
 
 @router.put("/admin/cache/categories", response_model=CategoriesBody)
-async def put_categories(body: CategoriesBody, request: Request, _: Admin) -> CategoriesBody:
+async def put_categories(body: CategoriesBody, _: Admin, cache: SemanticCacheDep) -> CategoriesBody:
     """Replace the category policies (persisted); the default category must stay defined."""
-    cache = cache_of(request)
     default = cache.policies.default_category
     if body.default_category not in (None, default):
         raise Unprocessable(
@@ -104,7 +98,6 @@ async def put_categories(body: CategoriesBody, request: Request, _: Admin) -> Ca
 
 
 @router.post("/admin/cache/feedback")
-async def feedback(body: FeedbackRequest, request: Request, _: Admin) -> dict[str, Any]:
+async def feedback(body: FeedbackRequest, _: Admin, cache: SemanticCacheDep) -> dict[str, Any]:
     """Report a served hit: wrong drops the entry and counts a false hit; both train verified."""
-    cache = cache_of(request)
     return await run_in_threadpool(cache.feedback, body.entry_id, body.correct, body.similarity)

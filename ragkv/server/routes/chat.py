@@ -1,33 +1,34 @@
-"""`POST /v1/chat/completions` and `POST /v1/completions` (OpenAI-compatible)."""
+"""`POST /v1/chat/completions` and `POST /v1/completions` (OpenAI-compatible): parse, call
+the pipeline, format its answer as JSON or SSE."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
-from ragkv.engine.tokenizer import Tokenizer
+from ragkv.engine.sequence import KVReuse
 from ragkv.errors import InvalidRequest, NotFound
-from ragkv.pipeline.pipeline import Pipeline, PromptSpec
+from ragkv.pipeline import request as contract
 from ragkv.server import openai_format as fmt
 from ragkv.server.auth import Tenant
-from ragkv.server.generation import Completion, StoreBack, respond, respond_cached
-from ragkv.server.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from ragkv.server.deps import Components, Pipe
+from ragkv.server.respond import Completion, respond
+from ragkv.server.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RagkvOptions,
+    SamplingFields,
+)
 
 router = APIRouter(tags=["generation"])
 NOT_SUPPORTED = ("presence_penalty", "frequency_penalty")
 
 
-def _pipeline(http: Request) -> Pipeline:
-    return http.app.state.pipeline
-
-
-def _check_model(http: Request, body: SamplingFields) -> str:
-    served = http.app.state.model_card.id
+def check_model(served: str, body: SamplingFields) -> None:
+    """Refuse a model this gateway does not serve and sampling fields it does not support."""
     if body.model not in (None, "", "default", served):
         raise NotFound(
             f"model '{body.model}' is not served here; use '{served}' or 'default'",
@@ -37,20 +38,26 @@ def _check_model(http: Request, body: SamplingFields) -> str:
     for name in NOT_SUPPORTED:
         if getattr(body, name):
             raise InvalidRequest(f"{name} is not supported; leave it at 0", param=name)
-    return served
 
 
-def _spec(
-    body: SamplingFields,
-    tenant: str,
-    prompt_ids: list[int],
-    max_tokens: int,
-    logprobs: bool,
-    top_logprobs: int,
-) -> PromptSpec:
-    """The engine-facing request: sampling from the body, cache controls from `ragkv`."""
-    params = SamplingParams(
-        max_tokens=max_tokens,
+def cache_options(options: RagkvOptions) -> contract.CacheOptions:
+    """The `ragkv` extension object as the pipeline takes it (`kv_reuse` parsed here, once)."""
+    return contract.CacheOptions(
+        semantic_cache=options.semantic_cache,
+        category=options.category,
+        kv_reuse=KVReuse(options.kv_reuse),
+        recompute_ratio=options.recompute_ratio,
+        session_id=options.session_id,
+        pin_ttl_s=options.pin_ttl_s,
+    )
+
+
+def sampling(
+    body: SamplingFields, max_tokens: int | None, logprobs: bool, top_logprobs: int
+) -> SamplingParams:
+    """Sampling parameters of the body (`max_tokens` None: filled in by the pipeline)."""
+    return SamplingParams(
+        max_tokens=max_tokens or 1,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
@@ -59,96 +66,42 @@ def _spec(
         logprobs=logprobs,
         top_logprobs=top_logprobs,
     )
-    return PromptSpec(
-        prompt_ids=prompt_ids,
-        params=params,
+
+
+def chat_request(body: ChatCompletionRequest, tenant: str) -> contract.ChatRequest:
+    """The pipeline's request for a chat completion body."""
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    rag = body.rag
+    return contract.ChatRequest(
         tenant=tenant,
-        kv_reuse=body.ragkv.kv_reuse,
-        pin_ttl_s=body.ragkv.pin_ttl_s,
-        session_id=body.ragkv.session_id,
-        recompute_ratio=body.ragkv.recompute_ratio,
+        messages=[{"role": m.role, "content": m.text()} for m in body.messages],
+        params=sampling(body, max_tokens, body.logprobs, body.top_logprobs or 0),
+        max_tokens_set=max_tokens is not None,
+        documents=tuple(contract.InlineDocument(d.text, d.id) for d in body.documents or []),
+        rag=contract.RagQuery(rag.collection, rag.top_k) if rag is not None else None,
+        cache=cache_options(body.ragkv),
     )
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, http: Request, tenant: Tenant
+    body: ChatCompletionRequest, http: Request, tenant: Tenant, parts: Components, pipeline: Pipe
 ) -> JSONResponse | StreamingResponse:
     """Chat completion over the served model. With `documents` or `rag`, the context chunks
     are placed before the question and their cached KV is blended (`ragkv.kv_reuse`)."""
-    return await run_chat(body, http, tenant)
+    check_model(parts.model_card.id, body)
+    answer = await pipeline.chat(chat_request(body, tenant), http.is_disconnected)
+    return await respond(
+        answer, chat_completion(parts.model_card.id, pipeline, body.logprobs), body.stream
+    )
 
 
-async def run_chat(
-    body: ChatCompletionRequest, http: Request, tenant: str
-) -> JSONResponse | StreamingResponse:
-    """The chat pipeline: semantic cache -> context -> prompt -> engine -> store-back."""
-    model_id = _check_model(http, body)
-    pipeline = _pipeline(http)
-    if body.top_logprobs and not body.logprobs:
-        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = pipeline.chat_prompt_ids(messages)
-    max_tokens = pipeline.max_tokens(body.max_completion_tokens or body.max_tokens, len(prompt_ids))
-    spec = _spec(body, tenant, prompt_ids, max_tokens, body.logprobs, body.top_logprobs or 0)
+def chat_completion(model_id: str, pipeline: Any, logprobs: bool) -> Completion:
+    """The chat completion's shapes (`chat.completion` and its chunks)."""
     tokenizer = pipeline.tokenizer
-    store_back = StoreBack(None, None)
-    step = getattr(http.app.state, "semantic_step", None)
-    if step is not None and not body.logprobs:
-        probe = await step.probe(
-            tenant,
-            _keyed_by_context(messages, body),
-            body.temperature,
-            body.ragkv.semantic_cache,
-            body.ragkv.category,
-            http.app.state.engine.load,
-        )
-        store_back = StoreBack(step, probe)
-    completion = _chat_completion(model_id, tokenizer, body.logprobs)
-    hit = store_back.probe.hit if store_back.probe is not None else None
-    if hit is not None:
-        num_tokens = len(tokenizer.encode(hit.response))
-        return respond_cached(hit.response, completion, body.stream, spec, store_back, num_tokens)
-    extra: dict[str, Any] = {}
-    if body.documents or body.rag:
-        context = await pipeline.context(
-            tenant,
-            messages[-1]["content"] if messages[-1]["role"] == "user" else "",
-            [(d.id, d.text) for d in body.documents or []],
-            body.rag.collection if body.rag else None,
-            body.rag.top_k if body.rag else 4,
-        )
-        extra["sources"] = [source.to_json() for source in context.sources]
-        if context.chunks:
-            prompt = pipeline.rag_prompt(messages, context)
-            requested = body.max_completion_tokens or body.max_tokens
-            max_tokens = pipeline.max_tokens(requested, len(prompt.token_ids))
-            spec = _spec(
-                body, tenant, prompt.token_ids, max_tokens, body.logprobs, body.top_logprobs or 0
-            )
-            spec = replace(
-                spec, chunk_spans=tuple(prompt.spans), chunk_context=pipeline.chunk_context
-            )
-    return await respond(pipeline, spec, completion, body.stream, http, store_back, extra)
 
-
-def _keyed_by_context(
-    messages: list[dict[str, str]], body: ChatCompletionRequest
-) -> list[dict[str, str]]:
-    """Messages as the semantic cache keys them: a RAG answer is only reused for the same
-    context (the same inline documents, or the same collection and top_k)."""
-    if not body.documents and not body.rag:
-        return messages
-    digest = hashlib.sha256()
-    for document in body.documents or []:
-        digest.update(f"{document.id}\x00{document.text}\x00".encode())
-    if body.rag:
-        digest.update(f"rag\x00{body.rag.collection}\x00{body.rag.top_k}".encode())
-    marker = {"role": "system", "content": f"ragkv-context:{digest.hexdigest()[:32]}"}
-    return [marker, *messages]
-
-
-def _chat_completion(model_id: str, tokenizer: Tokenizer, logprobs: bool) -> Completion:
     def logprobs_of(items: list[TokenLogprob]) -> dict[str, Any] | None:
         return fmt.chat_logprobs(tokenizer, items) if logprobs else None
 
@@ -180,16 +133,21 @@ def _chat_completion(model_id: str, tokenizer: Tokenizer, logprobs: bool) -> Com
 
 @router.post("/v1/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, http: Request, tenant: Tenant
+    body: CompletionRequest, http: Request, tenant: Tenant, parts: Components, pipeline: Pipe
 ) -> JSONResponse | StreamingResponse:
     """Plain-prompt completion (no chat template)."""
-    model_id = _check_model(http, body)
-    pipeline = _pipeline(http)
-    prompt_ids = pipeline.text_prompt_ids(body.prompt)
-    max_tokens = pipeline.max_tokens(body.max_tokens, len(prompt_ids))
-    want_logprobs = body.logprobs is not None
-    spec = _spec(body, tenant, prompt_ids, max_tokens, want_logprobs, body.logprobs or 0)
+    check_model(parts.model_card.id, body)
     tokenizer = pipeline.tokenizer
+    prompt_ids = prompt_token_ids(tokenizer, body.prompt)
+    want_logprobs = body.logprobs is not None
+    request = contract.CompletionRequest(
+        tenant=tenant,
+        prompt_ids=prompt_ids,
+        params=sampling(body, body.max_tokens, want_logprobs, body.logprobs or 0),
+        max_tokens_set=body.max_tokens is not None,
+        cache=cache_options(body.ragkv),
+    )
+    answer = await pipeline.complete(request, http.is_disconnected)
     prefix = tokenizer.decode(prompt_ids) if body.echo else ""
 
     def choice(text: str, lps: list[TokenLogprob], reason: str | None) -> dict[str, Any]:
@@ -204,8 +162,19 @@ async def completions(
         "text_completion",
         "text_completion",
         "cmpl",
-        model_id,
+        parts.model_card.id,
         choice_full=lambda text, lps, reason: choice(prefix + text, lps, reason),
         choice_delta=choice,
     )
-    return await respond(pipeline, spec, completion, body.stream, http)
+    return await respond(answer, completion, body.stream)
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str | list[str] | list[int]) -> list[int]:
+    """Token ids of a plain prompt (text, one-element text list, or token ids)."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt)
+    if prompt and isinstance(prompt[0], str):
+        return tokenizer.encode(str(prompt[0]))
+    if not all(isinstance(t, int) for t in prompt):
+        raise InvalidRequest("prompt must be text or a list of token ids", param="prompt")
+    return [int(t) for t in prompt]

@@ -5,31 +5,25 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ragkv.engine.engine import LLMEngine
+from ragkv.engine.async_engine import AsyncEngine
 from ragkv.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from ragkv.retrieval.loaders import documents_from_bytes
 from ragkv.retrieval.service import DocumentInput, Retriever
 from ragkv.retrieval.store import CollectionInfo
 from ragkv.server.auth import Tenant
+from ragkv.server.deps import Components, Retrieval
 
 log = logging.getLogger("ragkv.server")
 
 router = APIRouter(tags=["collections"])
-
-
-def _retriever(request: Request) -> Retriever:
-    return request.app.state.retriever
-
-
-Retrieval = Annotated[Retriever, Depends(_retriever)]
 
 
 class CreateCollection(BaseModel):
@@ -205,6 +199,7 @@ async def add_documents(
     request: Request,
     tenant: Tenant,
     retriever: Retrieval,
+    parts: Components,
     background: BackgroundTasks,
     prewarm: bool = False,
 ) -> IngestResult:
@@ -224,8 +219,8 @@ async def add_documents(
         )
     await run_in_threadpool(retriever.get_collection, tenant, name)  # 404 before any work
     stats = await run_in_threadpool(retriever.add_documents, tenant, name, documents)
-    engine = request.app.state.engine.engine
-    scheduled = prewarm and engine.blender is not None
+    engine = parts.engine
+    scheduled = prewarm and engine.chunk_cache_enabled
     if scheduled:
         background.add_task(
             run_in_threadpool,
@@ -235,7 +230,7 @@ async def add_documents(
             tenant,
             name,
             stats.document_ids,
-            request.app.state.pipeline.chunk_context,
+            parts.pipeline.chunk_context,
         )
     return IngestResult(
         collection=name,
@@ -248,7 +243,7 @@ async def add_documents(
 
 def _prewarm(
     retriever: Retriever,
-    engine: LLMEngine,
+    engine: AsyncEngine,
     tenant: str,
     name: str,
     document_ids: list[str],

@@ -82,7 +82,7 @@ async def create_embeddings(
     body: EmbeddingRequest, request: Request, tenant: Tenant
 ) -> EmbeddingResponse:
     """Embed `input` with the served embedding model (vectors are L2-normalised)."""
-    embedder: Embedder = request.app.state.embedder
+    embedder: Embedder = request.app.state.components.embedder
     texts = _check(body, embedder)
     vectors = await run_in_threadpool(embedder.embed, texts)
     if body.dimensions is not None and body.dimensions != vectors.shape[1]:

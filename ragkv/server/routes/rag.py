@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ragkv.pipeline import request as contract
 from ragkv.server.auth import Tenant
-from ragkv.server.routes.chat import run_chat
-from ragkv.server.schemas import ChatCompletionRequest, RagChatRequest, RagQuery
+from ragkv.server.deps import Components, Pipe
+from ragkv.server.respond import final_fields, respond
+from ragkv.server.routes.chat import cache_options, chat_completion, check_model, sampling
+from ragkv.server.schemas import RagChatRequest, SamplingFields
 
 router = APIRouter(tags=["rag"])
 
 
 @router.post("/v1/rag/chat", response_model=None)
 async def rag_chat(
-    body: RagChatRequest, http: Request, tenant: Tenant
+    body: RagChatRequest, http: Request, tenant: Tenant, parts: Components, pipeline: Pipe
 ) -> JSONResponse | StreamingResponse:
     """Retrieve the `top_k` chunks of `collection`, answer from them (chunk KV blended).
 
@@ -24,34 +25,36 @@ async def rag_chat(
     ragkv}`. Stream: the chat-completion SSE chunks; the last one before `[DONE]` carries
     `usage` and `ragkv` with `sources`.
     """
+    model_id = parts.model_card.id
+    fields = SamplingFields(model=body.model, temperature=body.temperature)
+    check_model(model_id, fields)
     messages = [{"role": "user", "content": body.question}]
     if body.system:
         messages.insert(0, {"role": "system", "content": body.system})
-    chat = ChatCompletionRequest(
+    request = contract.ChatRequest(
+        tenant=tenant,
         messages=messages,
-        model=body.model,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        stream=body.stream,
-        rag=RagQuery(collection=body.collection, top_k=body.top_k),
-        ragkv=body.ragkv,
+        params=sampling(fields, body.max_tokens, False, 0),
+        max_tokens_set=body.max_tokens is not None,
+        rag=contract.RagQuery(body.collection, body.top_k),
+        cache=cache_options(body.ragkv),
     )
-    response = await run_chat(chat, http, tenant)
-    if body.stream or not isinstance(response, JSONResponse):
-        return response
-    completion = json.loads(bytes(response.body))
-    choice = completion["choices"][0]
-    ragkv = completion.get("ragkv") or {}
-    answer = {
-        "id": completion["id"].replace("chatcmpl-", "rag-", 1),
-        "object": "rag.answer",
-        "created": completion["created"],
-        "model": completion["model"],
-        "answer": choice["message"]["content"],
-        "finish_reason": choice["finish_reason"],
-        "sources": ragkv.get("sources"),
-        "usage": completion["usage"],
-        "ragkv": ragkv,
-    }
-    headers = {"x-ragkv-cache": response.headers.get("x-ragkv-cache", "miss")}
-    return JSONResponse(answer, headers=headers)
+    answer = await pipeline.chat(request, http.is_disconnected)
+    completion = chat_completion(model_id, pipeline, logprobs=False)
+    if body.stream:
+        return await respond(answer, completion, stream=True)
+    text, _ = await answer.collect()
+    final = final_fields(answer)
+    return JSONResponse(
+        {
+            "id": completion.completion_id.replace("chatcmpl-", "rag-", 1),
+            "object": "rag.answer",
+            "created": completion.created,
+            "model": model_id,
+            "answer": text,
+            "finish_reason": answer.finish_reason,
+            "sources": final["ragkv"].get("sources"),
+            **final,
+        },
+        headers={"x-ragkv-cache": answer.cache_status},
+    )

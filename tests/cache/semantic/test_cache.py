@@ -213,6 +213,8 @@ def test_feedback_drops_entry_and_counts(tmp_path, embedder, clock) -> None:
     assert cache.stats_report()["tenants"]["a"]["general"]["false_hit_reports"] == 1
     with pytest.raises(NotFound):
         cache.feedback(stored.entry_id, correct=False)
+    with pytest.raises(NotFound):  # found by the schema fuzz: ids past u64 were a 500
+        cache.feedback(2**64, correct=False)
     cache.close()
     cache = open_cache(tmp_path, embedder, clock)
     assert get(cache, embedder, "a", CAPITAL).hit is None  # the deletion was durable

@@ -14,7 +14,6 @@ from ragkv.cache.semantic.guard import guard_conflict
 from ragkv.cache.semantic.keys import is_cacheable, normalize_query, template_hash
 from ragkv.cache.semantic.single_flight import SingleFlight
 from ragkv.cache.semantic.verified import VerifiedThresholds
-from ragkv.cache.streams import StreamRecorder, replay_chunks
 from ragkv.errors import InvalidRequest
 from ragkv.retrieval.embedder import Embedder
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
@@ -147,14 +146,40 @@ def test_single_flight_shares_errors() -> None:
     assert not flights.in_flight("k")
 
 
-def test_stream_record_and_replay() -> None:
-    recorder = StreamRecorder()
-    for delta in ["Paris ", "is the", " capital ", "of France."]:
-        recorder.add(delta)
-    text = recorder.finish()
-    assert recorder.finished and text == "Paris is the capital of France."
-    chunks = list(replay_chunks(text, words_per_chunk=2))
-    assert "".join(chunks) == text and len(chunks) == 3
+def test_single_flight_leader_shares_a_streamed_answer() -> None:
+    flights = SingleFlight(grace_s=5)
+
+    async def main() -> tuple[list[object], object, bool]:
+        flight = flights.lead("k")
+        waiters = [asyncio.create_task(flights.wait("k", 5)) for _ in range(3)]
+        await asyncio.sleep(0)
+        running = flights.in_flight("k")
+        flight.resolve("answer")
+        flight.resolve("ignored: a flight resolves once")
+        shared = await asyncio.gather(*waiters)
+        late = await flights.wait("k", 5)  # resolved a moment ago: still joinable
+        return shared, late, running
+
+    shared, late, running = asyncio.run(main())
+    assert running and shared == ["answer"] * 3 and late == "answer"
+
+
+def test_single_flight_without_an_answer_lets_followers_run() -> None:
+    flights = SingleFlight()
+
+    async def main() -> tuple[object, object, object, bool]:
+        alone = await flights.wait("k", 5)  # nobody leads: nothing to wait for
+        flight = flights.lead("k")
+        waiter = asyncio.create_task(flights.wait("k", 5))
+        await asyncio.sleep(0)
+        flight.resolve(None)  # the leader's answer was incomplete
+        nothing = await waiter
+        stuck = flights.lead("stuck")
+        timed_out = await flights.wait("stuck", 0.01)  # never resolved within the wait
+        stuck.resolve(None)
+        return alone, nothing, timed_out, flights.in_flight("k")
+
+    assert asyncio.run(main()) == (None, None, None, False)
 
 
 def test_cacheable_and_keys() -> None:

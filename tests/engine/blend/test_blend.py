@@ -14,6 +14,7 @@ import torch
 from ragkv.cache.kv.chunk_store import ChunkKVStore, chunk_key, context_variant
 from ragkv.engine.blend.prefill import ChunkSpan, blended_prefill, place_chunks, rerotate
 from ragkv.engine.blend.selectors import CacheBlendSelector, SelectionInputs, make_selector
+from ragkv.engine.sequence import KVReuse
 from ragkv.pipeline.prompt import ContextChunk, assemble_rag_prompt, rag_head
 from ragkv.retrieval.loaders import wikipedia_sample_path
 from ragkv.settings import ChunkCacheSettings
@@ -33,7 +34,7 @@ def alone(model, token_ids: list[int], first_position: int = 0) -> torch.Tensor:
     """KV `[layers, 2, L, KH, D]` of tokens computed alone starting at `first_position`."""
     kv = place_chunks(model, len(token_ids), [], [])
     result = blended_prefill(
-        model, torch.tensor(token_ids), kv, [], make_selector("full"), 0, first_position
+        model, torch.tensor(token_ids), kv, [], make_selector(KVReuse.FULL), 0, first_position
     )
     return result.kv
 
@@ -73,7 +74,7 @@ def test_full_and_cacheblend_at_ratio_one_equal_plain_prefill(smollm, passages):
     order = [0, 1, 2, 3]
     prompt = rag_prompt(smollm, passages, order)
     plain = prefill_logits(smollm.model, prompt.token_ids)[-1]
-    for selector in (make_selector("full"), make_selector("cacheblend", 1.0)):
+    for selector in (make_selector(KVReuse.FULL), make_selector(KVReuse.CACHEBLEND, 1.0)):
         _, result = blend(smollm, passages, order, selector)
         assert (result.logits - plain).abs().max() <= 1e-3
         assert result.num_chunk_recomputed == result.num_chunk_tokens == prompt.num_chunk_tokens
@@ -85,8 +86,8 @@ def test_naive_reuse_is_real_and_cacheblend_is_closer_to_full(smollm, passages):
     for order in orders:
         prompt = rag_prompt(smollm, passages, order)
         full = prefill_logits(smollm.model, prompt.token_ids)[-1]
-        _, naive = blend(smollm, passages, order, make_selector("naive"))
-        _, cacheblend = blend(smollm, passages, order, make_selector("cacheblend", 0.15))
+        _, naive = blend(smollm, passages, order, make_selector(KVReuse.NAIVE))
+        _, cacheblend = blend(smollm, passages, order, make_selector(KVReuse.CACHEBLEND, 0.15))
         assert naive.num_chunk_recomputed == 0 and naive.num_chunk_reused > 400
         assert (naive.logits - full).abs().max() > 0.05  # stale KV really was used
         assert cacheblend.num_chunk_recomputed == round(0.15 * prompt.num_chunk_tokens)
@@ -135,11 +136,11 @@ def test_adaptive_budget_follows_the_deviation_spread_apart_from_chunk_firsts():
 
 def test_lego_and_cachecraft_pick_what_they_promise(smollm, passages):
     order = [3, 1, 5]
-    prompt, lego = blend(smollm, passages, order, make_selector("lego", lego_tokens=8))
+    prompt, lego = blend(smollm, passages, order, make_selector(KVReuse.LEGO, lego_tokens=8))
     assert lego.num_chunk_recomputed == 8 * len(order)
     firsts = {span.start for span in prompt.spans}
     assert firsts <= set(lego.recomputed.tolist())
-    _, craft = blend(smollm, passages, order, make_selector("cachecraft", 0.2))
+    _, craft = blend(smollm, passages, order, make_selector(KVReuse.CACHECRAFT, 0.2))
     assert 0 < craft.num_chunk_recomputed <= round(0.2 * prompt.num_chunk_tokens) + len(order)
 
 
@@ -155,18 +156,18 @@ def rag_request(smollm, passages, order, **fields):
 
 def test_engine_blends_then_stores_back_as_a_prefix(smollm, passages, make_engine, tmp_path):
     engine = engine_with_chunks(make_engine, tmp_path)
-    first = rag_request(smollm, passages, [0, 1, 2], kv_reuse="cacheblend")
+    first = rag_request(smollm, passages, [0, 1, 2], kv_reuse=KVReuse.CACHEBLEND)
     outputs = engine.generate([first])[first.request_id]
     assert outputs[0].selector == "cacheblend" and outputs[0].chunk_tokens_reused > 0
     assert engine.blender.stats.chunks_computed == 3
-    again = rag_request(smollm, passages, [0, 1, 2], kv_reuse="cacheblend")
+    again = rag_request(smollm, passages, [0, 1, 2], kv_reuse=KVReuse.CACHEBLEND)
     second = engine.generate([again])[again.request_id]
     num_prompt = len(again.prompt_ids)
     assert second[-1].cached_tokens >= num_prompt - engine.pool.page_size
     assert second[0].selector is None  # a plain prefix hit, no blending needed
     tokens = lambda outs: [t for o in outs for t in o.token_ids]  # noqa: E731
     assert tokens(second) == tokens(outputs)
-    new_mix = rag_request(smollm, passages, [2, 0, 1], kv_reuse="cacheblend")
+    new_mix = rag_request(smollm, passages, [2, 0, 1], kv_reuse=KVReuse.CACHEBLEND)
     engine.generate([new_mix])
     assert engine.blender.stats.chunks_computed == 3  # reordered chunks came from the cache
 
@@ -174,9 +175,9 @@ def test_engine_blends_then_stores_back_as_a_prefix(smollm, passages, make_engin
 def test_engine_full_and_ratio_one_match_greedy(smollm, passages, make_engine, tmp_path):
     engine = engine_with_chunks(make_engine, tmp_path)
     order = [5, 3, 1]
-    full = rag_request(smollm, passages, order, kv_reuse="full")
+    full = rag_request(smollm, passages, order, kv_reuse=KVReuse.FULL)
     ratio_one = rag_request(
-        smollm, passages, order, kv_reuse="cacheblend", recompute_ratio=1.0, tenant="other"
+        smollm, passages, order, kv_reuse=KVReuse.CACHEBLEND, recompute_ratio=1.0, tenant="other"
     )
     results = run_greedy(engine, [full])
     results.update(run_greedy(engine, [ratio_one]))
@@ -220,7 +221,9 @@ def test_context_variant_is_exact_right_after_its_context(smollm, passages, make
     prompt = [*context, *tokens, *question]
     span = ChunkSpan(len(context), len(tokens))
     kv = place_chunks(smollm.model, len(prompt), [variant], [span])
-    result = blended_prefill(smollm.model, torch.tensor(prompt), kv, [span], make_selector("naive"))
+    result = blended_prefill(
+        smollm.model, torch.tensor(prompt), kv, [span], make_selector(KVReuse.NAIVE)
+    )
     assert result.num_chunk_reused == len(tokens)
     plain = prefill_logits(smollm.model, prompt)[-1]
     assert (result.logits - plain).abs().max() <= 1e-3
@@ -266,7 +269,7 @@ def test_cachecraft_spends_less_on_a_chunk_whose_context_its_kv_saw(smollm, pass
             torch.tensor(prompt.token_ids),
             kv,
             spans,
-            make_selector("cachecraft", 0.2),
+            make_selector(KVReuse.CACHECRAFT, 0.2),
         )
         first = spans[0]
         picked = result.recomputed

@@ -1,0 +1,133 @@
+"""What the pipeline gives back: an `Answer` to iterate for text deltas, which knows at the
+end its usage and what each cache level contributed (the `ragkv` object)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ragkv.engine.sampling import TokenLogprob
+from ragkv.engine.sequence import RequestOutput
+from ragkv.pipeline.context import Source
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of the answer: new text, its tokens' logprobs (when asked), and the finish
+    reason on the last piece."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """OpenAI usage: prompt and completion tokens, prompt tokens served from cached KV."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """OpenAI's `usage` with `prompt_tokens_details.cached_tokens`."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """The response's `ragkv` object: what each cache level contributed.
+
+    `semantic` is the semantic-cache outcome (None: the request did not take part);
+    `sources` the context chunks of a RAG request (None: not a RAG request).
+    """
+
+    kv_reuse: str
+    semantic: dict[str, Any] | None = None
+    selector: str | None = None
+    prefix_tokens_reused: int = 0
+    chunk_tokens_reused: int = 0
+    tokens_recomputed: int = 0
+    ttft_ms: float | None = None
+    sources: tuple[Source, ...] | None = None
+
+    @classmethod
+    def of_engine(
+        cls,
+        final: RequestOutput,
+        kv_reuse: str,
+        semantic: dict[str, Any] | None,
+        sources: tuple[Source, ...] | None,
+    ) -> CacheReport:
+        """The report of an answer the engine produced, from its final output."""
+        recomputed = final.tokens_recomputed
+        if recomputed is None:
+            recomputed = final.prompt_tokens - final.cached_tokens
+        return cls(
+            kv_reuse=kv_reuse,
+            semantic=semantic,
+            selector=final.selector,
+            prefix_tokens_reused=final.cached_tokens,
+            chunk_tokens_reused=final.chunk_tokens_reused,
+            tokens_recomputed=recomputed,
+            ttft_ms=final.ttft_ms,
+            sources=sources,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The `ragkv` object as the API shows it."""
+        info: dict[str, Any] = {
+            "semantic_cache": (self.semantic or {}).get("semantic_cache", "skipped"),
+            "semantic": self.semantic,
+            "kv_reuse": self.kv_reuse,
+            "selector": self.selector,
+            "prefix_tokens_reused": self.prefix_tokens_reused,
+            "chunk_tokens_reused": self.chunk_tokens_reused,
+            "tokens_recomputed": self.tokens_recomputed,
+            "ttft_ms": round(self.ttft_ms, 2) if self.ttft_ms is not None else None,
+        }
+        if self.sources is not None:
+            info["sources"] = [source.to_json() for source in self.sources]
+        return info
+
+
+class Answer:
+    """An answer as it is produced. Iterate it (once) for `Delta`s; when the iteration has
+    ended, `usage`, `report` and `finish_reason` are set. `cache_status` (the
+    `x-ragkv-cache` header: `semantic-hit`, `kv-hit` or `miss`) is known before the first
+    delta. Errors of the engine surface from the iteration."""
+
+    def __init__(self, cache_status: str, deltas: Callable[[Answer], AsyncIterator[Delta]]) -> None:
+        self.cache_status = cache_status
+        self.usage: Usage | None = None
+        self.report: CacheReport | None = None
+        self.finish_reason: str | None = None
+        self._deltas = deltas(self)
+
+    def finish(self, usage: Usage, report: CacheReport, finish_reason: str | None) -> None:
+        """Record the end of the answer (called by the pipeline before the last delta)."""
+        self.usage, self.report, self.finish_reason = usage, report, finish_reason
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._deltas
+
+    async def aclose(self) -> None:
+        """Stop producing (the client went away): the engine request is aborted."""
+        aclose = getattr(self._deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def collect(self) -> tuple[str, list[TokenLogprob]]:
+        """The whole text and every logprob (for non-stream responses)."""
+        text: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        async for delta in self._deltas:
+            text.append(delta.text)
+            logprobs.extend(delta.logprobs)
+        return "".join(text), logprobs

@@ -1,0 +1,109 @@
+"""Every long-lived component of one gateway, built from `Settings` in one place: the
+embedder, the semantic cache, the engine (with its radix tree and chunk KV store), the
+retriever and the request pipeline over them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+
+from ragkv.assets import generation_model_path
+from ragkv.cache.semantic.cache import SemanticCache
+from ragkv.engine.async_engine import AsyncEngine
+from ragkv.engine.config import load_config
+from ragkv.engine.engine import LLMEngine
+from ragkv.pipeline.context import ContextBuilder
+from ragkv.pipeline.metrics import KVMetrics
+from ragkv.pipeline.pipeline import Pipeline
+from ragkv.pipeline.semantic import SemanticStep
+from ragkv.retrieval.chunker import Chunker
+from ragkv.retrieval.embedder import Embedder
+from ragkv.retrieval.service import Retriever
+from ragkv.server.metrics import ChunkStoreCollector
+from ragkv.server.schemas import ModelCard
+from ragkv.settings import Settings
+
+log = logging.getLogger("ragkv.server")
+
+
+def model_card(settings: Settings) -> ModelCard:
+    """Describe the configured generation model from its own file (id, context length)."""
+    path = generation_model_path(settings.model.gguf_path, settings.model.hf_dir)
+    config = load_config(path)
+    model_id = settings.model.served_name or (path.name if path.is_dir() else Path(path).stem)
+    created = int(path.stat().st_mtime)
+    return ModelCard(id=model_id, created=created, context_length=config.context_length)
+
+
+def open_semantic_cache(
+    settings: Settings, embedder: Embedder, registry: CollectorRegistry
+) -> SemanticCache | None:
+    """The semantic cache under `<data_dir>/semantic_cache`, or None when disabled."""
+    if not settings.semantic_cache.enabled:
+        return None
+    path = Path(settings.data_dir) / "semantic_cache"
+    return SemanticCache(settings.semantic_cache, path, embed=embedder.embed, registry=registry)
+
+
+@dataclass
+class Components:
+    """The gateway's components. `llm` is the engine the `engine` front drives (owned here,
+    used directly only by tests and the metrics collector)."""
+
+    settings: Settings
+    model_card: ModelCard
+    embedder: Embedder
+    semantic_cache: SemanticCache | None
+    llm: LLMEngine
+    engine: AsyncEngine
+    retriever: Retriever
+    pipeline: Pipeline
+
+    @classmethod
+    async def open(cls, settings: Settings, registry: CollectorRegistry) -> Components:
+        """Load every component (takes seconds: the model and the embedder) and start the
+        engine loop on the running event loop."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        card = model_card(settings)
+        embedder = Embedder(settings.embedding)
+        semantic_cache = await run_in_threadpool(open_semantic_cache, settings, embedder, registry)
+        llm = await run_in_threadpool(
+            LLMEngine.from_path,
+            generation_model_path(settings.model.gguf_path, settings.model.hf_dir),
+            settings.model,
+            settings.engine,
+            settings.chunk_cache,
+            settings.data_dir,
+        )
+        registry.register(ChunkStoreCollector(llm.chunk_stats))
+        engine = AsyncEngine(llm)
+        engine.start()
+        # Chunk token ids must be the serving model's: the retriever chunks with its tokenizer.
+        retriever = Retriever(settings.retrieval, settings.data_dir, embedder, llm.tokenizer)
+        await run_in_threadpool(retriever.open)
+        semantic = None
+        if semantic_cache is not None:
+            semantic = SemanticStep(
+                semantic_cache, embedder, card.id, settings.semantic_cache.single_flight_wait_s
+            )
+        chunker = Chunker(llm.tokenizer, settings.retrieval.chunk_tokens)
+        pipeline = Pipeline(
+            engine,
+            ContextBuilder(chunker, retriever),
+            settings.engine.default_max_tokens,
+            semantic,
+            KVMetrics(registry),
+            settings.chunk_cache.context_variant,
+        )
+        return cls(settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline)
+
+    async def close(self) -> None:
+        """Stop the engine and close every store (everything written is already durable)."""
+        await self.engine.close()
+        await run_in_threadpool(self.retriever.close)
+        if self.semantic_cache is not None:
+            await run_in_threadpool(self.semantic_cache.close)
