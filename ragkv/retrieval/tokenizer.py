@@ -7,13 +7,12 @@ model file on first use.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ragkv.errors import ModelError
+from ragkv.assets import load_hf_tokenizer
 
 
 @runtime_checkable
@@ -63,18 +62,7 @@ class HFTokenizer:
 
 def load_model_tokenizer(model_path: Path) -> HFTokenizer:
     """The tokenizer of a GGUF file or a Hugging Face folder, loaded offline (takes seconds)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    path = Path(model_path)
-    try:
-        if path.is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as exc:  # transformers raises many kinds; the user needs the path
-        raise ModelError(f"could not load the tokenizer of '{path}': {exc}") from exc
-    return HFTokenizer(tokenizer, path.name)
+    return HFTokenizer(load_hf_tokenizer(model_path), Path(model_path).name)
 
 
 class LazyTokenizer:

@@ -105,6 +105,7 @@ class _Positions:
     is_chunk: torch.Tensor
     chunk: torch.Tensor
     always: torch.Tensor
+    num_exact: int
 
     @classmethod
     def of(cls, num_tokens: int, spans: list[ChunkSpan], num_exact: int, device) -> _Positions:
@@ -115,7 +116,15 @@ class _Positions:
             is_chunk[max(span.start, num_exact) : span.end] = True
         is_chunk[:num_exact] = False
         always = ~is_chunk & (positions >= num_exact)
-        return cls(positions, is_chunk, positions[is_chunk], positions[always])
+        return cls(positions, is_chunk, positions[is_chunk], positions[always], num_exact)
+
+    def first_active(self, selector: Selector, inputs: SelectionInputs, check_layer: int):
+        """Positions computed at layer 0: every non-exact one when the selector checks at a
+        later layer, else the always-computed ones plus the selector's choice."""
+        if check_layer >= 0:
+            return self.all[self.num_exact :]
+        chosen = selector.select(inputs) if len(self.chunk) else self.chunk
+        return _merge(self.always, chosen)
 
 
 @torch.inference_mode()
@@ -141,19 +150,12 @@ def blended_prefill(
     """
     num_tokens = token_ids.shape[0]
     pos = _Positions.of(num_tokens, spans, num_exact, kv.device)
-    if (
-        not bool((~pos.is_chunk[num_tokens - num_logits :]).all())
-        or num_logits > num_tokens - num_exact
-    ):
+    if not bool(torch.isin(pos.all[num_tokens - num_logits :], pos.always).all()):
         raise ValueError("the positions whose logits are returned must be computed tokens")
     inputs = SelectionInputs(spans=spans, chunk_positions=pos.chunk, num_exact=num_exact)
     check_layer = min(selector.full_layers, model.config.num_layers) - 1 if len(pos.chunk) else -1
     refine_until = check_layer + 1 + selector.refine_layers if check_layer >= 0 else 0
-    if check_layer >= 0:
-        active = pos.all[num_exact:]
-    else:
-        chosen = selector.select(inputs) if len(pos.chunk) else pos.chunk
-        active = _merge(pos.always, chosen)
+    active = pos.first_active(selector, inputs, check_layer)
     hidden = F.embedding(token_ids.index_select(0, active), model.embed)
     cos_all, sin_all = model.rope(pos.all + first_position)
     for index, layer in enumerate(model.layers):
