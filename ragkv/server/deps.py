@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ragkv.cache.semantic.admin import SemanticCacheAdmin
 from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.engine.async_engine import AsyncEngine
 from ragkv.errors import Conflict, Overloaded
@@ -53,4 +54,11 @@ Pipe = Annotated[Pipeline, Depends(_pipeline)]
 Engine = Annotated[AsyncEngine, Depends(_engine)]
 Retrieval = Annotated[Retriever, Depends(_retriever)]
 Embedding = Annotated[Embedder, Depends(_embedder)]
+
+
+def _semantic_admin(parts: Components) -> SemanticCacheAdmin:
+    return SemanticCacheAdmin(semantic_cache_of(parts))
+
+
 SemanticCacheDep = Annotated[SemanticCache, Depends(semantic_cache_of)]
+SemanticAdmin = Annotated[SemanticCacheAdmin, Depends(_semantic_admin)]

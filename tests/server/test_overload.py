@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -37,7 +38,15 @@ def wait_idle(engine: LLMEngine, timeout_s: float = 60) -> None:
 
 def long_prompt(tag: str) -> list[int]:
     """~1,500 token ids: 90+ prefill steps of 16 tokens keep the one slot busy for a while."""
-    return [100 + (hash(tag) + i) % 40000 for i in range(1500)]
+    return [100 + (zlib.crc32(tag.encode()) + i) % 40000 for i in range(1500)]
+
+
+async def until(condition, what: str, timeout_s: float = 120) -> None:
+    """Poll `condition()` until it holds; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def test_full_queue_answers_503_with_retry_after(live_server: LiveServer, engine) -> None:
@@ -49,11 +58,11 @@ def test_full_queue_answers_503_with_retry_after(live_server: LiveServer, engine
                 return http.post("/v1/completions", json=body)
 
             running = asyncio.create_task(send("a"))
-            while not engine.scheduler.running:
-                await asyncio.sleep(0.02)
+            await until(lambda: engine.scheduler.running, "request a to run")
             waiting = asyncio.create_task(send("b"))
-            while not engine.scheduler.waiting:
-                await asyncio.sleep(0.02)
+            # b queues behind a (one slot, ~90 prefill steps); it is seen as waiting in the
+            # engine's inbox or its queue, whichever it is in when polled.
+            await until(lambda: engine.scheduler.waiting or engine._incoming, "request b to queue")
             rejected = await send("c")
             return [await running, await waiting, rejected]
 
@@ -72,6 +81,7 @@ def test_client_disconnect_frees_its_pages(live_server: LiveServer, engine) -> N
     body = {
         "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
         "max_tokens": 2000,
+        "temperature": 0,  # greedy: the story never ends within the 6 events read
         "stream": True,
     }
     with httpx.stream(

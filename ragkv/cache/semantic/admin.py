@@ -1,96 +1,133 @@
-"""Admin operations of the semantic cache: feedback, flush, expiry sweep, policies, stats.
+"""Admin operations of the semantic cache: entries by id, feedback, flush, expiry sweep,
+policies, stats.
 
-A mixin of `SemanticCache` (kept apart so each file has one job): it uses the cache's lock,
-store, partitions, policies, stats and single deletion path.
+Composed over one `SemanticCache` (kept apart so each file has one job): it uses the cache's
+lock, store, partitions, policies, stats and its one deletion path.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+from typing import Any
 
+from ragkv.cache.semantic.cache import SemanticCache
+from ragkv.cache.semantic.partitions import Partition
 from ragkv.cache.semantic.stats import EVENTS
 from ragkv.cache.semantic.verified import VERIFIED_STATE
 from ragkv.errors import NotFound
 from ragkv.settings import CategoryPolicy
 
-if TYPE_CHECKING:
-    from ragkv.cache.semantic.cache import SemanticCache
-
 
 class SemanticCacheAdmin:
-    """Operations behind /admin/cache/* (mixed into `SemanticCache`)."""
+    """Operations behind /admin/cache/* on `cache`. Blocking and thread-safe, like the cache."""
+
+    def __init__(self, cache: SemanticCache) -> None:
+        self.cache = cache
+
+    def get(self, entry_id: int) -> dict[str, Any] | None:
+        """One entry as a dict (query, response, category, times, hits, bytes) or None."""
+        stored = self.cache.store.get(entry_id)
+        if stored is None:
+            return None
+        meta = stored.meta
+        return {
+            "entry_id": entry_id,
+            "query": stored.query,
+            "response": stored.response,
+            "category": stored.category,
+            "created_at": meta.created_at,
+            "expires_at": None if math.isinf(meta.expires_at) else meta.expires_at,
+            "hits": meta.hits,
+            "bytes": meta.bytes,
+        }
+
+    def delete(self, entry_id: int) -> dict[str, Any]:
+        """Remove one entry everywhere; returns what was removed. NotFound if absent."""
+        with self.cache.lock:
+            entry, part = self._entry(entry_id)
+            self.cache.delete_entries(part, [entry_id])
+        entry["tenant"] = part.key.tenant
+        return entry
 
     def feedback(
-        self: SemanticCache, entry_id: int, correct: bool, similarity: float | None = None
+        self, entry_id: int, correct: bool, similarity: float | None = None
     ) -> dict[str, Any]:
         """Learn from a served hit: a wrong one drops the entry and counts a false-hit report.
 
         With verified mode on, (similarity, correct) also trains the learned thresholds.
         """
-        with self._lock:
-            entry = self.get(entry_id)
-            parts = self._partition_of(entry_id)
-            if entry is None or not parts:
-                raise NotFound(f"cache entry {entry_id} does not exist (it may have expired)")
-            tenant, category = parts[0].key.tenant, parts[0].key.category
-            if self.verified is not None and similarity is not None:
-                self.verified.observe(entry_id, category, float(similarity), bool(correct))
-                self.store.put_state(VERIFIED_STATE, self.verified.export())
+        cache = self.cache
+        with cache.lock:
+            _, part = self._entry(entry_id)
+            tenant, category = part.key.tenant, part.key.category
+            if cache.verified is not None and similarity is not None:
+                cache.verified.observe(entry_id, category, float(similarity), bool(correct))
+                cache.store.put_state(VERIFIED_STATE, cache.verified.export())
             if not correct:
-                self._delete(parts[0], [entry_id])
-                self.stats.count(tenant, category, "false_hit_reports")
+                cache.delete_entries(part, [entry_id])
+                cache.stats.count(tenant, category, "false_hit_reports")
         return {"entry_id": entry_id, "tenant": tenant, "category": category,
                 "dropped": not correct}  # fmt: skip
 
-    def flush(self: SemanticCache, tenant: str | None = None, category: str | None = None) -> int:
+    def _entry(self, entry_id: int) -> tuple[dict[str, Any], Partition]:
+        """The entry and its partition (call with the lock held); NotFound if absent."""
+        entry = self.get(entry_id)
+        part = self.cache.partition_of(entry_id)
+        if entry is None or part is None:
+            raise NotFound(f"cache entry {entry_id} does not exist (it may have expired)")
+        return entry, part
+
+    def flush(self, tenant: str | None = None, category: str | None = None) -> int:
         """Drop every entry of the matching partitions (None matches all); returns the count."""
-        removed = 0
-        with self._lock:
-            for part in list(self.partitions.by_id.values()):
+        cache, removed = self.cache, 0
+        with cache.lock:
+            for part in list(cache.partitions.by_id.values()):
                 if tenant is not None and part.key.tenant != tenant:
                     continue
                 if category is not None and part.key.category != category:
                     continue
                 ids = list(part.meta)
-                self.store.flush_partition(part.partition_id, ids)
-                for entry_id in ids:
-                    self._pending_usage.pop(entry_id, None)
+                cache.store.flush_partition(part.partition_id, ids)
+                cache.forget_usage(ids)
                 removed += len(ids)
                 part.meta.clear()
                 part.bytes = 0
                 part.index = None
-                self.partitions.writes_since_save += 1
+                cache.partitions.writes_since_save += 1
         return removed
 
-    def sweep_expired(self: SemanticCache) -> int:
+    def sweep_expired(self) -> int:
         """Delete every expired entry now (lookups also drop the ones they meet)."""
-        now, removed = self.clock(), 0
-        with self._lock:
-            for part in list(self.partitions.by_id.values()):
+        cache = self.cache
+        now, removed = cache.clock(), 0
+        with cache.lock:
+            for part in list(cache.partitions.by_id.values()):
                 expired = [i for i, m in part.meta.items() if m.expires_at <= now]
-                self._delete(part, expired)
-                self.stats.count(part.key.tenant, part.key.category, "expirations", len(expired))
+                cache.delete_entries(part, expired)
+                cache.stats.count(part.key.tenant, part.key.category, "expirations", len(expired))
                 removed += len(expired)
         return removed
 
     # -- policies, load, persistence ------------------------------------------------------------
 
-    def categories(self: SemanticCache) -> dict[str, CategoryPolicy]:
+    def categories(self) -> dict[str, CategoryPolicy]:
         """The category policies in force."""
-        return self.policies.all()
+        return self.cache.policies.all()
 
-    def set_categories(self: SemanticCache, policies: dict[str, CategoryPolicy]) -> None:
+    def set_categories(self, policies: dict[str, CategoryPolicy]) -> None:
         """Replace the policy table (persisted in lmdb, so it survives a restart)."""
-        with self._lock:
-            self.policies.replace(policies)
-            self.store.put_state("policies", {n: p.model_dump() for n, p in policies.items()})
+        cache = self.cache
+        with cache.lock:
+            cache.policies.replace(policies)
+            cache.store.put_state("policies", {n: p.model_dump() for n, p in policies.items()})
 
-    def stats_report(self: SemanticCache) -> dict[str, Any]:
+    def stats_report(self) -> dict[str, Any]:
         """Per tenant and category: lookups, hits, hit rate, false-hit reports, entries, bytes,
         evictions, expirations; plus totals per category and the load-adaptation state."""
-        counts = self.stats.snapshot()
-        with self._lock:
-            sizes = self.partitions.summary()
+        cache = self.cache
+        counts = cache.stats.snapshot()
+        with cache.lock:
+            sizes = cache.partitions.summary()
         tenants: dict[str, dict[str, dict[str, Any]]] = {}
         by_category: dict[str, dict[str, Any]] = {}
         totals: dict[str, Any] = _row({}, {"entries": 0, "bytes": 0})
@@ -104,12 +141,12 @@ class SemanticCacheAdmin:
             "categories": by_category,
             "totals": totals,
             "load": {
-                "signal": self.adapter.load,
-                "relaxed": self.adapter.relaxed,
-                "relaxation": self.adapter.relaxation(),
+                "signal": cache.adapter.load,
+                "relaxed": cache.adapter.relaxed,
+                "relaxation": cache.adapter.relaxation(),
             },
-            "verified": None if self.verified is None else self.verified.snapshot(),
-            "start": self.start_report._asdict(),
+            "verified": None if cache.verified is None else cache.verified.snapshot(),
+            "start": cache.start_report._asdict(),
         }
 
 

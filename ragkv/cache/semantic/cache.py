@@ -8,19 +8,16 @@ tenant never sees another's entries.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
 from ragkv.cache.semantic.adaptive import LoadAdapter
-from ragkv.cache.semantic.admin import SemanticCacheAdmin
 from ragkv.cache.semantic.categories import CategoryClassifier, EmbedFn, PolicyTable
 from ragkv.cache.semantic.eviction import choose_victims
 from ragkv.cache.semantic.guard import guard_conflict
@@ -37,10 +34,9 @@ from ragkv.cache.semantic.types import (
     check_vector,
 )
 from ragkv.cache.semantic.verified import VERIFIED_STATE, VerifiedThresholds
-from ragkv.errors import InvalidRequest, NotFound
+from ragkv.errors import InvalidRequest
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
-_DUPLICATE_SIMILARITY = 0.9999
 _USAGE_FLUSH_EVERY = 1000
 
 
@@ -52,7 +48,7 @@ class _Planned:
     size: int
 
 
-class SemanticCache(SemanticCacheAdmin):
+class SemanticCache:
     """The semantic cache of one process, stored under `path` (lmdb + index files)."""
 
     def __init__(
@@ -71,7 +67,7 @@ class SemanticCache(SemanticCacheAdmin):
         """
         self.settings = settings
         self.clock = clock
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self.store = SemanticStore(
             path / "lmdb", settings.lmdb_map_size_bytes, settings.durable_writes
         )
@@ -95,7 +91,7 @@ class SemanticCache(SemanticCacheAdmin):
         self.stats = SemanticCacheStats(registry)
         self.partitions = PartitionSet(self.store, IndexFiles(path / "index"), settings)
         self._pending_usage: dict[int, EntryMeta] = {}
-        with self._lock:
+        with self.lock:
             self.start_report = self.partitions.open()
 
     # -- reading --------------------------------------------------------------------------------
@@ -130,13 +126,13 @@ class SemanticCache(SemanticCacheAdmin):
             expired, guarded = [], 0
         else:
             key = PartitionKey(tenant, model, template_hash, category)
-            with self._lock:
+            with self.lock:
                 result, expired, guarded = self._search(
                     key, query, vector, category, policy, threshold, record
                 )
                 part = self.partitions.get(key)
                 if expired and part is not None:
-                    self._delete(part, expired)
+                    self.delete_entries(part, expired)
         self.stats.count(tenant, category, "expirations", len(expired))
         if record:
             self.stats.count(tenant, category, "lookups")
@@ -201,23 +197,6 @@ class SemanticCache(SemanticCacheAdmin):
         # Load may relax a learned threshold too, but never below the floor.
         return max(policy.floor, learned - (policy.threshold - threshold))
 
-    def get(self, entry_id: int) -> dict[str, Any] | None:
-        """One entry as a dict (query, response, category, times, hits, bytes) or None."""
-        stored = self.store.get(entry_id)
-        if stored is None:
-            return None
-        meta = stored.meta
-        return {
-            "entry_id": entry_id,
-            "query": stored.query,
-            "response": stored.response,
-            "category": stored.category,
-            "created_at": meta.created_at,
-            "expires_at": None if math.isinf(meta.expires_at) else meta.expires_at,
-            "hits": meta.hits,
-            "bytes": meta.bytes,
-        }
-
     # -- writing --------------------------------------------------------------------------------
 
     def store_answer(
@@ -258,7 +237,7 @@ class SemanticCache(SemanticCacheAdmin):
             else:
                 key = PartitionKey(tenant, model, template_hash, plan.category)
                 groups.setdefault(key, []).append(position)
-        with self._lock:
+        with self.lock:
             self._write_groups(groups, planned, results)
             if self.partitions.writes_since_save >= self.settings.index_save_every_writes:
                 self.save()
@@ -282,6 +261,8 @@ class SemanticCache(SemanticCacheAdmin):
         planned: list[_Planned],
         results: list[StoreResult | None],
     ) -> None:
+        """Write the groups' entries in one lmdb transaction, evicting for quotas, then
+        update indexes, memory and stats; fills `results`."""
         now = self.clock()
         adds: list[NewEntry] = []
         add_positions: list[int] = []
@@ -293,7 +274,10 @@ class SemanticCache(SemanticCacheAdmin):
             # Within one batch the last write of a query wins; at most max_entries are kept.
             latest = {planned[p].write.query: p for p in positions}
             positions = sorted(latest.values())[-policy.max_entries :]
-            replaced = self._duplicates(part, [planned[p] for p in positions])
+            replaced = self.partitions.same_queries(
+                part, [planned[p].write.query for p in positions],
+                np.stack([planned[p].vector for p in positions]),
+            )  # fmt: skip
             incoming = sum(planned[p].size for p in positions)
             # A category's quota is the tenant's, across every model and template it uses.
             meta, live_bytes = self.partitions.quota_scope(key)
@@ -314,22 +298,20 @@ class SemanticCache(SemanticCacheAdmin):
         ids, _ = self.store.write(adds, deletes)
         for _, entry_id in deletes:
             self._forget(entry_id)
-        by_partition: dict[int, list[int]] = {}
-        for row, (entry_id, position, entry) in enumerate(
-            zip(ids, add_positions, adds, strict=True)
-        ):
-            part = self.partitions.by_id[entry.meta.partition_id]
-            part.meta[entry_id] = entry.meta
-            part.bytes += entry.meta.bytes
-            by_partition.setdefault(entry.meta.partition_id, []).append(row)
+        self.partitions.add_entries(ids, adds)
+        for entry_id, position, entry in zip(ids, add_positions, adds, strict=True):
             results[position] = StoreResult(entry_id, entry.category, "stored", 0)
-        for partition_id, rows in by_partition.items():  # one index call per partition
-            part = self.partitions.by_id[partition_id]
-            if part.index is None:
-                part.index = self.partitions.new_index(adds[rows[0]].vector.shape[0])
-            vectors = np.stack([adds[row].vector for row in rows])
-            part.index.add([ids[row] for row in rows], vectors)
         self.partitions.writes_since_save += len(adds) + len(deletes)
+        self._count_writes(groups, evictions, planned, results)
+
+    def _count_writes(
+        self,
+        groups: dict[PartitionKey, list[int]],
+        evictions: dict[PartitionKey, list[int]],
+        planned: list[_Planned],
+        results: list[StoreResult | None],
+    ) -> None:
+        """Stores and evictions in the stats; writes superseded within the batch marked."""
         for key, victims in evictions.items():
             self.stats.count(key.tenant, key.category, "evictions", len(victims))
             first = next((p for p in groups[key] if results[p] is not None), None)
@@ -342,22 +324,9 @@ class SemanticCache(SemanticCacheAdmin):
             if results[position] is None:
                 results[position] = StoreResult(None, plan.category, "superseded_in_batch", 0)
 
-    def _duplicates(self, part: Partition, plans: list[_Planned]) -> set[int]:
-        if part.index is None:
-            return set()
-        replaced = set()
-        nearest = part.index.nearest(np.stack([plan.vector for plan in plans]))
-        for plan, found in zip(plans, nearest, strict=True):
-            if found is None or found[1] < _DUPLICATE_SIMILARITY:
-                continue
-            stored = self.store.get(found[0])
-            if stored is not None and stored.query == plan.write.query:
-                replaced.add(found[0])
-        return replaced
-
     # -- deleting -------------------------------------------------------------------------------
 
-    def _delete(self, part: Partition, entry_ids: Sequence[int]) -> None:
+    def delete_entries(self, part: Partition, entry_ids: Sequence[int]) -> None:
         """The one deletion path: lmdb first (one transaction), then index and memory."""
         if not entry_ids:
             return
@@ -367,7 +336,7 @@ class SemanticCache(SemanticCacheAdmin):
         self.partitions.writes_since_save += len(entry_ids)
 
     def _forget(self, entry_id: int) -> None:
-        for part in self._partition_of(entry_id):
+        for part in self._holding(entry_id):
             meta = part.meta.pop(entry_id, None)
             if meta is not None:
                 part.bytes -= meta.bytes
@@ -377,19 +346,18 @@ class SemanticCache(SemanticCacheAdmin):
         if self.verified is not None:
             self.verified.forget_entry(entry_id)
 
-    def _partition_of(self, entry_id: int) -> list[Partition]:
+    def _holding(self, entry_id: int) -> list[Partition]:
         return [p for p in self.partitions.by_id.values() if entry_id in p.meta]
 
-    def delete(self, entry_id: int) -> dict[str, Any]:
-        """Remove one entry everywhere; returns what was removed. NotFound if absent."""
-        with self._lock:
-            entry = self.get(entry_id)
-            parts = self._partition_of(entry_id)
-            if entry is None or not parts:
-                raise NotFound(f"cache entry {entry_id} does not exist (it may have expired)")
-            self._delete(parts[0], [entry_id])
-        entry["tenant"] = parts[0].key.tenant
-        return entry
+    def partition_of(self, entry_id: int) -> Partition | None:
+        """The partition holding `entry_id` (call with `lock` held), or None."""
+        holding = self._holding(entry_id)
+        return holding[0] if holding else None
+
+    def forget_usage(self, entry_ids: Sequence[int]) -> None:
+        """Drop unsaved hit counts of entries that are gone (call with `lock` held)."""
+        for entry_id in entry_ids:
+            self._pending_usage.pop(entry_id, None)
 
     def set_load(self, load: float) -> None:
         """Feed the engine's load signal (0 idle .. 1 saturated) to threshold adaptation."""
@@ -406,13 +374,13 @@ class SemanticCache(SemanticCacheAdmin):
 
     def save(self) -> None:
         """Persist hit counts and every changed index (checksummed, with the lmdb sequence)."""
-        with self._lock:
+        with self.lock:
             self._flush_usage()
             self.partitions.save()
 
     def close(self) -> None:
         """Save and close; the cache must not be used afterwards."""
-        with self._lock:
+        with self.lock:
             self.save()
             self.store.close()
 

@@ -17,7 +17,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ragkv.cache.semantic.index import IndexFiles, PartitionIndex
-from ragkv.cache.semantic.store import OP_ADD, OP_DELETE, OP_FLUSH, EntryMeta, SemanticStore
+from ragkv.cache.semantic.store import (
+    OP_ADD,
+    OP_DELETE,
+    OP_FLUSH,
+    EntryMeta,
+    NewEntry,
+    SemanticStore,
+)
 from ragkv.settings import SemanticCacheSettings
 
 log = logging.getLogger("ragkv.cache.semantic")
@@ -36,6 +43,10 @@ class PartitionKey(NamedTuple):
     def name(self) -> str:
         """Stable string form used as the lmdb key."""
         return "\x1f".join(self)
+
+
+# Cosine at or above which a stored entry may be the same query (then compared as text).
+_DUPLICATE_SIMILARITY = 0.9999
 
 
 @dataclass
@@ -87,6 +98,36 @@ class PartitionSet:
             self.by_key[key] = part
             self.by_id[partition_id] = part
         return part
+
+    def add_entries(self, entry_ids: list[int], entries: list[NewEntry]) -> None:
+        """Entries just written to lmdb: into their partitions' memory and indexes (one
+        index call per partition)."""
+        rows_of: dict[int, list[int]] = {}
+        for row, (entry_id, entry) in enumerate(zip(entry_ids, entries, strict=True)):
+            part = self.by_id[entry.meta.partition_id]
+            part.meta[entry_id] = entry.meta
+            part.bytes += entry.meta.bytes
+            rows_of.setdefault(entry.meta.partition_id, []).append(row)
+        for partition_id, rows in rows_of.items():
+            part = self.by_id[partition_id]
+            if part.index is None:
+                part.index = self.new_index(entries[rows[0]].vector.shape[0])
+            vectors = np.stack([entries[row].vector for row in rows])
+            part.index.add([entry_ids[row] for row in rows], vectors)
+
+    def same_queries(self, part: Partition, queries: list[str], vectors: np.ndarray) -> set[int]:
+        """Ids of entries of `part` holding exactly one of `queries` (`vectors: [n, dim]`
+        their embeddings): a write of the same query replaces them."""
+        if part.index is None:
+            return set()
+        replaced = set()
+        for query, found in zip(queries, part.index.nearest(vectors), strict=True):
+            if found is None or found[1] < _DUPLICATE_SIMILARITY:
+                continue
+            stored = self.store.get(found[0])
+            if stored is not None and stored.query == query:
+                replaced.add(found[0])
+        return replaced
 
     def quota_scope(self, key: PartitionKey) -> tuple[dict[int, EntryMeta], int]:
         """Live entries and bytes that count against `key`'s category quota: the tenant's

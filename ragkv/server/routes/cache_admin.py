@@ -8,9 +8,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from ragkv.cache.semantic.admin import SemanticCacheAdmin
 from ragkv.errors import Unprocessable
 from ragkv.server.auth import Admin
-from ragkv.server.deps import Components, Engine, SemanticCacheDep, semantic_cache_of
+from ragkv.server.deps import Components, Engine, SemanticAdmin, semantic_cache_of
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
 router = APIRouter(tags=["cache admin"])
@@ -46,11 +47,11 @@ class FeedbackRequest(BaseModel):
 
 
 @router.get("/admin/cache/stats")
-async def stats(_: Admin, cache: SemanticCacheDep, engine: Engine) -> dict[str, Any]:
+async def stats(_: Admin, admin: SemanticAdmin, engine: Engine) -> dict[str, Any]:
     """Cache statistics per level: `semantic` per tenant and category; `prefix` (radix KV);
     `chunk` (chunk KV: reuse, tiers, load-or-recompute decisions; null when disabled)."""
     return {
-        "semantic": await run_in_threadpool(cache.stats_report),
+        "semantic": await run_in_threadpool(admin.stats_report),
         "prefix": await engine.prefix_stats(),
         "chunk": await engine.chunk_stats(),
     }
@@ -62,8 +63,8 @@ async def flush(body: FlushRequest, _: Admin, parts: Components) -> dict[str, An
     chunk)."""
     flushed: dict[str, Any] = {}
     if body.level in ("all", "semantic"):
-        cache = semantic_cache_of(parts)
-        flushed["semantic"] = await run_in_threadpool(cache.flush, body.tenant, body.category)
+        admin = SemanticCacheAdmin(semantic_cache_of(parts))
+        flushed["semantic"] = await run_in_threadpool(admin.flush, body.tenant, body.category)
     if body.level in ("all", "prefix") and body.category is None:
         flushed["prefix_pages"] = await parts.engine.flush_prefix(body.tenant)
     if body.level in ("all", "chunk") and body.category is None:
@@ -72,17 +73,17 @@ async def flush(body: FlushRequest, _: Admin, parts: Components) -> dict[str, An
 
 
 @router.get("/admin/cache/categories", response_model=CategoriesBody)
-async def get_categories(_: Admin, cache: SemanticCacheDep) -> CategoriesBody:
+async def get_categories(_: Admin, admin: SemanticAdmin) -> CategoriesBody:
     """The category policies in force."""
     return CategoriesBody(
-        categories=cache.categories(), default_category=cache.policies.default_category
+        categories=admin.categories(), default_category=admin.cache.policies.default_category
     )
 
 
 @router.put("/admin/cache/categories", response_model=CategoriesBody)
-async def put_categories(body: CategoriesBody, _: Admin, cache: SemanticCacheDep) -> CategoriesBody:
+async def put_categories(body: CategoriesBody, _: Admin, admin: SemanticAdmin) -> CategoriesBody:
     """Replace the category policies (persisted); the default category must stay defined."""
-    default = cache.policies.default_category
+    default = admin.cache.policies.default_category
     if body.default_category not in (None, default):
         raise Unprocessable(
             "default_category cannot change at run time; set semantic_cache.default_category",
@@ -93,11 +94,11 @@ async def put_categories(body: CategoriesBody, _: Admin, cache: SemanticCacheDep
     except ValidationError as exc:
         message = "; ".join(str(error["msg"]) for error in exc.errors()[:3])
         raise Unprocessable(message, param="categories") from exc
-    await run_in_threadpool(cache.set_categories, checked.categories)
-    return CategoriesBody(categories=cache.categories(), default_category=default)
+    await run_in_threadpool(admin.set_categories, checked.categories)
+    return CategoriesBody(categories=admin.categories(), default_category=default)
 
 
 @router.post("/admin/cache/feedback")
-async def feedback(body: FeedbackRequest, _: Admin, cache: SemanticCacheDep) -> dict[str, Any]:
+async def feedback(body: FeedbackRequest, _: Admin, admin: SemanticAdmin) -> dict[str, Any]:
     """Report a served hit: wrong drops the entry and counts a false hit; both train verified."""
-    return await run_in_threadpool(cache.feedback, body.entry_id, body.correct, body.similarity)
+    return await run_in_threadpool(admin.feedback, body.entry_id, body.correct, body.similarity)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragkv.cache.semantic.admin import SemanticCacheAdmin
 from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.errors import InvalidRequest, NotFound
 from ragkv.retrieval.embedder import Embedder
@@ -41,7 +42,7 @@ def test_paraphrase_hits_and_other_question_misses(tmp_path, embedder, clock) ->
     assert hit.similarity >= hit.threshold == 0.93
     other = get(cache, embedder, "a", "How do volcanoes form?")
     assert other.hit is None and other.reason == "below_threshold"
-    stats = cache.stats_report()["tenants"]["a"]["general"]
+    stats = SemanticCacheAdmin(cache).stats_report()["tenants"]["a"]["general"]
     assert (stats["lookups"], stats["hits"], stats["entries"]) == (2, 1, 1)
     cache.close()
 
@@ -75,7 +76,10 @@ def test_guard_refuses_different_numbers(tmp_path, embedder, clock, guard) -> No
     assert result.similarity > result.threshold
     if guard:
         assert result.hit is None and result.reason == "guard_numbers"
-        assert cache.stats_report()["tenants"]["a"]["general"]["guard_rejections"] == 1
+        assert (
+            SemanticCacheAdmin(cache).stats_report()["tenants"]["a"]["general"]["guard_rejections"]
+            == 1
+        )
     else:
         assert result.hit is not None
     cache.close()
@@ -89,7 +93,7 @@ def test_ttl_expiry_with_injected_clock(tmp_path, embedder, clock) -> None:
     clock.advance(2)
     expired = get(cache, embedder, "a", CAPITAL)
     assert expired.hit is None and expired.reason == "expired"
-    report = cache.stats_report()["tenants"]["a"]["general"]
+    report = SemanticCacheAdmin(cache).stats_report()["tenants"]["a"]["general"]
     assert report["expirations"] == 1 and report["entries"] == 0
     cache.close()
 
@@ -110,7 +114,7 @@ def test_entry_quota_evicts_by_policy(tmp_path, embedder, clock, eviction) -> No
     survivors = {q for q in queries if get(cache, embedder, "a", q).hit is not None}
     # The third was never read: the least recent and the least frequent, for both policies.
     assert survivors == {queries[0], queries[1]}
-    assert cache.stats_report()["tenants"]["a"]["general"]["evictions"] == 1
+    assert SemanticCacheAdmin(cache).stats_report()["tenants"]["a"]["general"]["evictions"] == 1
     cache.close()
 
 
@@ -169,7 +173,7 @@ def test_byte_quota(tmp_path, embedder, clock) -> None:
     clock.advance(1)
     result = put(cache, embedder, "a", "How do magnets work?")
     assert result.evicted == 1
-    assert cache.stats_report()["tenants"]["a"]["general"]["bytes"] <= 4000
+    assert SemanticCacheAdmin(cache).stats_report()["tenants"]["a"]["general"]["bytes"] <= 4000
     cache.close()
 
 
@@ -207,14 +211,17 @@ def test_corrupt_index_is_rebuilt_from_lmdb(tmp_path, embedder, clock) -> None:
 def test_feedback_drops_entry_and_counts(tmp_path, embedder, clock) -> None:
     cache = open_cache(tmp_path, embedder, clock)
     stored = put(cache, embedder, "a", CAPITAL)
-    outcome = cache.feedback(stored.entry_id, correct=False, similarity=0.95)
+    outcome = SemanticCacheAdmin(cache).feedback(stored.entry_id, correct=False, similarity=0.95)
     assert outcome["dropped"] and outcome["tenant"] == "a"
     assert get(cache, embedder, "a", CAPITAL).hit is None
-    assert cache.stats_report()["tenants"]["a"]["general"]["false_hit_reports"] == 1
+    assert (
+        SemanticCacheAdmin(cache).stats_report()["tenants"]["a"]["general"]["false_hit_reports"]
+        == 1
+    )
     with pytest.raises(NotFound):
-        cache.feedback(stored.entry_id, correct=False)
+        SemanticCacheAdmin(cache).feedback(stored.entry_id, correct=False)
     with pytest.raises(NotFound):  # found by the schema fuzz: ids past u64 were a 500
-        cache.feedback(2**64, correct=False)
+        SemanticCacheAdmin(cache).feedback(2**64, correct=False)
     cache.close()
     cache = open_cache(tmp_path, embedder, clock)
     assert get(cache, embedder, "a", CAPITAL).hit is None  # the deletion was durable
@@ -225,10 +232,10 @@ def test_flush_by_tenant_and_all(tmp_path, embedder, clock) -> None:
     cache = open_cache(tmp_path, embedder, clock)
     put(cache, embedder, "a", CAPITAL)
     put(cache, embedder, "b", CAPITAL)
-    assert cache.flush(tenant="a") == 1
+    assert SemanticCacheAdmin(cache).flush(tenant="a") == 1
     assert get(cache, embedder, "a", CAPITAL).hit is None
     assert get(cache, embedder, "b", CAPITAL).hit is not None
-    assert cache.flush() == 1
+    assert SemanticCacheAdmin(cache).flush() == 1
     cache.close()
     cache = open_cache(tmp_path, embedder, clock)
     assert get(cache, embedder, "b", CAPITAL).hit is None
@@ -242,7 +249,7 @@ def test_same_query_replaces_entry(tmp_path, embedder, clock) -> None:
     second = cache.store_answer("a", "m", "none", CAPITAL, vector, "Paris.")
     assert second.entry_id != first.entry_id
     assert get(cache, embedder, "a", CAPITAL).hit.response == "Paris."
-    assert cache.stats_report()["tenants"]["a"]["general"]["entries"] == 1
+    assert SemanticCacheAdmin(cache).stats_report()["tenants"]["a"]["general"]["entries"] == 1
     cache.close()
 
 
@@ -274,7 +281,7 @@ def test_verified_observations_survive_a_restart(tmp_path, embedder, clock) -> N
     )
     stored = put(cache, embedder, "a", CAPITAL)
     for similarity in (0.97, 0.96, 0.95, 0.94):
-        cache.feedback(stored.entry_id, correct=True, similarity=similarity)
+        SemanticCacheAdmin(cache).feedback(stored.entry_id, correct=True, similarity=similarity)
     learned = cache.verified.threshold(stored.entry_id, "general", 0.99, 0.8)
     assert learned < 0.99
     cache.close()

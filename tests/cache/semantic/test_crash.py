@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragkv.cache.semantic.admin import SemanticCacheAdmin
 from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
@@ -48,7 +49,7 @@ def assert_consistent(path: Path) -> int:
     for entry_id, vector in vectors.items():
         result = cache.lookup("t", "m", "none", "q", vector, "general", record=False)
         assert result.entry_id == entry_id and result.similarity > 0.999
-        assert cache.get(entry_id)["query"].startswith("question ")
+        assert SemanticCacheAdmin(cache).get(entry_id)["query"].startswith("question ")
     count = len(part.meta)
     cache.close()
     return count

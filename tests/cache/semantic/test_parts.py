@@ -4,7 +4,6 @@ single-flight, stream replay and the cacheability rule."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -49,11 +48,17 @@ def test_rules(text: str, category: str | None) -> None:
     assert rule_category(text) == category
 
 
-def test_classifier_centroids_and_speed(embedder: Embedder) -> None:
+def test_classifier_centroids_are_embedded_once(embedder: Embedder) -> None:
     settings = SemanticCacheSettings()
     table = PolicyTable(settings.categories, "general")
+    embedded: list[str] = []
+
+    def counting_embed(texts):
+        embedded.extend(texts)
+        return embedder.embed(texts)
+
     classifier = CategoryClassifier(
-        settings.classifier_examples, table, settings.classifier_min_similarity, embedder.embed
+        settings.classifier_examples, table, settings.classifier_min_similarity, counting_embed
     )
     queries = {
         "Who do I contact for help with billing?": "faq",
@@ -63,10 +68,13 @@ def test_classifier_centroids_and_speed(embedder: Embedder) -> None:
     vectors = embedder.embed(list(queries))
     for (text, expected), vector in zip(queries.items(), vectors, strict=True):
         assert classifier.classify(text, vector) == expected
-    started = time.perf_counter()
+    # Cheap per query (a product with the centroids, no model call): the examples were
+    # embedded once, lazily, and classifying never embeds again. Counted, not timed.
+    examples = [t for texts in settings.classifier_examples.values() for t in texts]
+    assert sorted(embedded) == sorted(examples)
     for _ in range(200):
         classifier.classify("Why do cats purr?", vectors[2])
-    assert (time.perf_counter() - started) / 200 < 1e-3
+    assert len(embedded) == len(examples)
 
 
 def test_load_adaptation_hysteresis_and_floor() -> None:
@@ -147,7 +155,7 @@ def test_single_flight_shares_errors() -> None:
 
 
 def test_single_flight_leader_shares_a_streamed_answer() -> None:
-    flights = SingleFlight(grace_s=5)
+    flights = SingleFlight(grace_s=3600)  # "a moment ago" holds however slow the machine
 
     async def main() -> tuple[list[object], object, bool]:
         flight = flights.lead("k")
