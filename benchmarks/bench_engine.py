@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
 import torch
+from machine import machine
 
 from ragkv.assets import generation_model_path
 from ragkv.engine.engine import LLMEngine
@@ -226,7 +226,7 @@ def main() -> None:
     if "decode_1_stream_vs_llama_cpp" in rows:
         ratios["decode_vs_llama_cpp"] = _ratio(rows["decode_1_stream_vs_llama_cpp"])
     report = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
         "threads": args.threads,
         "dtype": args.dtype,
         "decode_dtype": args.decode_dtype,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from machine import machine
 from rag_workload import RagCase, chunk_pool, head_prompt, kl_rows, rag_cases, rouge_l
 
 from ragkv.assets import generation_model_path
@@ -320,7 +320,7 @@ def main() -> None:
 
     prompt_tokens = [len(c.prompt.token_ids) for c in cases]
     report = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
         "threads": args.threads,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
