@@ -21,11 +21,17 @@ FORBIDDEN = {
     "ragkv.cache": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cli"),
     "ragkv.retrieval": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cli"),
     "ragkv.engine": ("ragkv.pipeline", "ragkv.server", "ragkv.cli"),
-    "ragkv.pipeline": ("ragkv.server", "ragkv.cli"),
+    # The pipeline talks to the engine through its contract (sequence, async_engine, sampling,
+    # tokenizer), never to the blend algorithm, the model or the kernels.
+    "ragkv.pipeline": ("ragkv.server", "ragkv.cli", "ragkv.engine.blend", "ragkv.engine.model",
+                       "ragkv.kernels", "ragkv.engine.engine"),
     "ragkv.server": ("ragkv.cli",),
     "ragkv.settings": ("ragkv.cache", "ragkv.engine", "ragkv.retrieval", "ragkv.pipeline",
                        "ragkv.server", "ragkv.cli"),
     "ragkv.errors": ("ragkv.",),
+    # The SDK installs without the engine: httpx and ragkv.errors only.
+    "ragkv.sdk": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cache",
+                  "ragkv.retrieval", "ragkv.kernels", "ragkv.cli", "ragkv.settings"),
 }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Command line: `ragkv serve`, `ragkv --version`."""
+"""Command line: `ragkv serve | ingest | ask | stats`, `ragkv --version`."""
 
 from __future__ import annotations
 
@@ -131,9 +131,21 @@ def ask(
     max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate")] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Sampling seed")] = None,
+    collection: Annotated[
+        str | None, typer.Option(help="Answer from this collection, through a running server")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Chunks retrieved with --collection")] = 4,
+    url: Annotated[str, typer.Option(help="Server for --collection")] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="RAGKV_API_KEY", help="Tenant key for --collection")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Stream an answer from the local model, without a server."""
+    """Stream an answer from the local model, without a server; with --collection, answer
+    from a collection of a running server and print the sources."""
+    if collection is not None:
+        _ask_collection(question, collection, top_k, url, api_key, max_tokens, temperature)
+        return
     import time
     import uuid
 
@@ -168,6 +180,79 @@ def ask(
             f"TTFT {final.ttft_ms:.0f} ms, {final.completion_tokens / seconds:.1f} tokens/s]",
             err=True,
         )
+
+
+def _ask_collection(
+    question: str,
+    collection: str,
+    top_k: int,
+    url: str,
+    api_key: str | None,
+    max_tokens: int,
+    temperature: float,
+) -> None:
+    """`ragkv ask --collection`: one RAG answer through the server's SDK call."""
+    from ragkv.sdk import Client
+
+    try:
+        with Client(url, api_key=api_key, timeout=300) as client:
+            answer = client.rag(question, collection=collection, top_k=top_k,
+                                max_tokens=max_tokens, temperature=temperature)  # fmt: skip
+    except RagkvError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(answer.answer.strip())
+    for number, source in enumerate(answer.sources, start=1):
+        score = f" ({source.score:.3f})" if source.score is not None else ""
+        typer.echo(f"[{number}] {source.title or source.document_id}{score}", err=True)
+    cache = answer.cache
+    if cache is not None:
+        typer.echo(
+            f"[{answer.cache_status}; chunk tokens reused {cache.chunk_tokens_reused}, "
+            f"recomputed {cache.tokens_recomputed}, TTFT {cache.ttft_ms} ms]",
+            err=True,
+        )
+
+
+@app.command()
+def stats(
+    url: Annotated[str, typer.Option(help="The server's base URL")] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="RAGKV_ADMIN_KEY", help="Admin key (when auth is on)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON")] = False,
+    watch: Annotated[
+        float | None, typer.Option(min=0.5, help="Refresh every N seconds until Ctrl-C")
+    ] = None,
+) -> None:
+    """Cache statistics of a running server: semantic (by category and tenant), prefix, chunk."""
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from ragkv.cli.stats import render
+    from ragkv.sdk import Client
+
+    with Client(url, api_key=api_key, timeout=30) as client:
+        try:
+            report = client.admin.stats()
+            if as_json:
+                typer.echo(json.dumps(report, indent=2))
+                return
+            if watch is None:
+                Console().print(render(report))
+                return
+            with Live(render(report), refresh_per_second=2) as live:
+                while True:
+                    time.sleep(watch)
+                    live.update(render(client.admin.stats()))
+        except RagkvError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        except KeyboardInterrupt:
+            return
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ragkv.engine.blend.prefill import ChunkSpan
+from ragkv.engine.sequence import ChunkSpan
 from ragkv.errors import InvalidRequest
 
 _SENTINEL = "\u0000RAGKV-QUESTION\u0000"

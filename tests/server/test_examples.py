@@ -32,3 +32,11 @@ def test_inline_documents_example(live_server: LiveServer) -> None:
     assert full["chunk_tokens_reused"] == 0 and full["prefix_tokens_reused"] == 0
     assert full["tokens_recomputed"] > reordered["tokens_recomputed"]  # the whole prompt
     assert first["ttft_ms"] > 0
+
+
+def test_quickstart_example(live_server: LiveServer) -> None:
+    result = load("quickstart").main(live_server.url, "sk-tenant-b", "quickstart-test")
+    first, again = result["first"], result["again"]
+    assert first.answer and first.sources[0].document_id == "bees"
+    if first.finish_reason == "stop":  # only complete answers are cached
+        assert again.cache_status == "semantic-hit" and again.answer == first.answer

@@ -20,23 +20,8 @@ import torch.nn.functional as F
 
 from ragkv.engine.blend.selectors import SelectionInputs, Selector
 from ragkv.engine.model import LlamaModel
+from ragkv.engine.sequence import ChunkSpan
 from ragkv.kernels import ops
-
-
-@dataclass(frozen=True)
-class ChunkSpan:
-    """A chunk's place in the prompt: token positions `[start, start + length)`. `seen`: how
-    many leading prompt tokens its cached KV was computed after (0: the chunk alone), the
-    part of its real context it already reflects."""
-
-    start: int
-    length: int
-    seen: int = 0
-
-    @property
-    def end(self) -> int:
-        """One past the chunk's last position."""
-        return self.start + self.length
 
 
 @dataclass

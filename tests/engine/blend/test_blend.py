@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ragkv.cache.kv.chunk_store import ChunkKVStore, chunk_key, context_variant
-from ragkv.engine.blend.prefill import ChunkSpan, blended_prefill, place_chunks, rerotate
+from ragkv.engine.blend.prefill import blended_prefill, place_chunks, rerotate
 from ragkv.engine.blend.selectors import CacheBlendSelector, SelectionInputs, make_selector
-from ragkv.engine.sequence import KVReuse
+from ragkv.engine.sequence import ChunkSpan, KVReuse
 from ragkv.pipeline.prompt import ContextChunk, assemble_rag_prompt, rag_head
 from ragkv.retrieval.loaders import wikipedia_sample_path
 from ragkv.settings import ChunkCacheSettings
