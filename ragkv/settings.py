@@ -34,6 +34,13 @@ class ServerSettings(Section):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="larger bodies get 413")
     access_log: bool = Field(True, description="one JSON line per request (ragkv.access)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    demo_documents: int = Field(
+        300,
+        ge=0,
+        le=10_000,
+        description="Wikipedia leads ingested as collection 'demo' on a first start with auth "
+        "off, in the background (0: none)",
+    )
 
 
 class AuthSettings(Section):

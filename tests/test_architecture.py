@@ -29,6 +29,8 @@ FORBIDDEN = {
     "ragkv.settings": ("ragkv.cache", "ragkv.engine", "ragkv.retrieval", "ragkv.pipeline",
                        "ragkv.server", "ragkv.cli"),
     "ragkv.errors": ("ragkv.",),
+    "ragkv.integrations": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cache",
+                           "ragkv.retrieval", "ragkv.kernels", "ragkv.cli"),
     # The SDK installs without the engine: httpx and ragkv.errors only.
     "ragkv.sdk": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cache",
                   "ragkv.retrieval", "ragkv.kernels", "ragkv.cli", "ragkv.settings"),

@@ -26,7 +26,8 @@ EXPECTED_STATUS = {
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
-    app = build_app(Settings.load(data_dir=str(tmp_path_factory.mktemp("data"))))
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    app = build_app(Settings.load(data_dir=data_dir, server={"demo_documents": 0}))
     by_name = {cls.__name__: cls for cls in ALL_ERRORS}
 
     @app.get("/raise/{name}")

@@ -23,6 +23,7 @@ from ragkv.pipeline.semantic import SemanticStep
 from ragkv.retrieval.chunker import Chunker
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
+from ragkv.server.demo import DemoSeeder
 from ragkv.server.metrics import ChunkStoreCollector
 from ragkv.server.schemas import ModelCard
 from ragkv.settings import Settings
@@ -62,6 +63,7 @@ class Components:
     engine: AsyncEngine
     retriever: Retriever
     pipeline: Pipeline
+    demo: DemoSeeder | None = None
 
     @classmethod
     async def open(cls, settings: Settings, registry: CollectorRegistry) -> Components:
@@ -99,10 +101,16 @@ class Components:
             KVMetrics(registry),
             settings.chunk_cache.context_variant,
         )
-        return cls(settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline)
+        parts = cls(settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline)
+        if not settings.auth.enabled and settings.server.demo_documents:
+            parts.demo = DemoSeeder(retriever, settings.server.demo_documents)
+            await run_in_threadpool(parts.demo.start)
+        return parts
 
     async def close(self) -> None:
         """Stop the engine and close every store (everything written is already durable)."""
+        if self.demo is not None:
+            await run_in_threadpool(self.demo.stop)
         await self.engine.close()
         await run_in_threadpool(self.retriever.close)
         if self.semantic_cache is not None:

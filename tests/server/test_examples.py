@@ -40,3 +40,10 @@ def test_quickstart_example(live_server: LiveServer) -> None:
     assert first.answer and first.sources[0].document_id == "bees"
     if first.finish_reason == "stop":  # only complete answers are cached
         assert again.cache_status == "semantic-hit" and again.answer == first.answer
+
+
+def test_langchain_example(live_server: LiveServer) -> None:
+    result = load("langchain_rag").main(live_server.url, "sk-tenant-b", "langchain-test")
+    assert [d.metadata["document_id"] for d in result["documents"]] == ["mars"]
+    assert result["documents"][0].metadata["score"] > 0
+    assert isinstance(result["reply"].content, str) and result["reply"].content

@@ -1,0 +1,1 @@
+"""Framework integrations over the SDK (optional extras: `pip install ragkv[langchain]`)."""
