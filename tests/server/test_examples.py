@@ -47,3 +47,23 @@ def test_langchain_example(live_server: LiveServer) -> None:
     assert [d.metadata["document_id"] for d in result["documents"]] == ["mars"]
     assert result["documents"][0].metadata["score"] > 0
     assert isinstance(result["reply"].content, str) and result["reply"].content
+
+
+def test_rag_pipeline_example(live_server: LiveServer) -> None:
+    result = load("rag_pipeline").main(live_server.url, "sk-tenant-b", "pipeline-test")
+    first, again = result["passes"]["first"], result["passes"]["again"]
+    assert [a.sources[0].document_id for a in first] == ["everest", "nile", "sahara"]
+    assert result["summary"]["first"]["chunk_tokens_reused"] > 0
+    stored = sum(a.finish_reason == "stop" for a in first)  # only complete answers are cached
+    assert result["summary"]["again"]["semantic_hits"] == stored
+    assert [a.answer for a, b in zip(again, first, strict=True) if b.finish_reason == "stop"] == [
+        b.answer for b in first if b.finish_reason == "stop"
+    ]
+
+
+def test_openai_client_example(live_server: LiveServer) -> None:
+    result = load("openai_client").main(live_server.url, "sk-tenant-b")
+    assert result["reply"].choices[0].message.content
+    assert result["streamed"] == result["reply"].choices[0].message.content
+    assert result["chunks"][-1].usage.completion_tokens > 0
+    assert result["grounded"].model_extra["ragkv"]["sources"][0]["document_id"] == "mars-sky"
