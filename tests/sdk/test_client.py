@@ -144,6 +144,10 @@ def test_errors_are_typed(live_server: LiveServer, client: ragkv.Client) -> None
     assert denied.value.status == 401
     with pytest.raises(ragkv.PermissionDeniedError):
         client.admin.stats()
+    too_big = [{"id": "huge", "text": "x" * (9 * 1024 * 1024)}]  # over the 8 MiB body limit
+    with pytest.raises(ragkv.PayloadTooLargeError) as large:
+        client.documents.add("sdk-twice", too_big)
+    assert large.value.status == 413
     nobody = ragkv.Client(f"http://127.0.0.1:{free_port()}", max_retries=1, timeout=5)
     with nobody, pytest.raises(ragkv.APIConnectionError):
         nobody.collections.list()

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import ADMIN_KEY, LiveServer
 
 QUESTION = [{"role": "user", "content": "Name a large city in France."}]
 
@@ -202,6 +202,10 @@ def test_tenants_do_not_share_prefix_kv(live_server: LiveServer) -> None:
         "max_tokens": 2,
         "temperature": 0,
     }
+    # Tenant b starts with an empty prefix cache whatever tests ran before on this server.
+    flushed = post(live_server, "/admin/cache/flush", {"tenant": "tenant-b", "level": "prefix"},
+                   key=ADMIN_KEY)  # fmt: skip
+    assert flushed.status_code == 200, flushed.text
     post(live_server, "/v1/chat/completions", body, key="sk-tenant-a")
     other = post(live_server, "/v1/chat/completions", body, key="sk-tenant-b").json()
     same = post(live_server, "/v1/chat/completions", body, key="sk-tenant-a").json()
