@@ -22,7 +22,7 @@ from ragkv.engine.sequence import ChunkSpan, Request, RequestOutput
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.errors import ModelError
 from ragkv.pipeline.answer import Answer, CacheReport, Delta, Usage
-from ragkv.pipeline.context import ContextBuilder, Source
+from ragkv.pipeline.context import Context, ContextBuilder, Source
 from ragkv.pipeline.metrics import KVMetrics
 from ragkv.pipeline.prompt import assemble_rag_prompt, rag_head
 from ragkv.pipeline.request import CacheOptions, ChatRequest, CompletionRequest
@@ -61,19 +61,25 @@ class Pipeline:
         first token raise here; later ones surface from iterating the answer."""
         chat_ids = self.tokenizer.apply_chat_template(request.messages)
         kv_reuse = request.cache.kv_reuse.value
+        # Retrieval first: a RAG answer is keyed by the chunks it is built from, so a replaced
+        # or deleted document's answers stop matching (retrieval is cheap next to generation).
+        context = await self._context(request) if request.rag is not None else None
+        retrieved = tuple(source.chunk_id for source in context.sources) if context else ()
         probe, flight = None, None
         if self.semantic is not None and not request.params.logprobs:
-            probe = await self.semantic.probe(request, self.engine.load)
+            probe = await self.semantic.probe(request, self.engine.load, retrieved)
         if probe is not None:
             probe, shared = await self.semantic.join(probe)
             if probe.served:
                 text = probe.hit.response if probe.hit is not None else shared.text
-                return self._semantic_answer(probe, text, len(chat_ids), kv_reuse)
+                sources = tuple(context.sources) if context is not None else None
+                return self._semantic_answer(probe, text, len(chat_ids), kv_reuse, sources)
             flight = self.semantic.lead(probe)
         try:
             prompt_ids, spans, sources = chat_ids, (), None
             if request.has_context:
-                prompt_ids, spans, sources = await self._with_context(request, chat_ids)
+                context = context or await self._context(request)
+                prompt_ids, spans, sources = self._with_context(request, chat_ids, context)
             engine_request = self._engine_request(
                 request.tenant, prompt_ids, request.params, request.max_tokens_set, request.cache
             )
@@ -99,18 +105,21 @@ class Pipeline:
         )  # fmt: skip
         return await self._generate(engine_request, request.cache.kv_reuse.value, disconnected)
 
-    async def _with_context(
-        self, request: ChatRequest, chat_ids: list[int]
-    ) -> tuple[list[int], tuple[ChunkSpan, ...], tuple[Source, ...]]:
-        """The prompt with the context chunks placed before the question, and their spans."""
+    async def _context(self, request: ChatRequest) -> Context:
+        """The request's inline documents, chunked, then what retrieval finds."""
         rag = request.rag
-        context = await self.context.build(
+        return await self.context.build(
             request.tenant,
             request.question,
             [(document.id, document.text) for document in request.documents],
             rag.collection if rag is not None else None,
             rag.top_k if rag is not None else 4,
         )
+
+    def _with_context(
+        self, request: ChatRequest, chat_ids: list[int], context: Context
+    ) -> tuple[list[int], tuple[ChunkSpan, ...], tuple[Source, ...]]:
+        """The prompt with the context chunks placed before the question, and their spans."""
         sources = tuple(context.sources)
         if not context.chunks:
             return chat_ids, (), sources
@@ -197,11 +206,17 @@ class Pipeline:
         answer.finish(usage, report, final.finish_reason)
 
     def _semantic_answer(
-        self, probe: SemanticProbe, text: str, num_prompt: int, kv_reuse: str
+        self,
+        probe: SemanticProbe,
+        text: str,
+        num_prompt: int,
+        kv_reuse: str,
+        sources: tuple[Source, ...] | None = None,
     ) -> Answer:
-        """An answer served without the engine, replayed as a few-word stream."""
+        """An answer served without the engine, replayed as a few-word stream (`sources`:
+        the retrieved chunks it was keyed by, for a RAG request)."""
         usage = Usage(num_prompt, len(self.tokenizer.encode(text)))
-        report = CacheReport(kv_reuse=kv_reuse, semantic=probe.info())
+        report = CacheReport(kv_reuse=kv_reuse, semantic=probe.info(), sources=sources)
 
         async def deltas(answer: Answer) -> AsyncIterator[Delta]:
             pieces = list(replay_pieces(text)) or [""]

@@ -93,12 +93,15 @@ class SemanticStep:
         self.flight_wait_s = flight_wait_s
         self.flights = SingleFlight()
 
-    async def probe(self, request: ChatRequest, load: float) -> SemanticProbe | None:
-        """Look the request up; None when it does not take part in the semantic cache."""
+    async def probe(
+        self, request: ChatRequest, load: float, retrieved: tuple[str, ...] = ()
+    ) -> SemanticProbe | None:
+        """Look the request up (`retrieved`: the chunk ids retrieval found for a RAG request,
+        in order); None when it does not take part in the semantic cache."""
         temperature = request.params.temperature
         if not is_cacheable(temperature, request.cache.semantic_cache):
             return None
-        messages = keyed_by_context(request)
+        messages = keyed_by_context(request, retrieved)
         if messages[-1]["role"] != "user":
             return None
         query = str(messages[-1]["content"] or "").strip()
@@ -177,9 +180,10 @@ class SemanticStep:
         return SharedAnswer(answer, entry_id)
 
 
-def keyed_by_context(request: ChatRequest) -> list[dict[str, Any]]:
+def keyed_by_context(request: ChatRequest, retrieved: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Messages as the semantic cache keys them: a RAG answer is only reused for the same
-    context (the same inline documents, or the same collection and top_k)."""
+    context: the same inline documents, or the same collection, top_k and retrieved chunk
+    ids (content hashes, in order), so an answer dies with a replaced or deleted source."""
     if not request.has_context:
         return request.messages
     digest = hashlib.sha256()
@@ -187,6 +191,7 @@ def keyed_by_context(request: ChatRequest) -> list[dict[str, Any]]:
         digest.update(f"{document.id}\x00{document.text}\x00".encode())
     if request.rag is not None:
         digest.update(f"rag\x00{request.rag.collection}\x00{request.rag.top_k}".encode())
+        digest.update("\x00".join(retrieved).encode())
     marker = {"role": "system", "content": f"ragkv-context:{digest.hexdigest()[:32]}"}
     return [marker, *request.messages]
 

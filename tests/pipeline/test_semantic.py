@@ -29,3 +29,12 @@ def test_rag_answers_are_keyed_by_their_context() -> None:
     markers = {m[0]["content"] for m in (doc_a, doc_b, rag_4, rag_8)}
     assert len(markers) == 4 and all(m.startswith("ragkv-context:") for m in markers)
     assert doc_a[1:] == plain  # the question itself is unchanged
+
+
+def test_rag_answers_are_keyed_by_the_chunks_retrieved() -> None:
+    request = chat(rag=RagQuery("wiki", 2))
+    before = keyed_by_context(request, ("chk_a", "chk_b"))
+    assert keyed_by_context(request, ("chk_a", "chk_b")) == before
+    assert keyed_by_context(request, ("chk_a", "chk_c")) != before  # a document changed
+    assert keyed_by_context(request, ("chk_b", "chk_a")) != before  # another order
+    assert keyed_by_context(request, ("chk_a",)) != before  # a document was deleted
