@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragkv.errors import PayloadTooLarge
+from ragkv.errors import InvalidRequest, PayloadTooLarge, RagkvError
 
 access_log = logging.getLogger("ragkv.access")
 
@@ -76,7 +76,7 @@ class BodySizeLimitMiddleware:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._reject(send)
+            await self._reject(send, self._too_large())
             return
         chunks: list[bytes] = []
         received = 0
@@ -87,12 +87,20 @@ class BodySizeLimitMiddleware:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.max_body_bytes:
-                await self._reject(send)
+                await self._reject(send, self._too_large())
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        where = lone_surrogate(body) if b"\\ud" in body.lower() else None
+        if where is not None:
+            message = (
+                f"{where or 'the body'} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
+                "without its pair), which is not text; send valid Unicode"
+            )
+            await self._reject(send, InvalidRequest(message, param=where or None))
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -104,16 +112,18 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send) -> None:
-        error = PayloadTooLarge(
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
             f"request body is over the limit of {self.max_body_bytes} bytes "
             "(settings server.max_body_bytes)"
         )
+
+    async def _reject(self, send: Send, error: RagkvError) -> None:
         body = json.dumps(error.to_envelope()).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": error.status_code,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -121,3 +131,25 @@ class BodySizeLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def lone_surrogate(body: bytes) -> str | None:
+    """Where a JSON body holds a string with a lone surrogate (`messages.0.content`; '' for
+    the body itself), or None. Escaped pairs (an emoji) decode to one character and pass;
+    a body that is not JSON is left to the route's own validation."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= char <= "\udfff" for char in item):
+                return path
+        elif isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in item.items())
+            stack.extend((k, path) for k in item)
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(item))
+    return None

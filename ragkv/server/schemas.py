@@ -77,6 +77,7 @@ class SamplingFields(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, description="not supported: refused")
     user: str | None = None
     ragkv: RagkvOptions = Field(default_factory=RagkvOptions)
 

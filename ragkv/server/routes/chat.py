@@ -24,7 +24,7 @@ from ragkv.server.schemas import (
 )
 
 router = APIRouter(tags=["generation"])
-NOT_SUPPORTED = ("presence_penalty", "frequency_penalty")
+NOT_SUPPORTED = ("presence_penalty", "frequency_penalty", "logit_bias")
 
 
 def check_model(served: str, body: SamplingFields) -> None:
@@ -37,7 +37,7 @@ def check_model(served: str, body: SamplingFields) -> None:
         )
     for name in NOT_SUPPORTED:
         if getattr(body, name):
-            raise InvalidRequest(f"{name} is not supported; leave it at 0", param=name)
+            raise InvalidRequest(f"{name} is not supported; leave it out", param=name)
 
 
 def cache_options(options: RagkvOptions) -> contract.CacheOptions:
