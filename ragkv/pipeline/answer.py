@@ -3,7 +3,7 @@ end its usage and what each cache level contributed (the `ragkv` object)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,9 @@ class Answer:
     `x-ragkv-cache` header: `semantic-hit`, `kv-hit` or `miss`) is known before the first
     delta. Errors of the engine surface from the iteration."""
 
-    def __init__(self, cache_status: str, deltas: Callable[[Answer], AsyncIterator[Delta]]) -> None:
+    def __init__(
+        self, cache_status: str, deltas: Callable[[Answer], AsyncGenerator[Delta, None]]
+    ) -> None:
         self.cache_status = cache_status
         self.usage: Usage | None = None
         self.report: CacheReport | None = None
@@ -114,14 +116,12 @@ class Answer:
         """Record the end of the answer (called by the pipeline before the last delta)."""
         self.usage, self.report, self.finish_reason = usage, report, finish_reason
 
-    def __aiter__(self) -> AsyncIterator[Delta]:
+    def __aiter__(self) -> AsyncGenerator[Delta, None]:
         return self._deltas
 
     async def aclose(self) -> None:
         """Stop producing (the client went away): the engine request is aborted."""
-        aclose = getattr(self._deltas, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self._deltas.aclose()
 
     async def collect(self) -> tuple[str, list[TokenLogprob]]:
         """The whole text and every logprob (for non-stream responses)."""

@@ -12,7 +12,7 @@ else orchestrates a request.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 
 from ragkv.cache.semantic.single_flight import Flight
@@ -165,7 +165,7 @@ class Pipeline:
             raise ModelError("the engine finished without output") from None
         status = "kv-hit" if first.cached_tokens > 0 or first.chunk_tokens_reused > 0 else "miss"
 
-        async def deltas(answer: Answer) -> AsyncIterator[Delta]:
+        async def deltas(answer: Answer) -> AsyncGenerator[Delta, None]:
             text: list[str] = []
             output = first
             try:
@@ -218,7 +218,7 @@ class Pipeline:
         usage = Usage(num_prompt, len(self.tokenizer.encode(text)))
         report = CacheReport(kv_reuse=kv_reuse, semantic=probe.info(), sources=sources)
 
-        async def deltas(answer: Answer) -> AsyncIterator[Delta]:
+        async def deltas(answer: Answer) -> AsyncGenerator[Delta, None]:
             pieces = list(replay_pieces(text)) or [""]
             for index, piece in enumerate(pieces):
                 last = index == len(pieces) - 1

@@ -61,6 +61,12 @@ class SemanticProbe:
         return self.hit is not None or self.reason == "single_flight"
 
     @property
+    def cacheable_miss(self) -> bool:
+        """Looked up, not found, and its category is cached: the engine answers it, the
+        answer is stored, and identical requests may share it."""
+        return not self.served and self.reason != "not_cacheable"
+
+    @property
     def flight_key(self) -> tuple[str, str, str, str, str]:
         """Identical requests: same tenant, model, template, category, normalised question."""
         return (self.tenant, self.model, self.template, self.category, normalize_query(self.query))
@@ -137,7 +143,7 @@ class SemanticStep:
     async def join(self, probe: SemanticProbe) -> tuple[SemanticProbe, SharedAnswer | None]:
         """For a miss: wait for an identical request being answered now and take its answer
         (the probe then reads as a hit on the leader's entry), or become the leader."""
-        if probe.hit is not None or probe.reason == "not_cacheable":
+        if not probe.cacheable_miss:
             return probe, None
         shared = await self.flights.wait(probe.flight_key, self.flight_wait_s)
         if shared is None:
@@ -149,7 +155,7 @@ class SemanticStep:
 
     def lead(self, probe: SemanticProbe) -> Flight[SharedAnswer] | None:
         """Register a cacheable miss as the one request computing its answer."""
-        if probe.hit is not None or probe.reason == "not_cacheable":
+        if not probe.cacheable_miss:
             return None
         return self.flights.lead(probe.flight_key)
 
@@ -158,7 +164,7 @@ class SemanticStep:
     ) -> SharedAnswer | None:
         """Store a finished miss's answer (complete answers only: finish_reason 'stop');
         what identical waiting requests may be given (None: an incomplete answer)."""
-        if probe.served or probe.reason == "not_cacheable":
+        if not probe.cacheable_miss:
             return None
         if finish_reason != "stop" or not answer.strip():
             return None

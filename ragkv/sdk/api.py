@@ -24,20 +24,27 @@ Messages = str | Sequence[dict[str, Any]]
 DocumentLike = dict[str, Any] | str | Path
 
 
+RAGKV_OPTIONS = (
+    "kv_reuse", "session_id", "pin_ttl_s", "semantic_cache", "category", "recompute_ratio"
+)  # fmt: skip
+
+
 def chat_body(
     messages: Messages,
     *,
     model: str,
-    max_tokens: int | None,
-    temperature: float | None,
-    documents: Sequence[dict[str, Any] | str] | None,
-    rag: str | dict[str, Any] | None,
-    ragkv: dict[str, Any],
-    openai_params: dict[str, Any],
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    documents: Sequence[dict[str, Any] | str] | None = None,
+    rag: str | dict[str, Any] | None = None,
     stream: bool = False,
+    **params: Any,
 ) -> dict[str, Any]:
     """The `/v1/chat/completions` body. A string `messages` is one user message; a string
-    `rag` names a collection; a string document is its text."""
+    `rag` names a collection; a string document is its text. `params` named in
+    `RAGKV_OPTIONS` go into the `ragkv` object, the others are OpenAI parameters."""
+    ragkv = {name: params.pop(name, None) for name in RAGKV_OPTIONS}
+    openai_params = params
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     body: dict[str, Any] = {"model": model, "messages": list(messages), **openai_params}
@@ -74,11 +81,9 @@ class API:
 
     model = "default"
 
-    def _run(self, call: Call) -> Any:
-        raise NotImplementedError
-
-    def _attach(self) -> None:
-        """The namespaces: `collections`, `documents`, `cache`, `admin`."""
+    def __init__(self, base_url: str, max_retries: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
         self.collections = Collections(self)
         self.documents = Documents(self)
         self.cache = Cache(self)
@@ -103,14 +108,6 @@ class API:
         """A chat answer. `documents` (texts or `{"id", "text"}`) or `rag` (a collection name
         or `{"collection", "top_k"}`) give it context; the other keywords are the `ragkv`
         cache controls and any OpenAI parameter (`stop`, `seed`, `top_p`, ...)."""
-        ragkv = {
-            "kv_reuse": kv_reuse,
-            "session_id": session_id,
-            "pin_ttl_s": pin_ttl_s,
-            "semantic_cache": semantic_cache,
-            "category": category,
-            "recompute_ratio": recompute_ratio,
-        }
         body = chat_body(
             messages,
             model=openai_params.pop("model", self.model),
@@ -118,8 +115,13 @@ class API:
             temperature=temperature,
             documents=documents,
             rag=rag,
-            ragkv=ragkv,
-            openai_params=openai_params,
+            kv_reuse=kv_reuse,
+            session_id=session_id,
+            pin_ttl_s=pin_ttl_s,
+            semantic_cache=semantic_cache,
+            category=category,
+            recompute_ratio=recompute_ratio,
+            **openai_params,
         )
         return self._run(Call("POST", "/v1/chat/completions", json=body, parse=_chat_result))
 

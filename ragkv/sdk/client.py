@@ -39,23 +39,6 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _stream_body(messages: Messages, params: dict[str, Any], model: str) -> dict[str, Any]:
-    ragkv = {name: params.pop(name, None) for name in (
-        "kv_reuse", "session_id", "pin_ttl_s", "semantic_cache", "category", "recompute_ratio"
-    )}  # fmt: skip
-    return chat_body(
-        messages,
-        model=params.pop("model", model),
-        max_tokens=params.pop("max_tokens", None),
-        temperature=params.pop("temperature", None),
-        documents=params.pop("documents", None),
-        rag=params.pop("rag", None),
-        ragkv=ragkv,
-        openai_params=params,
-        stream=True,
-    )
-
-
 class Client(API):
     """Synchronous client. `api_key` is a tenant key (or the admin key for `admin.*`)."""
 
@@ -66,11 +49,9 @@ class Client(API):
         timeout: float = 60.0,
         max_retries: int = 2,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.max_retries = max_retries
+        super().__init__(base_url, max_retries)
         self._http = httpx.Client(base_url=self.base_url, headers=_headers(api_key),
                                   timeout=timeout)  # fmt: skip
-        self._attach()
 
     def __enter__(self) -> Client:
         return self
@@ -108,7 +89,7 @@ class Client(API):
     def chat_stream(self, messages: Messages, **params: Any) -> Iterator[ChatDelta]:
         """Stream a chat answer: text deltas, then a final item with `usage`, `cache` and
         `sources`. Takes the keywords of `chat`."""
-        body = _stream_body(messages, params, self.model)
+        body = chat_body(messages, model=params.pop("model", self.model), stream=True, **params)
         response = self._send(Call("POST", "/v1/chat/completions", json=body), stream=True)
         try:
             for line in response.iter_lines():
@@ -135,11 +116,9 @@ class AsyncClient(API):
         timeout: float = 60.0,
         max_retries: int = 2,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.max_retries = max_retries
+        super().__init__(base_url, max_retries)
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=_headers(api_key),
                                        timeout=timeout)  # fmt: skip
-        self._attach()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -176,7 +155,7 @@ class AsyncClient(API):
 
     async def chat_stream(self, messages: Messages, **params: Any) -> AsyncIterator[ChatDelta]:
         """Stream a chat answer (see `Client.chat_stream`)."""
-        body = _stream_body(messages, params, self.model)
+        body = chat_body(messages, model=params.pop("model", self.model), stream=True, **params)
         response = await self._send(Call("POST", "/v1/chat/completions", json=body), stream=True)
         try:
             async for line in response.aiter_lines():

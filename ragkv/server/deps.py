@@ -56,9 +56,10 @@ Retrieval = Annotated[Retriever, Depends(_retriever)]
 Embedding = Annotated[Embedder, Depends(_embedder)]
 
 
-def _semantic_admin(parts: Components) -> SemanticCacheAdmin:
+def semantic_admin_of(parts: Components) -> SemanticCacheAdmin:
+    """The semantic cache's admin operations; Conflict (409) when the cache is off."""
     return SemanticCacheAdmin(semantic_cache_of(parts))
 
 
 SemanticCacheDep = Annotated[SemanticCache, Depends(semantic_cache_of)]
-SemanticAdmin = Annotated[SemanticCacheAdmin, Depends(_semantic_admin)]
+SemanticAdmin = Annotated[SemanticCacheAdmin, Depends(semantic_admin_of)]

@@ -8,10 +8,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ragkv.cache.semantic.admin import SemanticCacheAdmin
 from ragkv.errors import Unprocessable
 from ragkv.server.auth import Admin
-from ragkv.server.deps import Components, Engine, SemanticAdmin, semantic_cache_of
+from ragkv.server.deps import Components, Engine, SemanticAdmin, semantic_admin_of
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
 router = APIRouter(tags=["cache admin"])
@@ -63,7 +62,7 @@ async def flush(body: FlushRequest, _: Admin, parts: Components) -> dict[str, An
     chunk)."""
     flushed: dict[str, Any] = {}
     if body.level in ("all", "semantic"):
-        admin = SemanticCacheAdmin(semantic_cache_of(parts))
+        admin = semantic_admin_of(parts)
         flushed["semantic"] = await run_in_threadpool(admin.flush, body.tenant, body.category)
     if body.level in ("all", "prefix") and body.category is None:
         flushed["prefix_pages"] = await parts.engine.flush_prefix(body.tenant)
