@@ -27,11 +27,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def gpu_model() -> str | None:
+    """The CUDA device torch sees (name, memory, compute capability), or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}"
+
+
 def machine() -> dict[str, object]:
-    """CPU model, logical cores, architecture and Python version."""
+    """CPU model, logical cores, architecture, Python version, and the GPU if any."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "arch": platform.machine(),
         "python": platform.python_version(),
+        "gpu": gpu_model(),
     }

@@ -35,11 +35,36 @@ def rope_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x: [T, heads, D]` by `cos, sin: [T, D]` (rotate-half convention)."""
+def apply_rope_ref(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rotate `x: [T, heads, D]` by `cos, sin: [T, D]` (or `[1, D]`, one rotation for every
+    token; rotate-half convention). With `out` (may be `x` itself) the result is written there."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+    result = x * cos[:, None, :] + rotated * sin[:, None, :]
+    if out is None:
+        return result
+    return out.copy_(result)
+
+
+def add_rms_norm_ref(
+    x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add then RMSNorm: `(x + delta, rms_norm(x + delta))`, both `[T, hidden]`."""
+    total = x + delta
+    return total, rms_norm_fused(total, weight, eps)
+
+
+def k_deviation_ref(fresh: torch.Tensor, cached: torch.Tensor) -> torch.Tensor:
+    """Per-token L2 distance `[S]` (fp32) between `fresh, cached: [S, KH, D]` keys."""
+    return (fresh.float() - cached.float()).flatten(1).norm(dim=-1)
+
+
+def topk_indices_ref(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices `[k]` (int64) of the `k` largest of `scores: [N]`, largest first; equal scores
+    in index order (`torch.topk` has no tie rule: the backends would pick differently)."""
+    return scores.sort(descending=True, stable=True).indices[:k]
 
 
 def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:

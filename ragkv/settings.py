@@ -73,8 +73,15 @@ class ModelSettings(Section):
         "bfloat16 roughly halves the bytes per token on CPU",
     )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where weights and KV live: auto (CUDA when available), cpu, cuda[:N]",
+    )
     backend: Literal["auto", "torch", "triton"] = Field(
-        "auto", description="ops backend: torch (auto); triton is refused until its kernels land"
+        "auto",
+        description="ops backend: auto (Triton kernels on CUDA, torch references on CPU); "
+        "triton on a CPU only under TRITON_INTERPRET=1",
     )
 
 

@@ -2,29 +2,47 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
+import torch
 
-from ragkv.server.app import build_app
-from ragkv.settings import Settings
+if TYPE_CHECKING:  # the server stack is imported by the fixtures that start one, so the
+    # kernel and engine tests also run where only torch and triton are installed (a GPU box)
+    import uvicorn
+    from fastapi import FastAPI
+
+    from ragkv.settings import Settings
+
+# Without CUDA the Triton kernels run in Triton's CPU interpreter. Set before any kernel module
+# is imported: `triton.jit` reads it when a kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TENANT_KEYS = {"sk-tenant-a": "tenant-a", "sk-tenant-b": "tenant-b"}
 ADMIN_KEY = "sk-admin"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` cases skip, saying why, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu_check.sh on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _clean_ragkv_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never see the developer's own RAGKV_* variables."""
-    import os
-
     for name in list(os.environ):
         if name.startswith("RAGKV_"):
             monkeypatch.delenv(name, raising=False)
@@ -55,6 +73,8 @@ class LiveServer:
 
 def start_server(app: FastAPI, settings: Settings) -> LiveServer:
     """Serve `app` with uvicorn in a thread and wait until it answers."""
+    import uvicorn
+
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -70,6 +90,8 @@ def start_server(app: FastAPI, settings: Settings) -> LiveServer:
 
 def secured_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings with two tenant keys and an admin key, data under `data_dir`."""
+    from ragkv.settings import Settings
+
     overrides.setdefault("engine", {"kv_cache_mb": 128})
     return Settings.load(
         data_dir=str(data_dir),
@@ -81,6 +103,8 @@ def secured_settings(data_dir: Path, **overrides: object) -> Settings:
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real gateway with auth on, shared by the HTTP tests of the session."""
+    from ragkv.server.app import build_app
+
     settings = secured_settings(tmp_path_factory.mktemp("ragkv-data"))
     live = start_server(build_app(settings), settings)
     yield live

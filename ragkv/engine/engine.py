@@ -19,16 +19,16 @@ from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.output import OutputProcessor
+from ragkv.engine.runtime import DTYPES, Runtime, resolve_runtime
 from ragkv.engine.sampling import TokenLogprob, make_generator, sample
 from ragkv.engine.scheduler import ScheduledBatch, Scheduler
 from ragkv.engine.sequence import Request, RequestOutput, Sequence, spans_valid
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.engine.weights import fingerprint, load_weights
-from ragkv.errors import InvalidRequest, ModelError, Overloaded
+from ragkv.errors import InvalidRequest, Overloaded
 from ragkv.settings import ChunkCacheSettings, EngineSettings, ModelSettings
 
 log = logging.getLogger("ragkv.engine")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -62,7 +62,7 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.fingerprint = model_fingerprint
-        self.backend = "torch"
+        self.runtime = Runtime(model.ops.name, model.device, model.dtype)
         self.outputs = OutputProcessor(tokenizer)
         page_bytes = (
             2
@@ -98,7 +98,9 @@ class LLMEngine:
 
         With `chunk_settings` enabled the chunk KV cache is on (its disk tier under
         `data_dir/chunk_kv` when `data_dir` is given and the disk tier is enabled)."""
-        backend = resolve_backend(model_settings.backend)
+        runtime = resolve_runtime(
+            model_settings.device, model_settings.backend, model_settings.dtype
+        )
         if model_settings.num_threads:
             torch.set_num_threads(model_settings.num_threads)
         started = time.perf_counter()
@@ -108,7 +110,12 @@ class LLMEngine:
         if model_settings.decode_dtype != "same":
             decode_dtype = DTYPES[model_settings.decode_dtype]
         model = LlamaModel(
-            config, weights, dtype=DTYPES[model_settings.dtype], decode_dtype=decode_dtype
+            config,
+            weights,
+            dtype=runtime.dtype,
+            device=runtime.device,
+            decode_dtype=decode_dtype,
+            backend=runtime.backend,
         )
         del weights
         model_fingerprint = fingerprint(path, tokenizer.serialization())
@@ -123,12 +130,13 @@ class LLMEngine:
             chunk_store=store,
             chunk_settings=chunk_settings,
         )
-        engine.backend = backend
         log.info(
-            "loaded %s (%d layers, %s backend) in %.1f s; KV pool %d pages of %d tokens",
+            "loaded %s (%d layers; %s backend, %s, %s) in %.1f s; KV pool %d pages of %d tokens",
             path.name,
             config.num_layers,
-            backend,
+            runtime.backend,
+            runtime.device,
+            model_settings.dtype,
             time.perf_counter() - started,
             engine.pool.num_pages,
             engine.pool.page_size,
@@ -297,7 +305,7 @@ class LLMEngine:
             self.scheduler.requeue(seq)  # blending failed; the sequence waits for a plain prefill
             return []
         self.scheduler.store_prefix(seq)  # store-back: the same prompt again is a prefix hit
-        token, logprob = sample(logits, seq.request.params, seq.generator)
+        token, logprob = sample(logits.cpu(), seq.request.params, seq.generator)
         return [self._append_token(seq, token, logprob)]
 
     def _take_commands(self) -> None:
@@ -311,6 +319,9 @@ class LLMEngine:
                 log.info("aborted request %s", request_id)
 
     def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[RequestOutput]:
+        # Sampling runs on the CPU: one copy per step, and per-request seeded generators
+        # (CPU generators) draw the same tokens whatever device the model runs on.
+        logits = logits.cpu()
         outputs: list[RequestOutput] = []
         for row, (seq, num_tokens) in enumerate(batch):
             was_prefill = seq.in_prefill
@@ -358,15 +369,3 @@ class LLMEngine:
             for output in self.step():
                 if output.request_id == request.request_id:
                     yield output
-
-
-def resolve_backend(backend: str) -> str:
-    """The ops backend `model.backend` asks for: `auto` is torch until the Triton kernels
-    land; `triton` is refused with what to do instead (never silently run as torch)."""
-    if backend in ("auto", "torch"):
-        return "torch"
-    device = "a CUDA device" if torch.cuda.is_available() else "no CUDA device here"
-    raise ModelError(
-        f"model.backend 'triton' is not available in this build ({device}); "
-        "set model.backend to 'torch' or 'auto'"
-    )

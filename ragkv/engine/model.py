@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.rope import rope_inv_freq
-from ragkv.kernels import ops
+from ragkv.kernels.backend import ops_for
 
 # Low-precision weights pay off for GEMV-shaped decode steps only: on CPU a bf16 GEMM with
 # 16 rows ran at half the fp32 speed (benchmarks/README.md), so larger batches keep dtype.
@@ -75,10 +75,12 @@ class LlamaModel:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         decode_dtype: torch.dtype | None = None,
+        backend: str = "torch",
     ) -> None:
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
+        self.ops = ops_for(backend)
 
         def take(name: str) -> torch.Tensor:
             return weights[name].to(device=self.device, dtype=dtype).contiguous()
@@ -123,19 +125,19 @@ class LlamaModel:
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin `[T, head_dim]` for `positions: [T]`."""
-        return ops.rope_cos_sin(positions, self.inv_freq, self.dtype)
+        return self.ops.rope_cos_sin(positions, self.inv_freq, self.dtype)
 
     def qkv(
         self, layer: LayerWeights, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normed, projected, rotated `q [T, H, D]`, `k, v [T, KH, D]` of one layer."""
         c = self.config
-        x = ops.rms_norm(hidden, layer.attn_norm, c.rms_norm_eps)
+        x = self.ops.rms_norm(hidden, layer.attn_norm, c.rms_norm_eps)
         qkv = _matmul(x, layer.wqkv, layer.bqkv)
         heads = qkv.view(-1, c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         # q and k rotate in one call: a decode step is a few hundred elements per layer, where
         # the call overhead is the cost.
-        q_k = ops.apply_rope(heads[:, : c.num_heads + c.num_kv_heads], cos, sin)
+        q_k = self.ops.rotate_qk(heads[:, : c.num_heads + c.num_kv_heads], cos, sin)
         q, k = q_k.split([c.num_heads, c.num_kv_heads], dim=1)
         return q, k, heads[:, c.num_heads + c.num_kv_heads :]
 
@@ -143,13 +145,13 @@ class LlamaModel:
         self, layer: LayerWeights, hidden: torch.Tensor, attn: torch.Tensor
     ) -> torch.Tensor:
         """`hidden + o_proj(attn)`, then the SwiGLU block with its residual."""
-        hidden = hidden + _matmul(attn.reshape(attn.shape[0], -1), layer.wo)
-        x = ops.rms_norm(hidden, layer.ffn_norm, self.config.rms_norm_eps)
-        return hidden + _matmul(ops.silu_mul(_matmul(x, layer.w_gate_up)), layer.w_down)
+        out = _matmul(attn.reshape(attn.shape[0], -1), layer.wo)
+        hidden, x = self.ops.add_rms_norm(hidden, out, layer.ffn_norm, self.config.rms_norm_eps)
+        return hidden + _matmul(self.ops.silu_mul(_matmul(x, layer.w_gate_up)), layer.w_down)
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
         """Final norm and LM head: `[R, hidden]` -> fp32 `[R, vocab]`."""
-        x = ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
+        x = self.ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
         if lm_head is None and x.shape[0] <= LM_HEAD_GEMV_MAX_ROWS:
             return _matmul(x, self.lm_head_t).float()
         return _linear(x, self.lm_head if lm_head is None else lm_head).float()
@@ -159,7 +161,7 @@ class LlamaModel:
         """Run all layers, writing the new tokens' KV into `pool`; fp32 logits `[R, vocab]`."""
         hidden = F.embedding(batch.token_ids, self.embed)
         cos, sin = self.rope(batch.positions)
-        plan = ops.plan_attention(
+        plan = self.ops.plan_attention(
             batch.qo_indptr,
             batch.kv_indptr,
             batch.kv_indices,
@@ -176,7 +178,7 @@ class LlamaModel:
             q, k, v = self.qkv(layer, hidden, cos, sin)
             pool.write(index, batch.write_slots, k, v)
             k_cache, v_cache = pool.layer_caches(index)
-            attn = ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
+            attn = self.ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
             hidden = self.mlp_residual(layer, hidden, attn)
         return self.logits(hidden.index_select(0, batch.logits_rows), lm_head)
 

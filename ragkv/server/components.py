@@ -25,7 +25,7 @@ from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
 from ragkv.server.demo import DemoSeeder
 from ragkv.server.metrics import ChunkStoreCollector
-from ragkv.server.schemas import ModelCard
+from ragkv.server.schemas import ModelCard, ModelRuntimeInfo
 from ragkv.settings import Settings
 
 log = logging.getLogger("ragkv.server")
@@ -82,6 +82,7 @@ class Components:
             settings.data_dir,
         )
         registry.register(ChunkStoreCollector(llm.chunk_stats))
+        card = card.model_copy(update={"ragkv": ModelRuntimeInfo(**llm.runtime.to_json())})
         engine = AsyncEngine(llm)
         engine.start()
         # Chunk token ids must be the serving model's: the retriever chunks with its tokenizer.

@@ -165,11 +165,20 @@ class CompletionRequest(SamplingFields):
         return value
 
 
+class ModelRuntimeInfo(BaseModel):
+    """How the model runs here: ops backend (torch or triton), device, weight/KV dtype."""
+
+    backend: str
+    device: str
+    dtype: str
+
+
 class ModelCard(BaseModel):
-    """One model, OpenAI's shape plus the context length."""
+    """One model, OpenAI's shape plus the context length and how it runs (`ragkv`)."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "ragkv"
     context_length: int
+    ragkv: ModelRuntimeInfo | None = None

@@ -5,32 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragkv.engine.kv_pool import page_table_csr
 from ragkv.kernels import ops
+from tests.kernels.cases import make_case
 
 PAGE = 16
-
-
-def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_heads: int):
-    generator = torch.Generator().manual_seed(sum(kv_lens) + num_heads)
-    head_dim = 32
-    pages_needed = [-(-n // PAGE) for n in kv_lens]
-    total_pages = sum(pages_needed) + 3
-    k_cache = torch.randn(total_pages, PAGE, num_kv_heads, head_dim, generator=generator)
-    v_cache = torch.randn(total_pages, PAGE, num_kv_heads, head_dim, generator=generator)
-    order = torch.randperm(total_pages, generator=generator).tolist()  # scattered pages
-    tables, start = [], 0
-    for count in pages_needed:
-        tables.append(order[start : start + count])
-        start += count
-    kv_indptr, kv_indices = page_table_csr(tables)
-    qo_indptr, positions = [0], []
-    for q_len, kv_len in zip(q_lens, kv_lens, strict=True):
-        qo_indptr.append(qo_indptr[-1] + q_len)
-        positions.append(torch.arange(kv_len - q_len, kv_len))
-    q = torch.randn(qo_indptr[-1], num_heads, head_dim, generator=generator)
-    q_positions = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
-    return q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_lens, q_positions
 
 
 @pytest.mark.parametrize("heads", [(4, 4), (6, 2), (8, 1)], ids=["gqa1", "gqa3", "gqa8"])
@@ -59,7 +37,7 @@ def make_case(q_lens: list[int], kv_lens: list[int], num_heads: int, num_kv_head
 )
 def test_grouped_matches_reference(q_lens, kv_lens, heads) -> None:
     q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_lens, positions = make_case(
-        q_lens, kv_lens, *heads
+        q_lens, kv_lens, heads, 32, PAGE
     )
     scale = 0.2
     expected = ops.paged_attention_ref(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import torch
 
 from tests.conftest import ADMIN_KEY, LiveServer
 
@@ -27,6 +28,11 @@ def test_models_lists_bundled_smollm2(live_server: LiveServer) -> None:
     (card,) = body["data"]
     assert card["id"].startswith("SmolLM2-135M-Instruct")
     assert card["context_length"] == 8192
+    on_gpu = torch.cuda.is_available()  # auto: the Triton kernels on CUDA, torch on the CPU
+    runtime = (
+        {"backend": "triton", "device": "cuda"} if on_gpu else {"backend": "torch", "device": "cpu"}
+    )
+    assert card["ragkv"] == {**runtime, "dtype": "float32"}
     one = httpx.get(f"{live_server.url}/v1/models/{card['id']}", headers=auth("sk-tenant-a"))
     assert one.json()["id"] == card["id"]
     missing = httpx.get(f"{live_server.url}/v1/models/gpt-17", headers=auth("sk-tenant-a"))

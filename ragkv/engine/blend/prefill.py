@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from ragkv.engine.blend.selectors import SelectionInputs, Selector
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.sequence import ChunkSpan
-from ragkv.kernels import ops
 
 
 @dataclass
@@ -52,7 +51,7 @@ def rerotate(k: torch.Tensor, delta: int, model: LlamaModel) -> torch.Tensor:
         return k
     cos, sin = model.rope(torch.tensor([delta], device=k.device))
     flat = k.reshape(-1, *k.shape[-2:])
-    return ops.apply_rope(flat, cos, sin).view_as(k)
+    return model.ops.apply_rope(flat, cos, sin).view_as(k)
 
 
 def place_chunks(
@@ -137,7 +136,9 @@ def blended_prefill(
     pos = _Positions.of(num_tokens, spans, num_exact, kv.device)
     if not bool(torch.isin(pos.all[num_tokens - num_logits :], pos.always).all()):
         raise ValueError("the positions whose logits are returned must be computed tokens")
-    inputs = SelectionInputs(spans=spans, chunk_positions=pos.chunk, num_exact=num_exact)
+    inputs = SelectionInputs(
+        spans=spans, chunk_positions=pos.chunk, num_exact=num_exact, topk=model.ops.topk_indices
+    )
     check_layer = min(selector.full_layers, model.config.num_layers) - 1 if len(pos.chunk) else -1
     refine_until = check_layer + 1 + selector.refine_layers if check_layer >= 0 else 0
     active = pos.first_active(selector, inputs, check_layer)
@@ -149,10 +150,10 @@ def blended_prefill(
         keys, values = kv[index, 0], kv[index, 1]
         kept = None
         if index == check_layer:
-            inputs.deviation = _deviation(k, active, pos.chunk, keys)
+            inputs.deviation = _deviation(model, k, active, pos.chunk, keys)
         elif check_layer < index < refine_until:  # gradual filtering narrows the set again
             chosen = active[pos.is_chunk.index_select(0, active)]
-            deviation = _deviation(k, active, chosen, keys)
+            deviation = _deviation(model, k, active, chosen, keys)
             kept = selector.refine(inputs, chosen, deviation, index - check_layer)
         keys.index_copy_(0, active, k)
         values.index_copy_(0, active, v)
@@ -165,7 +166,7 @@ def blended_prefill(
             narrowed = _merge(pos.always, kept)
             rows = _rows_of(active, narrowed)
             q, hidden, active = q.index_select(0, rows), hidden.index_select(0, rows), narrowed
-        attn = ops.attention(q, keys, values, active, model.scale, model.config.group_size)
+        attn = model.ops.attention(q, keys, values, active, model.scale, model.config.group_size)
         hidden = model.mlp_residual(layer, hidden, attn)
     logits = model.logits(hidden[-num_logits:])
     return BlendResult(
@@ -179,12 +180,16 @@ def blended_prefill(
 
 
 def _deviation(
-    k: torch.Tensor, active: torch.Tensor, subset: torch.Tensor, keys: torch.Tensor
+    model: LlamaModel,
+    k: torch.Tensor,
+    active: torch.Tensor,
+    subset: torch.Tensor,
+    keys: torch.Tensor,
 ) -> torch.Tensor:
-    """`[len(subset)]` L2 distance between the fresh keys `k` (rows of `active`) and the
+    """`[len(subset)]` fp32 L2 distance between the fresh keys `k` (rows of `active`) and the
     keys held in `keys: [N, KH, D]` at the positions of `subset`."""
     fresh = k.index_select(0, _rows_of(active, subset))
-    return (fresh - keys[subset]).flatten(1).norm(dim=-1)
+    return model.ops.k_deviation(fresh, keys.index_select(0, subset))
 
 
 def _merge(always: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from ragkv.engine.sequence import ChunkSpan, KVReuse
+from ragkv.kernels import ops
 
 
 @dataclass
@@ -26,13 +27,15 @@ class SelectionInputs:
     (minus any exact prefix hit); after the check layer `deviation: [C]` is the L2 distance
     between fresh and cached K per token, and `attention_probe(positions: [q]) -> [q, N]`
     gives head-averaged attention probabilities of the queries at those (computed) prompt
-    positions over all N keys."""
+    positions over all N keys. `topk(scores, k)` gives the indices of the k largest scores
+    (the model's backend: a Triton kernel on GPU)."""
 
     spans: list[ChunkSpan]
     chunk_positions: torch.Tensor
     num_exact: int = 0
     deviation: torch.Tensor | None = None
     attention_probe: Callable[[torch.Tensor], torch.Tensor] | None = None
+    topk: Callable[[torch.Tensor, int], torch.Tensor] = ops.topk_indices_ref
 
     def span_rows(self) -> list[torch.Tensor]:
         """For each span, the rows of `chunk_positions` inside it."""
@@ -178,7 +181,7 @@ class CacheBlendSelector:
             budget = min(len(inputs.chunk_positions), round(budget * self.refine_start))
         score = inputs.deviation.clone()
         self._keep_sinks(inputs, inputs.chunk_positions, score)
-        picked = score.topk(budget).indices
+        picked = inputs.topk(score, budget)
         return inputs.chunk_positions[picked.sort().values]
 
     def refine(
@@ -191,7 +194,7 @@ class CacheBlendSelector:
         keep = min(len(chosen), round(budget * share))
         score = deviation.clone()
         self._keep_sinks(inputs, chosen, score)
-        return chosen[score.topk(keep).indices.sort().values]
+        return chosen[inputs.topk(score, keep).sort().values]
 
     def _keep_sinks(
         self, inputs: SelectionInputs, positions: torch.Tensor, score: torch.Tensor
@@ -268,7 +271,7 @@ class CacheCraftSelector(_NoRefine):
         for weight, rows in zip(weights, spans_rows, strict=True):
             take = min(len(rows), round(total * weight / weight_sum))
             if take:
-                picked.append(rows[inputs.deviation[rows].topk(take).indices])
+                picked.append(rows[inputs.topk(inputs.deviation[rows], take)])
         if not picked:
             return inputs.chunk_positions[:0]
         return inputs.chunk_positions[torch.cat(picked).sort().values]
