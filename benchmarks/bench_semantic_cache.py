@@ -17,7 +17,6 @@ import json
 import resource
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -156,22 +155,12 @@ def scale(size: int, dim: int = 384, queries: int = 2000) -> dict:
 def http_hit_path(requests: int = 200) -> dict:
     """End-to-end `/v1/cache/lookup` hit over HTTP, embedding included (p50/p99 ms)."""
     import httpx
-    import uvicorn
+    from live import start_server
 
-    from ragkv.server.app import build_app
     from ragkv.settings import Settings
 
     folder = Path(tempfile.mkdtemp(prefix="ragkv-bench-http-"))
-    settings = Settings.load(data_dir=str(folder))
-    with __import__("socket").socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(settings), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.1)
-    url = f"http://127.0.0.1:{port}"
+    url, stop = start_server(Settings.load(data_dir=str(folder)))
     with httpx.Client(base_url=url, timeout=60) as client:
         entry = {"query": "What is the capital of France?", "response": "Paris."}
         client.post("/v1/cache/entries", json={"entries": [entry]}).raise_for_status()
@@ -185,8 +174,7 @@ def http_hit_path(requests: int = 200) -> dict:
             latencies.append((time.perf_counter() - t0) * 1000)
             if not answer["hit"]:
                 raise RuntimeError("expected a hit")
-    server.should_exit = True
-    thread.join(timeout=30)
+    stop()
     shutil.rmtree(folder, ignore_errors=True)
     return {"requests": requests, "p50_ms": float(np.percentile(latencies, 50)),
             "p99_ms": float(np.percentile(latencies, 99))}  # fmt: skip

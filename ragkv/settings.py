@@ -99,6 +99,14 @@ class EngineSettings(Section):
     session_pin_ttl_s: float = Field(
         60.0, gt=0, description="KV pin of an agent turn with session_id and no pin_ttl_s"
     )
+    tool_pin_max_share: float = Field(
+        0.25, ge=0.0, le=1.0, description="share of the KV pool tool-call pins may hold"
+    )
+    tool_pin_ttl_s: float = Field(
+        30.0, gt=0, description="tool-call pin TTL until a tool's round trips are known"
+    )
+    tool_pin_min_ttl_s: float = Field(2.0, gt=0, description="shortest predicted tool-call pin")
+    tool_pin_max_ttl_s: float = Field(600.0, gt=0, description="longest predicted tool-call pin")
 
 
 class ChunkCacheSettings(Section):

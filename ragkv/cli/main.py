@@ -132,7 +132,8 @@ def ask(
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Sampling seed")] = None,
     collection: Annotated[
-        str | None, typer.Option(help="Answer from this collection, through a running server")
+        str | None,
+        typer.Option(help="Answer from this collection: through a running server, else locally"),
     ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Chunks retrieved with --collection")] = 4,
     url: Annotated[str, typer.Option(help="Server for --collection")] = "http://127.0.0.1:8000",
@@ -142,9 +143,13 @@ def ask(
     config: ConfigOption = None,
 ) -> None:
     """Stream an answer from the local model, without a server; with --collection, answer
-    from a collection of a running server and print the sources."""
+    from a collection (through the server at --url when one answers, else in this process
+    over the local data directory) and print the sources."""
     if collection is not None:
-        _ask_collection(question, collection, top_k, url, api_key, max_tokens, temperature)
+        args = (question, collection, top_k, max_tokens, temperature)
+        if not _ask_collection(*args, url, api_key):
+            typer.echo(f"no server at {url}: answering locally (this loads the model)", err=True)
+            _ask_collection_locally(*args, load_settings(config))
         return
     import time
     import uuid
@@ -182,22 +187,51 @@ def ask(
         )
 
 
+def _ask_collection_locally(
+    question: str,
+    collection: str,
+    top_k: int,
+    max_tokens: int,
+    temperature: float,
+    settings: Any,
+) -> None:
+    """`ragkv ask --collection` with no server: the pipeline opened in this process."""
+    from ragkv.cli.local_rag import ask_locally
+
+    configure_logging("warning")
+    try:
+        answer = ask_locally(settings, question, collection, top_k, max_tokens, temperature)
+    except RagkvError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(answer.text.strip())
+    for number, (name, score) in enumerate(answer.sources, start=1):
+        typer.echo(
+            f"[{number}] {name}" + (f" ({score:.3f})" if score is not None else ""), err=True
+        )
+    typer.echo(f"[chunk tokens reused {answer.report.get('chunk_tokens_reused')}]", err=True)
+
+
 def _ask_collection(
     question: str,
     collection: str,
     top_k: int,
-    url: str,
-    api_key: str | None,
     max_tokens: int,
     temperature: float,
-) -> None:
-    """`ragkv ask --collection`: one RAG answer through the server's SDK call."""
+    url: str,
+    api_key: str | None,
+) -> bool:
+    """`ragkv ask --collection`: one RAG answer through the server's SDK call; False when no
+    server answers at `url`."""
     from ragkv.sdk import Client
+    from ragkv.sdk.errors import APIConnectionError
 
     try:
-        with Client(url, api_key=api_key, timeout=300) as client:
+        with Client(url, api_key=api_key, timeout=300, max_retries=0) as client:
             answer = client.rag(question, collection=collection, top_k=top_k,
                                 max_tokens=max_tokens, temperature=temperature)  # fmt: skip
+    except APIConnectionError:
+        return False
     except RagkvError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -212,6 +246,7 @@ def _ask_collection(
             f"recomputed {cache.tokens_recomputed}, TTFT {cache.ttft_ms} ms]",
             err=True,
         )
+    return True
 
 
 @app.command()

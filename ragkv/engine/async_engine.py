@@ -69,6 +69,11 @@ class AsyncEngine:
         """Chunk-level statistics; None when the chunk cache is off."""
         return await asyncio.to_thread(self._engine.chunk_stats)
 
+    async def pin_tool_turn(self, tenant: str, token_ids: list[int], ttl_s: float) -> int:
+        """Pin a conversation waiting on tool results (see `engine/tool_pins.py`); tokens
+        pinned."""
+        return await asyncio.to_thread(self._engine.pin_tool_turn, tenant, token_ids, ttl_s)
+
     async def flush_prefix(self, tenant: str | None = None) -> int:
         """Drop the prefix cache of one tenant (or all); pages released."""
         return await asyncio.to_thread(self._engine.flush_prefix, tenant)
@@ -131,7 +136,10 @@ class AsyncEngine:
         self._queues[request.request_id] = queue
         finished = False
         try:
-            self._engine.add_request(request)
+            if request.constraint is not None:  # compiling a grammar may take a while
+                await asyncio.to_thread(self._engine.add_request, request)
+            else:
+                self._engine.add_request(request)
             self._wakeup.set()
             while not finished:
                 try:

@@ -16,6 +16,7 @@ from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
+from ragkv.engine.grammar import GrammarEngine
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.output import OutputProcessor
@@ -64,6 +65,7 @@ class LLMEngine:
         self.fingerprint = model_fingerprint
         self.runtime = Runtime(model.ops.name, model.device, model.dtype)
         self.outputs = OutputProcessor(tokenizer)
+        self.grammar = GrammarEngine(tokenizer, self.config.vocab_size)
         page_bytes = (
             2
             * self.config.num_layers
@@ -179,14 +181,17 @@ class LLMEngine:
             raise InvalidRequest("chunk spans must be ordered, disjoint and before the question")
 
     def add_request(self, request: Request) -> None:
-        """Queue a request. Raises `InvalidRequest` or `Overloaded` (queue full)."""
+        """Queue a request. Raises `InvalidRequest` (also for an invalid constraint) or
+        `Overloaded` (queue full)."""
         self.validate(request)
+        matcher = self.grammar.matcher(request.constraint)
         seq = Sequence(
             request=request,
             namespace=self.namespace(request.tenant),
             token_ids=list(request.prompt_ids),
             generator=make_generator(request.params.seed),
             blend_pending=self.blender is not None and self.blender.accepts(request),
+            matcher=matcher,
         )
         with self._lock:
             if len(self.scheduler.waiting) + len(self._incoming) >= self.settings.max_waiting:
@@ -249,7 +254,13 @@ class LLMEngine:
                 "cached_bytes": size.total_pages * self.pool.bytes_per_page,
                 "running": len(self.scheduler.running),
                 "waiting": len(self.scheduler.waiting),
+                "tool_pins": self.scheduler.tool_pins.stats(),
             }
+
+    def pin_tool_turn(self, tenant: str, token_ids: list[int], ttl_s: float) -> int:
+        """Pin a conversation waiting on its tool calls' results; tokens pinned."""
+        with self._step_lock:
+            return self.scheduler.tool_pins.pin(self.namespace(tenant), token_ids, ttl_s)
 
     def flush_prefix(self, tenant: str | None = None) -> int:
         """Drop the prefix cache of one tenant (or all); returns pages released.
@@ -263,6 +274,7 @@ class LLMEngine:
             freed = self.radix.flush(namespace)
             self.pool.decref(freed)
             self.scheduler.session_pins.clear()
+            self.scheduler.tool_pins.clear()
             return len(freed)
 
     def chunk_stats(self) -> dict[str, object] | None:
@@ -305,7 +317,9 @@ class LLMEngine:
             self.scheduler.requeue(seq)  # blending failed; the sequence waits for a plain prefill
             return []
         self.scheduler.store_prefix(seq)  # store-back: the same prompt again is a prefix hit
-        token, logprob = sample(logits.cpu(), seq.request.params, seq.generator)
+        logits = logits.cpu()
+        self.grammar.mask_one(logits, seq)
+        token, logprob = sample(logits, seq.request.params, seq.generator)
         return [self._append_token(seq, token, logprob)]
 
     def _take_commands(self) -> None:
@@ -315,13 +329,16 @@ class LLMEngine:
         for seq in incoming:
             self.scheduler.add(seq)
         for request_id in aborted:
-            if self.scheduler.abort(request_id) is not None:
+            seq = self.scheduler.abort(request_id)
+            if seq is not None:
+                seq.matcher = None
                 log.info("aborted request %s", request_id)
 
     def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[RequestOutput]:
         # Sampling runs on the CPU: one copy per step, and per-request seeded generators
         # (CPU generators) draw the same tokens whatever device the model runs on.
         logits = logits.cpu()
+        self.grammar.mask_batch(logits, batch)  # constrained rows only, before num_computed moves
         outputs: list[RequestOutput] = []
         for row, (seq, num_tokens) in enumerate(batch):
             was_prefill = seq.in_prefill
@@ -337,9 +354,14 @@ class LLMEngine:
     def _append_token(
         self, seq: Sequence, token: int, logprob: TokenLogprob | None
     ) -> RequestOutput:
+        if seq.matcher is not None:
+            logprob = self.grammar.drop_masked(logprob)
         reason = self.outputs.append(seq, token, logprob)
+        if seq.matcher is not None and self.grammar.accept(seq.matcher, token):
+            reason = reason or "stop"  # the grammar is complete (its stop token taken)
         if reason is not None:
             seq.finish_reason = reason
+            seq.matcher = None
             self.scheduler.finish(seq)
             self._count(seq)
         return self.outputs.output(seq)

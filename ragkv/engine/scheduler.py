@@ -12,6 +12,7 @@ from collections import deque
 from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.sequence import SeqStatus, Sequence
+from ragkv.engine.tool_pins import ToolPins
 from ragkv.settings import EngineSettings
 
 ScheduledBatch = list[tuple[Sequence, int]]
@@ -29,6 +30,9 @@ class Scheduler:
         self.num_preemptions = 0
         # (namespace, session id) -> the token path pinned for that agent session
         self.session_pins: dict[tuple[str, str], list[int]] = {}
+        self.tool_pins = ToolPins(
+            radix, pool.num_pages, pool.page_size, settings.tool_pin_max_share
+        )
 
     def has_work(self) -> bool:
         """Any sequence waiting or running."""
@@ -132,6 +136,7 @@ class Scheduler:
         """Point a waiting sequence at its longest cached prefix (at least one token left)."""
         if not seq.request.use_prefix_cache:
             return
+        self.tool_pins.on_admit(seq.namespace, seq.token_ids)
         match = self.radix.match_prefix(seq.namespace, seq.token_ids[:-1])
         self.pool.incref(match.page_ids)
         self.radix.lock(match.node)

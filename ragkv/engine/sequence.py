@@ -6,11 +6,15 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ragkv.cache.kv.radix import RadixNode
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from xgrammar import GrammarMatcher
 
 
 class KVReuse(enum.Enum):
@@ -65,6 +69,19 @@ class SeqStatus(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A grammar the output must follow (grammar-constrained decoding, `engine/grammar.py`).
+
+    kind: `json_schema` (value: the JSON schema as text), `json_object` (any JSON object;
+    value unused), `regex` (value: the pattern) or `ebnf` (value: the grammar, root rule
+    `root`). Generation stops when the grammar is complete.
+    """
+
+    kind: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
 class Request:
     """What a caller asks the engine for: prompt token ids plus sampling and cache options.
 
@@ -82,6 +99,7 @@ class Request:
     chunk_spans: tuple[ChunkSpan, ...] = ()
     chunk_context: tuple[int, ...] = ()
     recompute_ratio: float | None = None
+    constraint: Constraint | None = None
 
     @property
     def use_prefix_cache(self) -> bool:
@@ -106,7 +124,9 @@ def spans_valid(spans: tuple[ChunkSpan, ...], num_prompt: int) -> bool:
 
 @dataclass
 class Sequence:
-    """Engine-side state of one request. `token_ids` = prompt + generated so far."""
+    """Engine-side state of one request. `token_ids` = prompt + generated so far; `matcher`:
+    the grammar state of a constrained request (its accepted tokens are `output_ids`), None
+    without a constraint and once the sequence finished or was aborted."""
 
     request: Request
     namespace: str
@@ -129,6 +149,7 @@ class Sequence:
     chunk_tokens_reused: int = 0
     tokens_recomputed: int | None = None
     selector: str | None = None
+    matcher: GrammarMatcher | None = None
 
     @property
     def request_id(self) -> str:

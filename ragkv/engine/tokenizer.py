@@ -26,9 +26,20 @@ class Tokenizer:
         self.stop_token_ids: frozenset[int] = frozenset(stop)
 
     @property
+    def hf(self) -> Any:
+        """The underlying Hugging Face tokenizer (for libraries that need one, e.g. xgrammar)."""
+        return self._hf
+
+    @property
     def has_chat_template(self) -> bool:
         """Whether the model ships a chat template."""
         return bool(getattr(self._hf, "chat_template", None))
+
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template's source (None: the model has none)."""
+        template = getattr(self._hf, "chat_template", None)
+        return template if isinstance(template, str) else None
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` with no special tokens added."""
@@ -39,14 +50,21 @@ class Tokenizer:
         return self._hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
     def render_chat(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Text of a chat rendered with the model's template."""
+        """Text of a chat rendered with the model's template (`tools`: OpenAI tool objects,
+        for templates that render them)."""
         if not self.has_chat_template:
             raise InvalidRequest("this model has no chat template; use /v1/completions")
         try:
             return self._hf.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                tools=tools or None,
             )
         except Exception as exc:  # jinja raises its own errors for odd message lists
             raise InvalidRequest(f"cannot render the chat template: {exc}") from exc

@@ -3,6 +3,8 @@ end its usage and what each cache level contributed (the `ragkv` object)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,13 +15,35 @@ from ragkv.pipeline.context import Source
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: id, function name, arguments as a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+    @classmethod
+    def new(cls, name: str, arguments: Any) -> ToolCall:
+        """A call with a fresh id; `arguments` a JSON value (dumped) or a JSON string."""
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        return cls(f"call_{uuid.uuid4().hex[:24]}", name, text)
+
+    def to_json(self, index: int | None = None) -> dict[str, Any]:
+        """OpenAI's `tool_calls` entry (with `index` in a stream delta)."""
+        entry: dict[str, Any] = {} if index is None else {"index": index}
+        function = {"name": self.name, "arguments": self.arguments}
+        return entry | {"id": self.id, "type": "function", "function": function}
+
+
+@dataclass(frozen=True)
 class Delta:
-    """A piece of the answer: new text, its tokens' logprobs (when asked), and the finish
-    reason on the last piece."""
+    """A piece of the answer: new text, its tokens' logprobs (when asked), the finish reason
+    on the last piece, and the tool calls the answer made (on its last piece)."""
 
     text: str
     logprobs: list[TokenLogprob]
     finish_reason: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,11 +147,14 @@ class Answer:
         """Stop producing (the client went away): the engine request is aborted."""
         await self._deltas.aclose()
 
-    async def collect(self) -> tuple[str, list[TokenLogprob]]:
-        """The whole text and every logprob (for non-stream responses)."""
+    async def collect(self) -> Delta:
+        """The whole answer as one delta: text, every logprob, finish reason, tool calls
+        (for non-stream responses)."""
         text: list[str] = []
         logprobs: list[TokenLogprob] = []
+        calls: list[ToolCall] = []
         async for delta in self._deltas:
             text.append(delta.text)
             logprobs.extend(delta.logprobs)
-        return "".join(text), logprobs
+            calls.extend(delta.tool_calls)
+        return Delta("".join(text), logprobs, self.finish_reason, tuple(calls))

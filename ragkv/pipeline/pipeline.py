@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 from ragkv.cache.semantic.single_flight import Flight
 from ragkv.engine.async_engine import AsyncEngine
@@ -21,12 +22,14 @@ from ragkv.engine.sampling import SamplingParams
 from ragkv.engine.sequence import ChunkSpan, Request, RequestOutput
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.errors import ModelError
-from ragkv.pipeline.answer import Answer, CacheReport, Delta, Usage
+from ragkv.pipeline.agents import ToolLatency
+from ragkv.pipeline.answer import Answer, CacheReport, Delta, ToolCall, Usage
 from ragkv.pipeline.context import Context, ContextBuilder, Source
 from ragkv.pipeline.metrics import KVMetrics
 from ragkv.pipeline.prompt import assemble_rag_prompt, rag_head
 from ragkv.pipeline.request import CacheOptions, ChatRequest, CompletionRequest
 from ragkv.pipeline.semantic import SemanticProbe, SemanticStep, SharedAnswer, replay_pieces
+from ragkv.pipeline.tools import chat_inputs, with_tool_calls
 
 Disconnected = Callable[[], Awaitable[bool]]
 
@@ -46,6 +49,7 @@ class Pipeline:
         semantic: SemanticStep | None = None,
         metrics: KVMetrics | None = None,
         context_variant: bool = False,
+        agents: ToolLatency | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer: Tokenizer = engine.tokenizer
@@ -54,12 +58,16 @@ class Pipeline:
         self.semantic = semantic
         self.metrics = metrics
         self.chunk_context = tuple(rag_head(self.tokenizer)) if context_variant else ()
+        self.agents = agents
 
     async def chat(self, request: ChatRequest, disconnected: Disconnected | None = None) -> Answer:
         """Answer a chat request: from the semantic cache, from an identical request in
         flight, or from the engine (with its context's chunk KV blended). Errors before the
         first token raise here; later ones surface from iterating the answer."""
-        chat_ids = self.tokenizer.apply_chat_template(request.messages)
+        if self.agents is not None:
+            self.agents.returned(request.tenant, request.messages)  # tool round trips end
+        messages, tools = chat_inputs(request.messages, request.tools, self.tokenizer.chat_template)
+        chat_ids = self.tokenizer.encode(self.tokenizer.render_chat(messages, tools=tools))
         kv_reuse = request.cache.kv_reuse.value
         # Retrieval first: a RAG answer is keyed by the chunks it is built from, so a replaced
         # or deleted document's answers stop matching (retrieval is cheap next to generation).
@@ -73,23 +81,27 @@ class Pipeline:
             if probe.served:
                 text = probe.hit.response if probe.hit is not None else shared.text
                 sources = tuple(context.sources) if context is not None else None
-                return self._semantic_answer(probe, text, len(chat_ids), kv_reuse, sources)
+                answer = self._semantic_answer(probe, text, len(chat_ids), kv_reuse, sources)
+                return self._with_tools(answer, request, None)
             flight = self.semantic.lead(probe)
         try:
             prompt_ids, spans, sources = chat_ids, (), None
             if request.has_context:
                 context = context or await self._context(request)
-                prompt_ids, spans, sources = self._with_context(request, chat_ids, context)
+                prompt_ids, spans, sources = self._with_context(messages, chat_ids, context)
             engine_request = self._engine_request(
                 request.tenant, prompt_ids, request.params, request.max_tokens_set, request.cache
             )
-            if spans:
-                engine_request = replace(
-                    engine_request, chunk_spans=spans, chunk_context=self.chunk_context
-                )
-            return await self._generate(
+            engine_request = replace(
+                engine_request,
+                chunk_spans=spans,
+                chunk_context=self.chunk_context if spans else (),
+                constraint=request.tools.constraint(),
+            )
+            answer = await self._generate(
                 engine_request, kv_reuse, disconnected, probe, sources, flight
             )
+            return self._with_tools(answer, request, engine_request.prompt_ids)
         except BaseException:
             if flight is not None:
                 flight.resolve(None)  # the identical requests waiting run on their own
@@ -116,14 +128,33 @@ class Pipeline:
             rag.top_k if rag is not None else 4,
         )
 
+    def _with_tools(
+        self, answer: Answer, request: ChatRequest, prompt_ids: list[int] | None
+    ) -> Answer:
+        """The answer with its tool calls parsed out, when the request offers tools. A turn
+        ending in calls pins its conversation's KV (`prompt_ids`) until the agent is back."""
+        if not request.tools.calls_possible:
+            return answer
+        agents = self.agents
+
+        async def on_calls(calls: list[ToolCall]) -> None:
+            if agents is None:
+                return
+            agents.issued(request.tenant, calls)
+            if prompt_ids is not None and request.cache.kv_reuse.uses_prefix_cache:
+                ttl_s = agents.ttl(request.tenant, [call.name for call in calls])
+                await self.engine.pin_tool_turn(request.tenant, prompt_ids, ttl_s)
+
+        return with_tool_calls(answer, request.tools, on_calls)
+
     def _with_context(
-        self, request: ChatRequest, chat_ids: list[int], context: Context
+        self, messages: list[dict[str, Any]], chat_ids: list[int], context: Context
     ) -> tuple[list[int], tuple[ChunkSpan, ...], tuple[Source, ...]]:
         """The prompt with the context chunks placed before the question, and their spans."""
         sources = tuple(context.sources)
         if not context.chunks:
             return chat_ids, (), sources
-        prompt = assemble_rag_prompt(self.tokenizer, request.messages, context.chunks)
+        prompt = assemble_rag_prompt(self.tokenizer, messages, context.chunks)
         return prompt.token_ids, tuple(prompt.spans), sources
 
     def _engine_request(

@@ -11,6 +11,7 @@ from typing import Any
 
 from ragkv.engine.sampling import SamplingParams
 from ragkv.engine.sequence import KVReuse
+from ragkv.pipeline.tools import ToolUse
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class ChatRequest:
     documents: tuple[InlineDocument, ...] = ()
     rag: RagQuery | None = None
     cache: CacheOptions = field(default_factory=CacheOptions)
+    tools: ToolUse = field(default_factory=ToolUse)
 
     @property
     def has_context(self) -> bool:

@@ -189,17 +189,22 @@ class SemanticStep:
 def keyed_by_context(request: ChatRequest, retrieved: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Messages as the semantic cache keys them: a RAG answer is only reused for the same
     context: the same inline documents, or the same collection, top_k and retrieved chunk
-    ids (content hashes, in order), so an answer dies with a replaced or deleted source."""
-    if not request.has_context:
-        return request.messages
-    digest = hashlib.sha256()
-    for document in request.documents:
-        digest.update(f"{document.id}\x00{document.text}\x00".encode())
-    if request.rag is not None:
-        digest.update(f"rag\x00{request.rag.collection}\x00{request.rag.top_k}".encode())
-        digest.update("\x00".join(retrieved).encode())
-    marker = {"role": "system", "content": f"ragkv-context:{digest.hexdigest()[:32]}"}
-    return [marker, *request.messages]
+    ids (content hashes, in order), so an answer dies with a replaced or deleted source.
+    Tools, tool choice and response format are part of the key too (tool calls and results
+    of earlier turns are, as the messages they are)."""
+    markers = []
+    if request.has_context:
+        digest = hashlib.sha256()
+        for document in request.documents:
+            digest.update(f"{document.id}\x00{document.text}\x00".encode())
+        if request.rag is not None:
+            digest.update(f"rag\x00{request.rag.collection}\x00{request.rag.top_k}".encode())
+            digest.update("\x00".join(retrieved).encode())
+        markers.append({"role": "system", "content": f"ragkv-context:{digest.hexdigest()[:32]}"})
+    if request.tools.shapes_output:
+        digest = hashlib.sha256(repr(request.tools).encode()).hexdigest()[:32]
+        markers.append({"role": "system", "content": f"ragkv-tools:{digest}"})
+    return [*markers, *request.messages]
 
 
 def replay_pieces(text: str, words_per_piece: int = 4) -> Iterator[str]:

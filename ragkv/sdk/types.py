@@ -89,7 +89,8 @@ def _sources(ragkv: dict[str, Any] | None) -> list[Source]:
 
 @dataclass(frozen=True)
 class ChatResult:
-    """A whole chat answer. `cache_status` is the `x-ragkv-cache` header."""
+    """A whole chat answer. `cache_status` is the `x-ragkv-cache` header; `tool_calls` the
+    OpenAI tool calls of an answer that calls tools (`finish_reason` "tool_calls")."""
 
     text: str
     finish_reason: str | None
@@ -98,6 +99,7 @@ class ChatResult:
     sources: list[Source]
     cache_status: str | None
     raw: dict[str, Any] = field(repr=False)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def of(cls, raw: dict[str, Any], cache_status: str | None) -> ChatResult:
@@ -111,6 +113,7 @@ class ChatResult:
             sources=_sources(raw.get("ragkv")),
             cache_status=cache_status,
             raw=raw,
+            tool_calls=choice["message"].get("tool_calls") or [],
         )
 
 

@@ -16,6 +16,7 @@ from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.engine.async_engine import AsyncEngine
 from ragkv.engine.config import load_config
 from ragkv.engine.engine import LLMEngine
+from ragkv.pipeline.agents import ToolLatency
 from ragkv.pipeline.context import ContextBuilder
 from ragkv.pipeline.metrics import KVMetrics
 from ragkv.pipeline.pipeline import Pipeline
@@ -101,6 +102,11 @@ class Components:
             semantic,
             KVMetrics(registry),
             settings.chunk_cache.context_variant,
+            ToolLatency(
+                settings.engine.tool_pin_ttl_s,
+                settings.engine.tool_pin_min_ttl_s,
+                settings.engine.tool_pin_max_ttl_s,
+            ),
         )
         parts = cls(settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline)
         if not settings.auth.enabled and settings.server.demo_documents:

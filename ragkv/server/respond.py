@@ -10,15 +10,14 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ragkv.engine.sampling import TokenLogprob
 from ragkv.errors import ModelError, RagkvError
-from ragkv.pipeline.answer import Answer
+from ragkv.pipeline.answer import Answer, Delta
 from ragkv.server import openai_format as fmt
 
 log = logging.getLogger("ragkv.server")
 
-# (text, logprobs, finish_reason) -> `choices[0]` of the whole answer or of one chunk
-ChoiceShape = Callable[[str, list[TokenLogprob], str | None], dict[str, Any]]
+# an answer's delta (or the whole answer as one) -> `choices[0]` of the answer or of a chunk
+ChoiceShape = Callable[[Delta], dict[str, Any]]
 
 
 class Completion:
@@ -64,10 +63,10 @@ async def respond(
     """Answer non-stream (one JSON body) or stream (SSE ending with usage, then [DONE])."""
     headers = {"x-ragkv-cache": answer.cache_status}
     if not stream:
-        text, logprobs = await answer.collect()
+        whole = await answer.collect()
         body = completion.envelope(
             completion.object_name,
-            choices=[completion.choice_full(text, logprobs, answer.finish_reason)],
+            choices=[completion.choice_full(whole)],
             **final_fields(answer),
         )
         return JSONResponse(body, headers=headers)
@@ -89,7 +88,7 @@ async def _events(answer: Answer, completion: Completion) -> AsyncIterator[str]:
         if completion.first_delta is not None:
             yield completion.chunk(choices=[completion.first_delta])
         async for delta in answer:
-            choice = completion.choice_delta(delta.text, delta.logprobs, delta.finish_reason)
+            choice = completion.choice_delta(delta)
             yield completion.chunk(choices=[choice])
         if answer.usage is None:
             return  # the client went away before the end

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
@@ -18,14 +18,51 @@ class ContentPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    """The function of an assistant's tool call: name and JSON-encoded arguments."""
+
+    name: str = Field(..., min_length=1, max_length=64)
+    arguments: str = "{}"
+
+
+class ToolCallIn(BaseModel):
+    """A tool call in an assistant message of the conversation."""
+
+    id: str = Field(..., min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    """A chat message: role plus text (a string or text parts)."""
+    """A chat message: role plus text (a string or text parts); an assistant message may
+    carry `tool_calls`, a `tool` message answers one by `tool_call_id`."""
 
     model_config = ConfigDict(extra="allow")
 
     role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as chat templates take it (text joined, tool fields kept)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name:
+            message["name"] = self.name
+        return message
 
     def text(self) -> str:
         """The message's text with parts joined."""
@@ -121,8 +158,54 @@ class RagQuery(BaseModel):
     top_k: int = Field(4, ge=1, le=10000)
 
 
+class FunctionDef(BaseModel):
+    """A function tool: name, description, JSON-schema parameters."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field("", max_length=8192)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(BaseModel):
+    """One entry of `tools` (function tools only)."""
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice` naming one function."""
+
+    type: Literal["function"]
+    function: dict[str, str]
+
+
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`: a named schema."""
+
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`response_format`: plain text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format json_schema needs its json_schema object")
+        return self
+
+
 class ChatCompletionRequest(SamplingFields):
-    """Body of `POST /v1/chat/completions` (with optional `documents` and `rag` context)."""
+    """Body of `POST /v1/chat/completions` (with optional `documents` and `rag` context,
+    `tools` for tool calling and `response_format` for structured output)."""
 
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
@@ -130,6 +213,12 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     documents: list[DocumentIn] | None = Field(None, max_length=64)
     rag: RagQuery | None = None
+    model_config = ConfigDict(extra="allow")  # unknown fields are refused by name (routes)
+
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
 
 
 class RagChatRequest(BaseModel):

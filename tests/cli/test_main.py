@@ -37,3 +37,20 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     result = run("ask", "hi", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+def test_ask_collection_without_a_server_answers_locally(tmp_path: Path) -> None:
+    (tmp_path / "otters.txt").write_text(
+        "Sea otters hold hands while they sleep so that they do not drift apart. "
+        "They live along the coasts of the northern Pacific Ocean."
+    )
+    ingest = run("ingest", str(tmp_path / "otters.txt"), "--collection", "notes", cwd=tmp_path)
+    assert ingest.returncode == 0, ingest.stderr
+    result = run(
+        "ask", "Why do sea otters hold hands?", "--collection", "notes",
+        "--url", "http://127.0.0.1:9", "--max-tokens", "12", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "answering locally" in result.stderr
+    assert "[1] otters" in result.stderr  # the source, by its document id

@@ -67,3 +67,10 @@ def test_openai_client_example(live_server: LiveServer) -> None:
     assert result["streamed"] == result["reply"].choices[0].message.content
     assert result["chunks"][-1].usage.completion_tokens > 0
     assert result["grounded"].model_extra["ragkv"]["sources"][0]["document_id"] == "mars-sky"
+
+
+def test_agent_loop_example(live_server: LiveServer) -> None:
+    turns = load("agent_loop").main(live_server.url, "sk-tenant-b")
+    first, second = turns[0], turns[1]
+    assert first["tool_calls"] == ["get_weather"]
+    assert second["cached_tokens"] >= first["prompt_tokens"] // 16 * 16  # the first turn, pinned

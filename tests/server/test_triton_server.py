@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 import torch
 
-from tests.conftest import LiveServer, secured_settings, start_server
+from tests.conftest import ADMIN_KEY, LiveServer, secured_settings, start_server
 
 MESSAGES = [{"role": "user", "content": "Which ocean lies west of Portugal?"}]
 
@@ -46,3 +47,11 @@ def test_triton_backend_answers_like_torch(triton_server: LiveServer, live_serve
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert card.model_extra["ragkv"] == {"backend": "triton", "device": device, "dtype": "float32"}
     assert answer(triton_server) == answer(live_server)
+
+
+def test_stats_report_the_levels_that_are_on(triton_server: LiveServer) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    response = httpx.get(f"{triton_server.url}/admin/cache/stats", headers=headers)
+    assert response.status_code == 200  # the semantic cache is off here: null, not a 409
+    stats = response.json()
+    assert stats["semantic"] is None and stats["prefix"]["requests"] >= 1

@@ -46,11 +46,15 @@ class FeedbackRequest(BaseModel):
 
 
 @router.get("/admin/cache/stats")
-async def stats(_: Admin, admin: SemanticAdmin, engine: Engine) -> dict[str, Any]:
-    """Cache statistics per level: `semantic` per tenant and category; `prefix` (radix KV);
-    `chunk` (chunk KV: reuse, tiers, load-or-recompute decisions; null when disabled)."""
+async def stats(_: Admin, parts: Components, engine: Engine) -> dict[str, Any]:
+    """Cache statistics per level: `semantic` per tenant and category; `prefix` (radix KV,
+    tool pins); `chunk` (chunk KV: reuse, tiers, load-or-recompute decisions). A level that
+    is turned off is null (the others are still reported)."""
+    semantic = None
+    if parts.semantic_cache is not None:
+        semantic = await run_in_threadpool(semantic_admin_of(parts).stats_report)
     return {
-        "semantic": await run_in_threadpool(admin.stats_report),
+        "semantic": semantic,
         "prefix": await engine.prefix_stats(),
         "chunk": await engine.chunk_stats(),
     }

@@ -3,15 +3,18 @@ the pipeline, format its answer as JSON or SSE."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ragkv.engine.sampling import SamplingParams, TokenLogprob
-from ragkv.engine.sequence import KVReuse
+from ragkv.engine.sequence import Constraint, KVReuse
 from ragkv.errors import InvalidRequest, NotFound
 from ragkv.pipeline import request as contract
+from ragkv.pipeline.answer import Delta
+from ragkv.pipeline.tools import ToolSpec, ToolUse
 from ragkv.server import openai_format as fmt
 from ragkv.server.auth import Tenant
 from ragkv.server.deps import Components, Pipe
@@ -25,6 +28,10 @@ from ragkv.server.schemas import (
 
 router = APIRouter(tags=["generation"])
 NOT_SUPPORTED = ("presence_penalty", "frequency_penalty", "logit_bias")
+# OpenAI chat fields accepted and not acted on: storage, tracing and routing hints.
+IGNORED_FIELDS = frozenset(
+    {"store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key"}
+)
 
 
 def check_model(served: str, body: SamplingFields) -> None:
@@ -68,15 +75,53 @@ def sampling(
     )
 
 
+def check_fields(body: ChatCompletionRequest) -> None:
+    """Refuse, by name, any field of the body ragkv does not implement (never drop it)."""
+    for name in body.model_extra or {}:
+        if name not in IGNORED_FIELDS:
+            raise InvalidRequest(
+                f"'{name}' is not supported by this server; leave it out", param=name
+            )
+
+
+def tool_use(body: ChatCompletionRequest) -> ToolUse:
+    """`tools`, `tool_choice`, `parallel_tool_calls` and `response_format`, checked."""
+    tools = tuple(
+        ToolSpec(t.function.name, t.function.description, t.function.parameters)
+        for t in body.tools or []
+    )
+    if len({tool.name for tool in tools}) != len(tools):
+        raise InvalidRequest("tool names must be unique", param="tools")
+    choice, function = body.tool_choice or ("auto" if tools else "none"), None
+    if not isinstance(choice, str):
+        function = choice.function.get("name", "")
+        choice = "function"
+        if not any(tool.name == function for tool in tools):
+            raise InvalidRequest(
+                f"tool_choice names '{function}', not in tools", param="tool_choice"
+            )
+    if choice in ("required", "function") and not tools:
+        raise InvalidRequest(f"tool_choice '{choice}' needs tools", param="tool_choice")
+    response_format = None
+    if body.response_format is not None and body.response_format.type == "json_object":
+        response_format = Constraint("json_object")
+    elif body.response_format is not None and body.response_format.json_schema is not None:
+        schema = json.dumps(body.response_format.json_schema.schema_)
+        response_format = Constraint("json_schema", schema)
+    return ToolUse(tools, choice, function, body.parallel_tool_calls, response_format)
+
+
 def chat_request(body: ChatCompletionRequest, tenant: str) -> contract.ChatRequest:
     """The pipeline's request for a chat completion body."""
+    check_fields(body)
     if body.top_logprobs and not body.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens
     rag = body.rag
     return contract.ChatRequest(
         tenant=tenant,
-        messages=[{"role": m.role, "content": m.text()} for m in body.messages],
+        messages=[m.to_dict() for m in body.messages],
+        tools=tool_use(body),
         params=sampling(body, max_tokens, body.logprobs, body.top_logprobs or 0),
         max_tokens_set=max_tokens is not None,
         documents=tuple(contract.InlineDocument(d.text, d.id) for d in body.documents or []),
@@ -105,22 +150,33 @@ def chat_completion(model_id: str, pipeline: Any, logprobs: bool) -> Completion:
     def logprobs_of(items: list[TokenLogprob]) -> dict[str, Any] | None:
         return fmt.chat_logprobs(tokenizer, items) if logprobs else None
 
+    def message(delta: Delta) -> dict[str, Any]:
+        if delta.tool_calls:
+            calls = [call.to_json() for call in delta.tool_calls]
+            return {"role": "assistant", "content": None, "tool_calls": calls}
+        return {"role": "assistant", "content": delta.text}
+
+    def piece(delta: Delta) -> dict[str, Any]:
+        if delta.tool_calls:
+            return {"tool_calls": [c.to_json(i) for i, c in enumerate(delta.tool_calls)]}
+        return {"content": delta.text} if delta.text else {}
+
     return Completion(
         "chat.completion",
         "chat.completion.chunk",
         "chatcmpl",
         model_id,
-        choice_full=lambda text, lps, reason: {
+        choice_full=lambda delta: {
             "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": logprobs_of(lps),
-            "finish_reason": reason,
+            "message": message(delta),
+            "logprobs": logprobs_of(delta.logprobs),
+            "finish_reason": delta.finish_reason,
         },
-        choice_delta=lambda text, lps, reason: {
+        choice_delta=lambda delta: {
             "index": 0,
-            "delta": {"content": text} if text else {},
-            "logprobs": logprobs_of(lps),
-            "finish_reason": reason,
+            "delta": piece(delta),
+            "logprobs": logprobs_of(delta.logprobs),
+            "finish_reason": delta.finish_reason,
         },
         first_delta={
             "index": 0,
@@ -150,12 +206,14 @@ async def completions(
     answer = await pipeline.complete(request, http.is_disconnected)
     prefix = tokenizer.decode(prompt_ids) if body.echo else ""
 
-    def choice(text: str, lps: list[TokenLogprob], reason: str | None) -> dict[str, Any]:
+    def choice(delta: Delta, prefix: str = "") -> dict[str, Any]:
         return {
             "index": 0,
-            "text": text,
-            "logprobs": fmt.completion_logprobs(tokenizer, lps) if want_logprobs else None,
-            "finish_reason": reason,
+            "text": prefix + delta.text,
+            "logprobs": (
+                fmt.completion_logprobs(tokenizer, delta.logprobs) if want_logprobs else None
+            ),
+            "finish_reason": delta.finish_reason,
         }
 
     completion = Completion(
@@ -163,7 +221,7 @@ async def completions(
         "text_completion",
         "cmpl",
         parts.model_card.id,
-        choice_full=lambda text, lps, reason: choice(prefix + text, lps, reason),
+        choice_full=lambda delta: choice(delta, prefix),
         choice_delta=choice,
     )
     return await respond(answer, completion, body.stream)

@@ -43,7 +43,7 @@ async def rag_chat(
     completion = chat_completion(model_id, pipeline, logprobs=False)
     if body.stream:
         return await respond(answer, completion, stream=True)
-    text, _ = await answer.collect()
+    text = (await answer.collect()).text
     final = final_fields(answer)
     return JSONResponse(
         {

@@ -1,0 +1,81 @@
+"""Tool-aware pins on a real radix tree: bounded share, displacement of the soonest-expiring,
+a hit when the follow-up arrives, expiry that lets the pages go."""
+
+from __future__ import annotations
+
+from ragkv.cache.kv.radix import RadixCache
+from ragkv.engine.tool_pins import ToolPins
+
+PAGE = 16
+
+
+class Clock:
+    """A clock the test moves by hand (the tree and the pins read the same one)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def conversation(index: int, pages: int = 4) -> list[int]:
+    return [index * 10_000 + i for i in range(pages * PAGE)]
+
+
+def setup(pool_pages: int = 64, share: float = 0.25):
+    clock = Clock()
+    radix = RadixCache(PAGE, clock=clock)
+    next_page = iter(range(10_000))
+
+    def cache(tokens: list[int]) -> None:
+        radix.insert_prefix("ns", tokens, [next(next_page) for _ in range(len(tokens) // PAGE)])
+
+    return clock, radix, ToolPins(radix, pool_pages, PAGE, share), cache
+
+
+def test_pins_never_pass_their_share_and_displace_the_soonest_expiring() -> None:
+    clock, radix, pins, cache = setup()
+    for index in range(10):  # 10 agents waiting on tools, 4 pages each; the share is 16 pages
+        cache(conversation(index))
+        assert pins.pin("ns", conversation(index) + [7], ttl_s=30.0 + index) == 4 * PAGE
+        assert pins.pinned_pages <= 16
+        assert radix.size_info().pinned_pages <= 16
+    stats = pins.stats()
+    assert (stats["made"], stats["active"], stats["displaced"]) == (10, 4, 6)
+    # the survivors are the four with the longest TTLs (36-39 s): all alive at 35.5 s
+    clock.now += 35.5
+    assert pins.stats()["active"] == 4
+    clock.now += 4.0
+    assert (pins.stats()["active"], pins.stats()["expired_unused"]) == (0, 4)
+
+
+def test_the_follow_up_hits_and_releases_its_pin() -> None:
+    clock, radix, pins, cache = setup()
+    cache(conversation(1))
+    pins.pin("ns", conversation(1), ttl_s=60.0)
+    pins.on_admit("ns", conversation(2))  # another conversation: no hit
+    assert pins.stats()["hit"] == 0
+    pins.on_admit("ns", conversation(1) + [5, 6, 7])  # the agent is back with tool results
+    assert pins.stats()["hit"] == 1 and pins.stats()["active"] == 0
+    assert radix.size_info().pinned_pages == 0
+
+
+def test_an_expired_pin_is_counted_and_its_pages_can_be_evicted() -> None:
+    clock, radix, pins, cache = setup()
+    cache(conversation(3))
+    pins.pin("ns", conversation(3), ttl_s=5.0)
+    assert radix.evict(4) == []  # pinned: nothing to evict
+    clock.now += 6.0
+    assert pins.stats()["expired_unused"] == 1 and pins.pinned_pages == 0
+    assert len(radix.evict(4)) == 4
+
+
+def test_a_pin_longer_than_the_share_keeps_its_first_pages_and_uncached_is_refused() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.05)  # 3 pages
+    cache(conversation(4))
+    assert pins.pin("ns", conversation(4), 30.0) == 3 * PAGE
+    assert radix.size_info().pinned_pages == 3 and pins.pinned_pages == 3
+    assert pins.pin("ns", conversation(9, pages=1), 30.0) == 0  # never cached
+    assert pins.pin("ns", [1, 2, 3], 30.0) == 0  # not a whole page
+    assert (pins.stats()["refused"], pins.stats()["made"]) == (2, 1)
