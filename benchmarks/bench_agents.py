@@ -126,13 +126,15 @@ async def agent(client: httpx.AsyncClient, index: int, turns: int, rng: random.R
 
 
 async def background(client: httpx.AsyncClient, stop: asyncio.Event, rng: random.Random) -> int:
-    """Other traffic: a fresh ~400-token prompt (one token out) every `BACKGROUND_GAP_S`, so
+    """Other traffic: a fresh ~300-token prompt (one token out) every `BACKGROUND_GAP_S`, so
     KV that is not pinned is evicted while its agent waits, without saturating the CPU."""
     sent = 0
     while not stop.is_set():
-        words = " ".join(str(rng.randint(0, 10**6)) for _ in range(160))
+        words = " ".join(str(rng.randint(0, 10**6)) for _ in range(45))  # ~7 tokens a number
         body = {"prompt": words, "max_tokens": 1, "temperature": 0}
-        await client.post("/v1/completions", json=body)
+        response = await client.post("/v1/completions", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"background request failed: {response.text}")
         sent += 1
         await asyncio.sleep(BACKGROUND_GAP_S)
     return sent
@@ -179,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--kv-cache-mb", type=int, default=96)
+    parser.add_argument("--kv-cache-mb", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
