@@ -205,11 +205,15 @@ def _ask_collection_locally(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(answer.text.strip())
-    for number, (name, score) in enumerate(answer.sources, start=1):
-        typer.echo(
-            f"[{number}] {name}" + (f" ({score:.3f})" if score is not None else ""), err=True
-        )
+    _echo_sources(answer.sources)
     typer.echo(f"[chunk tokens reused {answer.report.get('chunk_tokens_reused')}]", err=True)
+
+
+def _echo_sources(sources: list[tuple[str, float | None]]) -> None:
+    """`[n] name (score)` of each source of an answer, on stderr."""
+    for number, (name, score) in enumerate(sources, start=1):
+        suffix = f" ({score:.3f})" if score is not None else ""
+        typer.echo(f"[{number}] {name}{suffix}", err=True)
 
 
 def _ask_collection(
@@ -236,9 +240,7 @@ def _ask_collection(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(answer.answer.strip())
-    for number, source in enumerate(answer.sources, start=1):
-        score = f" ({source.score:.3f})" if source.score is not None else ""
-        typer.echo(f"[{number}] {source.title or source.document_id}{score}", err=True)
+    _echo_sources([(s.title or s.document_id, s.score) for s in answer.sources])
     cache = answer.cache
     if cache is not None:
         typer.echo(

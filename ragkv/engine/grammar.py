@@ -33,7 +33,7 @@ class GrammarEngine:
     """Compiles constraints for one model and masks its logits.
 
     The xgrammar tokenizer info and compiler are built on first use (about 0.2 s for a 49k
-    vocabulary). `validate` and `matcher` may be called from any thread; `mask_*` and
+    vocabulary). `matcher` may be called from any thread; `mask_*` and
     `accept` from the engine thread. `vocab_size` is the logits width (it may exceed the
     tokenizer's vocabulary; the extra ids are never allowed). A complete grammar allows only
     the tokenizer's `stop_token_ids` (all of them, not just the HF EOS): the tokens the engine
@@ -46,10 +46,6 @@ class GrammarEngine:
         self._compiler: xgr.GrammarCompiler | None = None
         self._cache: OrderedDict[Constraint, xgr.CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
-
-    def validate(self, constraint: Constraint) -> None:
-        """Compile `constraint` (or find it cached); raise `InvalidRequest` if it is invalid."""
-        self._compiled(constraint)
 
     def matcher(self, constraint: Constraint | None) -> xgr.GrammarMatcher | None:
         """A fresh matcher for one sequence (None without a constraint). Raises

@@ -9,12 +9,12 @@ error saying what to set, never a silent fallback.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 
 import torch
 
 from ragkv.errors import ModelError
+from ragkv.kernels.checks import interpreting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,8 +63,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "torch"
     if not has_triton:
         raise ModelError("model.backend 'triton' but the triton package is not installed")
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if device.type != "cuda" and not interpreting:
+    if device.type != "cuda" and not interpreting():
         raise ModelError(
             f"model.backend 'triton' needs a CUDA device (the model runs on {device}); "
             "set model.backend to 'torch' or 'auto', or TRITON_INTERPRET=1 to run the "

@@ -70,10 +70,13 @@ class Tokenizer:
             raise InvalidRequest(f"cannot render the chat template: {exc}") from exc
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        """Token ids of a chat rendered with the model's template."""
-        return self.encode(self.render_chat(messages, add_generation_prompt))
+        """Token ids of a chat rendered with the model's template (see `render_chat`)."""
+        return self.encode(self.render_chat(messages, add_generation_prompt, tools))
 
     def serialization(self) -> str:
         """The tokenizer's full JSON (for fingerprints)."""

@@ -67,7 +67,7 @@ class Pipeline:
         if self.agents is not None:
             self.agents.returned(request.tenant, request.messages)  # tool round trips end
         messages, tools = chat_inputs(request.messages, request.tools, self.tokenizer.chat_template)
-        chat_ids = self.tokenizer.encode(self.tokenizer.render_chat(messages, tools=tools))
+        chat_ids = self.tokenizer.apply_chat_template(messages, tools=tools)
         kv_reuse = request.cache.kv_reuse.value
         # Retrieval first: a RAG answer is keyed by the chunks it is built from, so a replaced
         # or deleted document's answers stop matching (retrieval is cheap next to generation).
