@@ -130,7 +130,7 @@ def test_response_format_json_schema_always_parses_and_validates(client) -> None
         "type": "object",
         "properties": {
             "answer": {"type": "string", "maxLength": 40},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
         },
         "required": ["answer", "confidence"],
         "additionalProperties": False,
