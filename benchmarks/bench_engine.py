@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from http_stream import http_decode_tps
 from machine import machine
 
 from ragkv.assets import generation_model_path
@@ -144,10 +145,11 @@ def decode_quality(reference: LLMEngine, candidate: LLMEngine, num_tokens: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--decode-dtype", default="same", choices=["same", "bfloat16", "float16"])
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--skip-http", action="store_true", help="no live-server stream row")
     parser.add_argument(
         "--llama-cpp-python",
         type=Path,
@@ -184,7 +186,7 @@ def main() -> None:
             "transformers": length / ref if ref else None,
         }
 
-    single = engine_decode_tps(engine, 1, args.decode_tokens)
+    single = statistics.median(engine_decode_tps(engine, 1, args.decode_tokens) for _ in range(3))
     ref_decode = None
     if hf is not None:
         ref_decode = transformers_decode_tps(hf, args.decode_tokens)
@@ -193,6 +195,11 @@ def main() -> None:
         rows["decode_1_stream_vs_llama_cpp"] = {
             "ragkv": single,
             "llama.cpp": llama_cpp_decode(args.llama_cpp_python, path, args),
+        }
+    if not args.skip_http:  # a live `ragkv serve` in its own process, same threads
+        rows["decode_http_stream_tok_per_s"] = {
+            "ragkv": http_decode_tps(args.threads, args.decode_tokens),
+            "engine": single,
         }
     rows["decode_16_streams_tok_per_s"] = {
         "ragkv": engine_decode_tps(engine, 16, args.decode_tokens // 2),
@@ -223,6 +230,8 @@ def main() -> None:
         "ttft_cached_over_cold": warm / cold,
         "cached_tokens": cached,
     }
+    if "decode_http_stream_tok_per_s" in rows:
+        ratios["http_stream_vs_engine"] = _ratio(rows["decode_http_stream_tok_per_s"])
     if "decode_1_stream_vs_llama_cpp" in rows:
         ratios["decode_vs_llama_cpp"] = _ratio(rows["decode_1_stream_vs_llama_cpp"])
     report = {

@@ -92,10 +92,18 @@ class EngineSettings(Section):
     kv_cache_mb: int = Field(1024, ge=1, description="KV pool size in MiB")
     max_num_seqs: int = Field(32, ge=1, description="sequences running at once")
     max_batch_tokens: int = Field(512, ge=16, description="token budget per step (chunked prefill)")
+    max_concurrent_blends: int = Field(
+        2, ge=1, le=64, description="RAG prompts blended at once (each step advances them)"
+    )
     max_waiting: int = Field(256, ge=1, description="queue bound; beyond it requests get 503")
     lpm_queue_limit: int = Field(128, ge=0, description="longest-prefix-match order up to this")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
-    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 when overloaded")
+    retry_after_s: int = Field(
+        2,
+        ge=1,
+        description="least Retry-After of a 503 (s); above it, the time the queue takes to "
+        "drain at the measured finish rate",
+    )
     session_pin_ttl_s: float = Field(
         60.0, gt=0, description="KV pin of an agent turn with session_id and no pin_ttl_s"
     )

@@ -29,6 +29,7 @@ FORBIDDEN = {
     "ragkv.settings": ("ragkv.cache", "ragkv.engine", "ragkv.retrieval", "ragkv.pipeline",
                        "ragkv.server", "ragkv.cli"),
     "ragkv.errors": ("ragkv.",),
+    "ragkv.compute": ("ragkv.",),
     "ragkv.integrations": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cache",
                            "ragkv.retrieval", "ragkv.kernels", "ragkv.cli"),
     # The SDK installs without the engine: httpx and ragkv.errors only.

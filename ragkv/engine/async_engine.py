@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from ragkv.compute import ComputeThread
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.sequence import Request, RequestOutput
 from ragkv.engine.tokenizer import Tokenizer
@@ -24,10 +25,15 @@ DISCONNECT_POLL_S = 0.25
 
 
 class AsyncEngine:
-    """Start with `start()` inside a running loop; `stream(request)` yields its outputs."""
+    """Start with `start()` inside a running loop; `stream(request)` yields its outputs.
 
-    def __init__(self, engine: LLMEngine) -> None:
+    Steps and prewarm run on `compute` (the process's torch thread, see `ragkv/compute.py`);
+    without one the engine gets a thread of its own, ended by `close()`."""
+
+    def __init__(self, engine: LLMEngine, compute: ComputeThread | None = None) -> None:
         self._engine = engine
+        self._owns_compute = compute is None
+        self._compute = compute if compute is not None else ComputeThread("ragkv-engine")
         self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -85,12 +91,16 @@ class AsyncEngine:
     def prewarm(self, tenant: str, chunks: list[list[int]], context: tuple[int, ...]) -> int:
         """Blocking: compute the KV of `chunks` not cached yet (call from a worker thread;
         serving goes on between chunks); how many were computed."""
-        return self._engine.prewarm(tenant, chunks, context)
+        return sum(
+            self._compute.call(self._engine.prewarm, tenant, [chunk], context) for chunk in chunks
+        )
 
     async def close(self) -> None:
-        """Stop the loop, then close the engine's disk tier."""
+        """Stop the loop, then close the engine's disk tier (and its own compute thread)."""
         await self.stop()
         await asyncio.to_thread(self._engine.close)
+        if self._owns_compute:
+            await asyncio.to_thread(self._compute.close)
 
     @property
     def load(self) -> float:
@@ -107,15 +117,15 @@ class AsyncEngine:
                 self._wakeup.clear()
                 continue
             try:
-                outputs = await asyncio.to_thread(self._engine.step)
+                outputs = await self._compute.run(self._engine.step)
             except Exception as exc:  # keep serving: fail the open requests, not the loop
                 log.exception("engine step failed")
                 self._fail_all(ModelError(f"the model failed: {exc}"))
                 continue
             for output in outputs:
                 queue = self._queues.get(output.request_id)
-                if queue is not None:
-                    queue.put_nowait(output)
+                if queue is not None:  # a request that failed alone fails alone
+                    queue.put_nowait(ModelError(output.error) if output.error else output)
 
     def _fail_all(self, error: BaseException) -> None:
         for request_id, queue in list(self._queues.items()):

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,14 +13,17 @@ import torch
 from ragkv.cache.kv.chunk_store import ChunkKVStore, open_chunk_store
 from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
+from ragkv.engine.blending import BlendSteps
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.grammar import GrammarEngine
 from ragkv.engine.kv_pool import KVPool
+from ragkv.engine.load import DrainRate
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.output import OutputProcessor
+from ragkv.engine.postprocess import Postprocessor
 from ragkv.engine.runtime import DTYPES, Runtime, resolve_runtime
-from ragkv.engine.sampling import TokenLogprob, make_generator, sample
+from ragkv.engine.sampling import make_generator
 from ragkv.engine.scheduler import ScheduledBatch, Scheduler
 from ragkv.engine.sequence import Request, RequestOutput, Sequence, spans_valid
 from ragkv.engine.tokenizer import Tokenizer
@@ -30,16 +32,6 @@ from ragkv.errors import InvalidRequest, Overloaded
 from ragkv.settings import ChunkCacheSettings, EngineSettings, ModelSettings
 
 log = logging.getLogger("ragkv.engine")
-
-
-@dataclass
-class EngineStats:
-    """Counters of the prefix level since start."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    generated_tokens: int = 0
 
 
 class LLMEngine:
@@ -64,24 +56,23 @@ class LLMEngine:
         self.settings = settings
         self.fingerprint = model_fingerprint
         self.runtime = Runtime(model.ops.name, model.device, model.dtype)
-        self.outputs = OutputProcessor(tokenizer)
         self.grammar = GrammarEngine(tokenizer, self.config.vocab_size)
-        page_bytes = (
-            2
-            * self.config.num_layers
-            * settings.page_size
-            * self.config.kv_size
-            * torch.finfo(model.dtype).bits
-            // 8
+        self.pool = KVPool.of_size(
+            self.config, settings.kv_cache_mb, settings.page_size, model.dtype, model.device
         )
-        num_pages = max(1, settings.kv_cache_mb * 1024 * 1024 // page_bytes)
-        self.pool = KVPool(self.config, num_pages, settings.page_size, model.dtype, model.device)
         self.radix = RadixCache(settings.page_size, clock=clock)
         self.scheduler = Scheduler(settings, self.pool, self.radix)
-        self.stats = EngineStats()
+        self.post = Postprocessor(
+            OutputProcessor(tokenizer), self.grammar, self.scheduler, DrainRate(clock=clock)
+        )
+        self.stats = self.post.stats
         self.blender: ChunkBlender | None = None
+        self.blends: BlendSteps | None = None
         if chunk_store is not None:
             self.blender = ChunkBlender(model, chunk_store, chunk_settings or ChunkCacheSettings())
+            self.blends = BlendSteps(
+                self.blender, self.scheduler, self.pool, settings.max_concurrent_blends
+            )
         self._lock = threading.Lock()
         self._step_lock = threading.Lock()  # held by step(); admin reads and flushes wait on it
         self._incoming: list[Sequence] = []
@@ -194,12 +185,17 @@ class LLMEngine:
             matcher=matcher,
         )
         with self._lock:
-            if len(self.scheduler.waiting) + len(self._incoming) >= self.settings.max_waiting:
+            queued = len(self.scheduler.waiting) + len(self._incoming)
+            if queued >= self.settings.max_waiting:
                 raise Overloaded(
                     f"the engine queue is full ({self.settings.max_waiting} waiting); retry later",
-                    retry_after_s=self.settings.retry_after_s,
+                    retry_after_s=self.post.drain.retry_after_s(
+                        queued, self.settings.retry_after_s
+                    ),
                 )
             self._incoming.append(seq)
+        if seq.blend_pending:  # chunk KV read from disk while the request waits its turn
+            self.blender.prefetch(request)
 
     def abort(self, request_id: str) -> None:
         """Cancel a request (client gone); its pages are freed at the next step."""
@@ -215,19 +211,58 @@ class LLMEngine:
     # -- the step -------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, sample, and report what each request produced."""
+        """Schedule, run the model once, advance the blends in flight with the token budget
+        the batch left (see `blending.py`), sample, and report what each request produced."""
         with self._step_lock:
             self._take_commands()
-            blend_seq = self.scheduler.admit_blend()
-            if blend_seq is not None:
-                return self._blend(blend_seq)
+            if self.blends is not None:
+                self.blends.admit()
             batch = self.scheduler.schedule()
-            if not batch:
-                return []
+            outputs = self._run_batch(batch) if batch else []
+            if self.blends is not None and self.blends.jobs:
+                budget = self.settings.max_batch_tokens - sum(n for _, n in batch)
+                for seq, logits in self.blends.advance(
+                    max(budget, self.settings.max_batch_tokens // 4)
+                ):
+                    outputs.append(self.post.first_token(seq, logits))
+            return outputs
+
+    def _run_batch(self, batch: ScheduledBatch) -> list[RequestOutput]:
+        """Forward and sample `batch`. If the shared forward raises, its sequences run again
+        one by one, so that one poisoned input fails its own request only."""
+        self.stats.steps += 1
+        self.stats.step_tokens += sum(num_tokens for _, num_tokens in batch)
+        try:
+            for seq, _ in batch:
+                self.post.hook(seq, "forward")
             logits = self.model.forward(build_forward_batch(batch, self.pool), self.pool)
-            return self._postprocess(batch, logits)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [self.post.fail(batch[0][0], exc)]
+            log.warning("a step of %d sequences failed (%r); retrying one by one", len(batch), exc)
+            return [output for item in batch for output in self._run_batch([item])]
+        return self.post.batch(batch, logits)
 
     # -- admin ----------------------------------------------------------------------------
+
+    def load_info(self) -> dict[str, float]:
+        """Queue, batch, blends, pool and failure figures for `/metrics`, read without waiting
+        for the step in progress (so a scrape never stalls; figures may be one step old)."""
+        stats, blends = self.stats, self.blends
+        with self._lock:
+            incoming = len(self._incoming)
+        return {
+            "waiting": len(self.scheduler.waiting) + incoming,
+            "running": len(self.scheduler.running),
+            "blends_in_flight": len(blends.jobs) if blends is not None else 0,
+            "blend_steps": blends.steps if blends is not None else 0,
+            "steps": stats.steps,
+            "step_tokens": stats.step_tokens,
+            "failed_requests": stats.failed_requests,
+            "pool_pages": self.pool.num_pages,
+            "free_pages": self.pool.num_free,
+            "drain_per_s": self.post.drain.per_s() or 0.0,
+        }
 
     def prefix_stats(self) -> dict[str, object]:
         """Prefix-level statistics: reuse since start and the pool and tree as they are now."""
@@ -310,18 +345,6 @@ class LLMEngine:
                 computed += self.blender.prewarm(tenant, token_ids, context)
         return computed
 
-    def _blend(self, seq: Sequence) -> list[RequestOutput]:
-        """Blended prefill of an admitted sequence, store-back, then its first token."""
-        logits = self.blender.prefill(seq, self.pool)
-        if logits is None:
-            self.scheduler.requeue(seq)  # blending failed; the sequence waits for a plain prefill
-            return []
-        self.scheduler.store_prefix(seq)  # store-back: the same prompt again is a prefix hit
-        logits = logits.cpu()
-        self.grammar.mask_one(logits, seq)
-        token, logprob = sample(logits, seq.request.params, seq.generator)
-        return [self._append_token(seq, token, logprob)]
-
     def _take_commands(self) -> None:
         with self._lock:
             incoming, self._incoming = self._incoming, []
@@ -331,46 +354,10 @@ class LLMEngine:
         for request_id in aborted:
             seq = self.scheduler.abort(request_id)
             if seq is not None:
+                if self.blends is not None:
+                    self.blends.drop(seq)
                 seq.matcher = None
                 log.info("aborted request %s", request_id)
-
-    def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[RequestOutput]:
-        # Sampling runs on the CPU: one copy per step, and per-request seeded generators
-        # (CPU generators) draw the same tokens whatever device the model runs on.
-        logits = logits.cpu()
-        self.grammar.mask_batch(logits, batch)  # constrained rows only, before num_computed moves
-        outputs: list[RequestOutput] = []
-        for row, (seq, num_tokens) in enumerate(batch):
-            was_prefill = seq.in_prefill
-            seq.num_computed += num_tokens
-            if seq.num_computed < len(seq.token_ids):
-                continue  # a prefill chunk; the prompt is not done yet
-            if was_prefill and not seq.output_ids:
-                self.scheduler.store_prefix(seq)  # share the prompt's KV with later requests
-            token, logprob = sample(logits[row], seq.request.params, seq.generator)
-            outputs.append(self._append_token(seq, token, logprob))
-        return outputs
-
-    def _append_token(
-        self, seq: Sequence, token: int, logprob: TokenLogprob | None
-    ) -> RequestOutput:
-        if seq.matcher is not None:
-            logprob = self.grammar.drop_masked(logprob)
-        reason = self.outputs.append(seq, token, logprob)
-        if seq.matcher is not None and self.grammar.accept(seq.matcher, token):
-            reason = reason or "stop"  # the grammar is complete (its stop token taken)
-        if reason is not None:
-            seq.finish_reason = reason
-            seq.matcher = None
-            self.scheduler.finish(seq)
-            self._count(seq)
-        return self.outputs.output(seq)
-
-    def _count(self, seq: Sequence) -> None:
-        self.stats.requests += 1
-        self.stats.prompt_tokens += seq.num_prompt
-        self.stats.cached_tokens += seq.num_cached_prompt
-        self.stats.generated_tokens += len(seq.output_ids)
 
     # -- synchronous helpers (CLI, tests, benchmarks) -------------------------------------
 

@@ -41,6 +41,16 @@ class KVPool:
         self.ref_counts = [0] * num_pages
         self._free = list(range(num_pages - 1, -1, -1))
 
+    @classmethod
+    def of_size(
+        cls, config: ModelConfig, size_mb: int, page_size: int, dtype: torch.dtype, device
+    ) -> KVPool:
+        """A pool of as many pages as fit in `size_mb` MiB (one page at least)."""
+        bits = torch.finfo(dtype).bits
+        page_bytes = 2 * config.num_layers * page_size * config.kv_size * bits // 8
+        num_pages = max(1, size_mb * 1024 * 1024 // page_bytes)
+        return cls(config, num_pages, page_size, dtype, device)
+
     @property
     def num_free(self) -> int:
         """Pages with no reference."""

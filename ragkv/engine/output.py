@@ -31,13 +31,34 @@ class OutputProcessor:
             reason = "stop"
         elif len(seq.output_ids) >= params.max_tokens:
             reason = "length"
-        visible = seq.output_ids[:-1] if reason == "stop" else seq.output_ids
-        seq.text = self.tokenizer.decode(visible)
-        for stop in params.stop:
-            index = seq.text.find(stop)
-            if index >= 0:
-                seq.text, reason = seq.text[:index], "stop"
+        searched_from = len(seq.text)
+        visible = len(seq.output_ids) - 1 if reason == "stop" else len(seq.output_ids)
+        self._detokenize(seq, visible, final=reason is not None)
+        if params.stop:
+            longest = max(len(stop) for stop in params.stop)
+            start = max(0, searched_from - longest + 1)  # a stop may straddle the new text
+            found = [i for i in (seq.text.find(stop, start) for stop in params.stop) if i >= 0]
+            if found:
+                seq.text, reason = seq.text[: min(found)], "stop"
         return reason
+
+    def _detokenize(self, seq: Sequence, visible: int, final: bool) -> None:
+        """Extend `seq.text` to the text of `output_ids[:visible]`, decoding only a short
+        window (the text of the whole output is never decoded again per token). While the
+        window ends in half a UTF-8 character, nothing is added until the rest arrives (or
+        the sequence ends, which keeps the replacement character as a full decode would)."""
+        if visible <= seq.read_offset:
+            return
+        ids = seq.output_ids
+        before = self.tokenizer.decode(ids[seq.prefix_offset : seq.read_offset])
+        window = self.tokenizer.decode(ids[seq.prefix_offset : visible])
+        if window.endswith("\ufffd") and not final:
+            return
+        if window.startswith(before):
+            seq.text += window[len(before) :]
+        else:  # the tokenizer rewrote the joint (space clean-up): decode the whole output once
+            seq.text = self.tokenizer.decode(ids[:visible])
+        seq.prefix_offset, seq.read_offset = seq.read_offset, visible
 
     def output(self, seq: Sequence) -> RequestOutput:
         """The delta since the last output of `seq` (totals filled in when it finished)."""

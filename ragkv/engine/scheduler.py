@@ -79,7 +79,8 @@ class Scheduler:
 
     def admit_blend(self) -> Sequence | None:
         """Admit the first waiting sequence that wants a blended prefill, with pages for its
-        whole prompt; None if there is none or it does not fit yet.
+        whole prompt, as BLENDING (steps skip it until the engine marks it RUNNING); None if
+        there is none or it does not fit yet.
 
         Its longest cached prefix is attached first: when that already reaches past the
         last chunk (the same RAG prompt again), it is left to the plain path.
@@ -98,7 +99,7 @@ class Scheduler:
                     return None  # no pages yet: wait for decodes to finish
                 continue
             self.waiting.remove(seq)
-            seq.status = SeqStatus.RUNNING
+            seq.status = SeqStatus.BLENDING
             self.running.append(seq)
             return seq
         return None
@@ -170,7 +171,12 @@ class Scheduler:
             self.pool.decref(freed)
 
     def _newest_running(self, exclude: list[Sequence]) -> Sequence:
-        candidates = [s for s in self.running if all(s is not e for e in exclude)]
+        # A blend in flight is never the victim: its work so far would be lost.
+        candidates = [
+            s
+            for s in self.running
+            if s.status is SeqStatus.RUNNING and all(s is not e for e in exclude)
+        ]
         return max(candidates, key=lambda s: s.arrival_s)
 
     def _preempt(self, seq: Sequence) -> None:

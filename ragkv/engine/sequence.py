@@ -61,9 +61,11 @@ class ChunkSpan:
 
 
 class SeqStatus(enum.Enum):
-    """Where a sequence is: waiting for admission, running, or done."""
+    """Where a sequence is: waiting for admission, being blended (admitted, its prompt's KV
+    assembled over several steps), running, or done."""
 
     WAITING = "waiting"
+    BLENDING = "blending"
     RUNNING = "running"
     FINISHED = "finished"
 
@@ -141,6 +143,10 @@ class Sequence:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""
     num_text_sent: int = 0
+    # Incremental detokenisation: `text` holds output_ids[:read_offset]; the window decoded
+    # again each token starts at prefix_offset (a few tokens of context for the tokenizer).
+    prefix_offset: int = 0
+    read_offset: int = 0
     finish_reason: str | None = None
     arrival_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None

@@ -22,6 +22,12 @@ class KVMetrics:
             registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
         )
+        self.inter_token = Histogram(
+            "ragkv_inter_token_seconds",
+            "gap between consecutive tokens of a stream (the pipeline's view)",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8),
+        )
         self.prompt_tokens = Counter(
             "ragkv_prompt_tokens", "prompt tokens", labels, registry=registry
         )
@@ -43,6 +49,10 @@ class KVMetrics:
             labels,
             registry=registry,
         )
+
+    def observe_token_gap(self, seconds: float) -> None:
+        """One gap between two tokens of a running stream, as the pipeline received them."""
+        self.inter_token.observe(seconds)
 
     def observe(self, final: RequestOutput, kv_reuse: str, tokens_recomputed: int) -> None:
         """Count one finished engine request."""

@@ -11,6 +11,7 @@ else orchestrates a request.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
@@ -205,7 +206,10 @@ class Pipeline:
                     yield Delta(output.text, output.logprobs, output.finish_reason)
                     if output.finished:
                         break
+                    received_s = time.perf_counter()
                     output = await anext(outputs)
+                    if self.metrics is not None:
+                        self.metrics.observe_token_gap(time.perf_counter() - received_s)
                 shared = None
                 if probe is not None and self.semantic is not None:
                     shared = await self.semantic.store(probe, "".join(text), output.finish_reason)

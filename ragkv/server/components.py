@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ragkv.assets import generation_model_path
 from ragkv.cache.semantic.cache import SemanticCache
+from ragkv.compute import ComputeThread
 from ragkv.engine.async_engine import AsyncEngine
 from ragkv.engine.config import load_config
 from ragkv.engine.engine import LLMEngine
@@ -25,7 +26,7 @@ from ragkv.retrieval.chunker import Chunker
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
 from ragkv.server.demo import DemoSeeder
-from ragkv.server.metrics import ChunkStoreCollector
+from ragkv.server.metrics import ChunkStoreCollector, EngineCollector
 from ragkv.server.schemas import ModelCard, ModelRuntimeInfo
 from ragkv.settings import Settings
 
@@ -65,6 +66,7 @@ class Components:
     retriever: Retriever
     pipeline: Pipeline
     demo: DemoSeeder | None = None
+    compute: ComputeThread | None = None
 
     @classmethod
     async def open(cls, settings: Settings, registry: CollectorRegistry) -> Components:
@@ -72,9 +74,10 @@ class Components:
         engine loop on the running event loop."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         card = model_card(settings)
-        embedder = Embedder(settings.embedding)
+        compute = ComputeThread()  # every torch computation runs here (see ragkv/compute.py)
+        embedder = Embedder(settings.embedding, compute)
         semantic_cache = await run_in_threadpool(open_semantic_cache, settings, embedder, registry)
-        llm = await run_in_threadpool(
+        llm = await compute.run(
             LLMEngine.from_path,
             generation_model_path(settings.model.gguf_path, settings.model.hf_dir),
             settings.model,
@@ -83,8 +86,9 @@ class Components:
             settings.data_dir,
         )
         registry.register(ChunkStoreCollector(llm.chunk_stats))
+        registry.register(EngineCollector(llm.load_info))
         card = card.model_copy(update={"ragkv": ModelRuntimeInfo(**llm.runtime.to_json())})
-        engine = AsyncEngine(llm)
+        engine = AsyncEngine(llm, compute)
         engine.start()
         # Chunk token ids must be the serving model's: the retriever chunks with its tokenizer.
         retriever = Retriever(settings.retrieval, settings.data_dir, embedder, llm.tokenizer)
@@ -109,6 +113,7 @@ class Components:
             ),
         )
         parts = cls(settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline)
+        parts.compute = compute
         if not settings.auth.enabled and settings.server.demo_documents:
             parts.demo = DemoSeeder(retriever, settings.server.demo_documents)
             await run_in_threadpool(parts.demo.start)
@@ -122,3 +127,5 @@ class Components:
         await run_in_threadpool(self.retriever.close)
         if self.semantic_cache is not None:
             await run_in_threadpool(self.semantic_cache.close)
+        if self.compute is not None:
+            await run_in_threadpool(self.compute.close)

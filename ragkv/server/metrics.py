@@ -55,3 +55,34 @@ class ChunkStoreCollector:
         for event, count in stats["counters"].items():
             events.add_metric([event], count)
         yield from (entries, size, evictions, events)
+
+
+class EngineCollector:
+    """Back-pressure as Prometheus reads it: queue, running sequences, blends in flight, KV
+    pool pages, steps and the tokens they computed, failed requests, the measured drain
+    rate; read at scrape time from `load_info` (never waits for the engine step)."""
+
+    GAUGES = {
+        "waiting": ("ragkv_engine_waiting", "requests queued for admission"),
+        "running": ("ragkv_engine_running", "sequences admitted (decoding, prefilling, blending)"),
+        "blends_in_flight": ("ragkv_engine_blends_in_flight", "blended prefills in progress"),
+        "pool_pages": ("ragkv_kv_pool_pages", "KV pool pages in all"),
+        "free_pages": ("ragkv_kv_pool_free_pages", "KV pool pages free"),
+        "drain_per_s": ("ragkv_engine_drain_per_second", "requests finished per second (60 s)"),
+    }
+    COUNTERS = {
+        "steps": ("ragkv_engine_steps", "engine steps that ran a batch"),
+        "step_tokens": ("ragkv_engine_step_tokens", "tokens those steps computed"),
+        "blend_steps": ("ragkv_engine_blend_steps", "engine steps that advanced a blend"),
+        "failed_requests": ("ragkv_engine_failed_requests", "requests failed alone by the engine"),
+    }
+
+    def __init__(self, load_info: Callable[[], dict[str, float]]) -> None:
+        self.load_info = load_info
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        info = self.load_info()
+        for key, (name, text) in self.GAUGES.items():
+            yield GaugeMetricFamily(name, text, value=info[key])
+        for key, (name, text) in self.COUNTERS.items():
+            yield CounterMetricFamily(name, text, value=info[key])

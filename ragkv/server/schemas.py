@@ -116,6 +116,7 @@ class SamplingFields(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = Field(None, description="not supported: refused")
     user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: generate past end-of-text")
     ragkv: RagkvOptions = Field(default_factory=RagkvOptions)
 
     @field_validator("stop")

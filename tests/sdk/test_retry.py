@@ -11,6 +11,7 @@ import threading
 import httpx
 
 import ragkv
+from ragkv.engine.load import DrainRate
 from tests.conftest import LiveServer
 from tests.server.test_overload import engine, long_prompt, until, wait_idle  # noqa: F401
 
@@ -40,6 +41,9 @@ def test_overloaded_then_retried_until_served(live_server: LiveServer, engine) -
     engine.settings = engine.scheduler.settings = engine.settings.model_copy(
         update={"retry_after_s": 1}
     )
+    # No drain rate measured yet: Retry-After is the floor, 1 s (earlier tests' finishes
+    # would otherwise turn the queue into a longer wait).
+    engine.post.drain = DrainRate()
     statuses: list[int] = []
     filler = threading.Thread(target=fill_queue, args=(live_server.url, engine))
     filler.start()

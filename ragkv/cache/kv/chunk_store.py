@@ -12,10 +12,12 @@ which learns both speeds from what it observes. Pure data structure plus storage
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +27,9 @@ import torch
 
 from ragkv.cache.kv.chunk_disk import DiskTier
 from ragkv.settings import ChunkCacheSettings
+
+log = logging.getLogger("ragkv.cache")
+MAX_PREFETCH_PENDING = 64  # chunk reads queued at most; more are dropped (a later get reads)
 
 
 class ChunkKey(NamedTuple):
@@ -208,6 +213,8 @@ class ChunkKVStore:
         self.cost = cost_model or CostModel(disk_read_mb_s=500.0, prefill_tokens_s=400.0)
         self.counts: Counter[str] = Counter()
         self._lock = threading.RLock()
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetch_pending = 0
 
     def get(self, key: ChunkKey, num_tokens: int) -> ChunkHit | None:
         """The chunk KV if cached and worth loading (counts hit/miss/decision)."""
@@ -280,8 +287,59 @@ class ChunkKVStore:
                 },
             }
 
+    def prefetch(self, wanted: Sequence[tuple[ChunkKey, int]]) -> int:
+        """Read the disk records of `wanted` (key, chunk tokens) into the CPU memory tier on
+        a worker thread, so that the blend finds them in memory (RAGCache's speculative
+        pipelining: the engine calls this when a request arrives, and a queued request's
+        chunks are warm when it is admitted). Returns how many reads were queued: only keys
+        on disk and in no memory tier, at most `MAX_PREFETCH_PENDING` pending at once.
+
+        The worker touches bytes and views only (no torch compute): see ragkv/compute.py."""
+        if self.disk is None or not self.memory:
+            return 0
+        queued = 0
+        with self._lock:
+            for key, num_tokens in wanted:
+                if self._prefetch_pending >= MAX_PREFETCH_PENDING:
+                    break
+                if any(key in tier.entries for tier in self.memory):
+                    continue
+                if key.encode() not in self.disk:
+                    continue
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="ragkv-prefetch")
+                self._prefetch_pending += 1
+                self._prefetcher.submit(self._prefetch_one, key, num_tokens)
+                queued += 1
+        return queued
+
+    def _prefetch_one(self, key: ChunkKey, num_tokens: int) -> None:
+        try:
+            with self._lock:
+                encoded = key.encode()
+                size = self.disk.size_of(encoded)
+                held = any(key in tier.entries for tier in self.memory)
+                if held or size is None or not self.cost.should_load(size, num_tokens):
+                    return
+            started = time.perf_counter()
+            kv = self.disk.get(encoded)  # outside the lock: the engine's gets go on meanwhile
+            if kv is None:
+                return
+            with self._lock:
+                self.cost.observe_load(size, time.perf_counter() - started)
+                if not any(key in tier.entries for tier in self.memory):
+                    self.counts["prefetched"] += 1
+                    self._insert(len(self.memory) - 1, key, kv, self.cost.recompute_s(num_tokens))
+        except Exception:  # a failed prefetch only means the blend reads the disk itself
+            log.exception("chunk KV prefetch failed")
+        finally:
+            with self._lock:
+                self._prefetch_pending -= 1
+
     def close(self) -> None:
-        """Close the disk tier."""
+        """Stop prefetching, then close the disk tier."""
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
         if self.disk is not None:
             self.disk.close()
 

@@ -18,6 +18,7 @@ import torch
 from ragkv.cache.kv.chunk_store import ChunkKey, ChunkKVStore, chunk_key, context_variant
 from ragkv.engine.blend.prefill import (
     BlendResult,
+    BlendRun,
     blended_prefill,
     place_chunks,
     rerotate,
@@ -132,56 +133,29 @@ class ChunkBlender:
         self._compute(key, token_ids, context)
         return True
 
-    def prefill(self, seq: Sequence, pool: KVPool) -> torch.Tensor | None:
-        """Blend an admitted sequence and mark its prompt computed; its first-token logits.
+    def prefetch(self, request: Request) -> int:
+        """Start reading the disk-held KV of the request's chunks into memory (worker thread;
+        see `ChunkKVStore.prefetch`); reads queued."""
+        context, variant = request.chunk_context, context_variant(request.chunk_context)
+        wanted = []
+        for span in request.chunk_spans:
+            if span.length < self.settings.min_chunk_tokens:
+                continue
+            token_ids = request.prompt_ids[span.start : span.end]
+            key = chunk_key(request.tenant, token_ids, variant)
+            wanted.append((key, span.length))
+            if context and not self.store.contains(key):  # what `fetch` falls back to
+                wanted.append((chunk_key(request.tenant, token_ids), span.length))
+        return self.store.prefetch(wanted)
 
-        None when blending failed (counted in `fallbacks` and logged, never silent): the
-        sequence is as admitted, and the caller gives it a plain prefill instead."""
+    def start(self, seq: Sequence, pool: KVPool) -> BlendJob:
+        """The blended prefill of an admitted sequence (pages reserved, `num_computed` = exact
+        prefix tokens), to be advanced step by step (see `BlendJob`)."""
         seq.blend_pending = False
-        num_exact = seq.num_computed
-        try:
-            result = self.run(seq, pool)
-        except Exception:
-            log.exception("blended prefill of %s failed; recomputing it in full", seq.request_id)
-            self.stats.fallbacks += 1
-            return None
-        seq.num_computed = len(seq.token_ids)
-        seq.num_cached_prompt = num_exact
-        seq.chunk_tokens_reused = result.num_chunk_reused
-        seq.tokens_recomputed = len(result.recomputed)
-        seq.selector = result.selector
-        return result.logits
+        return BlendJob(self, seq, pool)
 
-    def run(self, seq: Sequence, pool: KVPool) -> BlendResult:
-        """Blended prefill of `seq` (admitted: pages reserved, `num_computed` = exact prefix
-        tokens); writes the prompt's KV into its pages and returns the first-token logits."""
-        request = seq.request
-        prompt = request.prompt_ids
-        num_exact = seq.num_computed
-        spans = [
-            span
-            for span in request.chunk_spans
-            if span.end > num_exact and span.length >= self.settings.min_chunk_tokens
-        ]
-        context = request.chunk_context
-        shared = len(context) if tuple(prompt[: len(context)]) == context else 0
-        chunk_kvs = []
-        for index, span in enumerate(spans):
-            kv, _, seen = self.fetch(request.tenant, prompt[span.start : span.end], context)
-            chunk_kvs.append(kv)
-            # Cache-Craft's prefix overlap: the prompt tokens this chunk's KV already saw.
-            spans[index] = replace(span, seen=min(seen, shared))
-        prefix_kv = pool.read_all(pool.slots(seq.pages, 0, num_exact)) if num_exact else None
-        kv = place_chunks(self.model, len(prompt), chunk_kvs, spans, prefix_kv)
-        selector = self.selector_for(request.kv_reuse, request.recompute_ratio)
-        result = blended_prefill(
-            self.model, torch.tensor(prompt, device=kv.device), kv, spans, selector, num_exact
-        )
-        pool.write_all(pool.slots(seq.pages, num_exact, len(prompt)), result.kv[:, :, num_exact:])
-        self._count(result, len(spans))
-        return result
-
-    def _count(self, result: BlendResult, num_chunks: int) -> None:
+    def count(self, result: BlendResult, num_chunks: int) -> None:
+        """Add a finished blend to the counters."""
         stats = self.stats
         stats.requests += 1
         stats.chunks += num_chunks
@@ -205,3 +179,89 @@ class ChunkBlender:
             "requests_by_selector": dict(stats.by_selector),
             **self.store.stats(),
         }
+
+
+class BlendJob:
+    """One sequence's blended prefill in progress (engine thread). `advance` does a bounded
+    share of it: first each chunk's KV (fetched, or computed when no tier holds it), then the
+    model's layers; `finish` writes the prompt's KV into the sequence's pages.
+
+    A job holds no pool state until `finish`: dropping it (abort, failure) leaves the
+    sequence's pages as they were admitted."""
+
+    def __init__(self, blender: ChunkBlender, seq: Sequence, pool: KVPool) -> None:
+        self.blender, self.seq, self.pool = blender, seq, pool
+        request = seq.request
+        self.num_exact = seq.num_computed
+        self.spans = [
+            span
+            for span in request.chunk_spans
+            if span.end > self.num_exact and span.length >= blender.settings.min_chunk_tokens
+        ]
+        self.context = request.chunk_context
+        prompt = request.prompt_ids
+        self.shared = len(self.context) if tuple(prompt[: len(self.context)]) == self.context else 0
+        self.chunk_kvs: list[torch.Tensor] = []  # fetched so far, in span order
+        self.run: BlendRun | None = None
+
+    @property
+    def _fetching(self) -> bool:
+        return self.run is None and len(self.chunk_kvs) < len(self.spans)
+
+    @property
+    def done(self) -> bool:
+        """Every chunk placed and every layer run: `finish` is next."""
+        return self.run is not None and self.run.done
+
+    def advance(self, budget: int) -> int:
+        """Work while `budget` token-layers last (a computed chunk costs its tokens times the
+        layers, a fetched one nothing, a layer its active tokens), at least one unit; returns
+        the token-layers spent."""
+        spent = 0
+        num_layers = self.blender.model.config.num_layers
+        request = self.seq.request
+        while self._fetching and (spent == 0 or spent < budget):
+            index = len(self.chunk_kvs)
+            span = self.spans[index]
+            token_ids = request.prompt_ids[span.start : span.end]
+            kv, source, seen = self.blender.fetch(request.tenant, token_ids, self.context)
+            if source == "computed":
+                spent += (len(self.context) + span.length) * num_layers
+            self.chunk_kvs.append(kv)
+            # Cache-Craft's prefix overlap: the prompt tokens this chunk's KV already saw.
+            self.spans[index] = replace(span, seen=min(seen, self.shared))
+        if self._fetching or (spent and spent >= budget):
+            return spent
+        if self.run is None:
+            self.run = self._start_run()
+        return spent + self.run.advance(max(budget - spent, 1))
+
+    def _start_run(self) -> BlendRun:
+        model, seq, pool = self.blender.model, self.seq, self.pool
+        prompt = seq.request.prompt_ids
+        exact = self.num_exact
+        prefix_kv = pool.read_all(pool.slots(seq.pages, 0, exact)) if exact else None
+        kv = place_chunks(model, len(prompt), self.chunk_kvs, self.spans, prefix_kv)
+        self.chunk_kvs = []  # placed into `kv`: the fetched copies can go
+        request = seq.request
+        selector = self.blender.selector_for(request.kv_reuse, request.recompute_ratio)
+        return BlendRun(
+            model, torch.tensor(prompt, device=kv.device), kv, self.spans, selector, exact
+        )
+
+    def finish(self) -> torch.Tensor:
+        """Write the prompt's KV into the sequence's pages, mark it computed and record what
+        was reused; the first-token logits `[vocab]`."""
+        if self.run is None or not self.run.done:
+            raise RuntimeError("the blend has work left")
+        result = self.run.result()
+        seq, pool, exact = self.seq, self.pool, self.num_exact
+        num_prompt = len(seq.request.prompt_ids)
+        pool.write_all(pool.slots(seq.pages, exact, num_prompt), result.kv[:, :, exact:])
+        self.blender.count(result, len(self.spans))
+        seq.num_computed = len(seq.token_ids)
+        seq.num_cached_prompt = exact
+        seq.chunk_tokens_reused = result.num_chunk_reused
+        seq.tokens_recomputed = len(result.recomputed)
+        seq.selector = result.selector
+        return result.logits

@@ -111,7 +111,6 @@ class _Positions:
         return _merge(self.always, chosen)
 
 
-@torch.inference_mode()
 def blended_prefill(
     model: LlamaModel,
     token_ids: torch.Tensor,
@@ -123,7 +122,17 @@ def blended_prefill(
     num_logits: int = 1,
 ) -> BlendResult:
     """Prefill `token_ids: [N]` reusing the chunk KV already placed in `kv` (see
-    `place_chunks`); `kv` is updated in place and returned in the result.
+    `place_chunks`); `kv` is updated in place and returned in the result. The whole
+    `BlendRun` at once (see there for the arguments)."""
+    run = BlendRun(model, token_ids, kv, spans, selector, num_exact, first_position, num_logits)
+    while not run.done:
+        run.advance(None)
+    return run.result()
+
+
+class BlendRun:
+    """A blended prefill advanced a few layers at a time, so that an engine step can bound
+    it by a token budget and other sequences decode in between.
 
     Positions `< num_exact` hold exact KV (a prefix-cache hit) and are never computed. Chunk
     positions hold approximate KV; the selector picks which of them are recomputed. Every
@@ -131,35 +140,82 @@ def blended_prefill(
     `first_position` shifts every RoPE position (a chunk computed alone at an offset).
     `num_logits` > 1 returns logits `[num_logits, vocab]` of the last positions (they must be
     computed tokens; teacher-forced scoring appends an answer to the prompt this way).
+    Raises ValueError at construction otherwise.
     """
-    num_tokens = token_ids.shape[0]
-    pos = _Positions.of(num_tokens, spans, num_exact, kv.device)
-    if not bool(torch.isin(pos.all[num_tokens - num_logits :], pos.always).all()):
-        raise ValueError("the positions whose logits are returned must be computed tokens")
-    inputs = SelectionInputs(
-        spans=spans, chunk_positions=pos.chunk, num_exact=num_exact, topk=model.ops.topk_indices
-    )
-    check_layer = min(selector.full_layers, model.config.num_layers) - 1 if len(pos.chunk) else -1
-    refine_until = check_layer + 1 + selector.refine_layers if check_layer >= 0 else 0
-    active = pos.first_active(selector, inputs, check_layer)
-    hidden = F.embedding(token_ids.index_select(0, active), model.embed)
-    cos_all, sin_all = model.rope(pos.all + first_position)
-    for index, layer in enumerate(model.layers):
-        cos, sin = cos_all.index_select(0, active), sin_all.index_select(0, active)
-        q, k, v = model.qkv(layer, hidden, cos, sin)
-        keys, values = kv[index, 0], kv[index, 1]
+
+    @torch.inference_mode()
+    def __init__(
+        self,
+        model: LlamaModel,
+        token_ids: torch.Tensor,
+        kv: torch.Tensor,
+        spans: list[ChunkSpan],
+        selector: Selector,
+        num_exact: int = 0,
+        first_position: int = 0,
+        num_logits: int = 1,
+    ) -> None:
+        num_tokens = token_ids.shape[0]
+        pos = _Positions.of(num_tokens, spans, num_exact, kv.device)
+        if not bool(torch.isin(pos.all[num_tokens - num_logits :], pos.always).all()):
+            raise ValueError("the positions whose logits are returned must be computed tokens")
+        self.model, self.kv, self.pos, self.selector = model, kv, pos, selector
+        self.num_logits = num_logits
+        self.inputs = SelectionInputs(
+            spans=spans, chunk_positions=pos.chunk, num_exact=num_exact, topk=model.ops.topk_indices
+        )
+        num_layers = model.config.num_layers
+        self.check_layer = min(selector.full_layers, num_layers) - 1 if len(pos.chunk) else -1
+        self.refine_until = (
+            self.check_layer + 1 + selector.refine_layers if self.check_layer >= 0 else 0
+        )
+        self.active = pos.first_active(selector, self.inputs, self.check_layer)
+        self.hidden = F.embedding(token_ids.index_select(0, self.active), model.embed)
+        self.cos_all, self.sin_all = model.rope(pos.all + first_position)
+        self.layer = 0
+
+    @property
+    def done(self) -> bool:
+        """Every layer has run: `result()` is ready."""
+        return self.layer >= self.model.config.num_layers
+
+    @property
+    def next_layer_tokens(self) -> int:
+        """Tokens the next layer computes (its cost in the engine's token budget)."""
+        return len(self.active)
+
+    @torch.inference_mode()
+    def advance(self, budget: int | None) -> int:
+        """Run layers while their tokens fit in `budget` (token-layers; None: no bound), at
+        least one; returns the token-layers spent."""
+        spent = 0
+        while not self.done and (
+            budget is None or spent == 0 or spent + self.next_layer_tokens <= budget
+        ):
+            spent += self.next_layer_tokens
+            self._layer(self.layer)
+            self.layer += 1
+        return spent
+
+    def _layer(self, index: int) -> None:
+        model, pos, inputs, active = self.model, self.pos, self.inputs, self.active
+        layer = model.layers[index]
+        cos, sin = self.cos_all.index_select(0, active), self.sin_all.index_select(0, active)
+        q, k, v = model.qkv(layer, self.hidden, cos, sin)
+        keys, values = self.kv[index, 0], self.kv[index, 1]
         kept = None
-        if index == check_layer:
+        if index == self.check_layer:
             inputs.deviation = _deviation(model, k, active, pos.chunk, keys)
-        elif check_layer < index < refine_until:  # gradual filtering narrows the set again
+        elif self.check_layer < index < self.refine_until:  # gradual filtering narrows again
             chosen = active[pos.is_chunk.index_select(0, active)]
             deviation = _deviation(model, k, active, chosen, keys)
-            kept = selector.refine(inputs, chosen, deviation, index - check_layer)
+            kept = self.selector.refine(inputs, chosen, deviation, index - self.check_layer)
         keys.index_copy_(0, active, k)
         values.index_copy_(0, active, v)
-        if index == check_layer:
+        hidden = self.hidden
+        if index == self.check_layer:
             inputs.attention_probe = _probe(q, active, keys, model)
-            kept = selector.select(inputs)
+            kept = self.selector.select(inputs)
         if kept is not None:
             # Every token's fresh KV of this layer is written; only the tokens that go on
             # need the rest of the layer (attention + MLP), so narrow before it.
@@ -167,16 +223,23 @@ def blended_prefill(
             rows = _rows_of(active, narrowed)
             q, hidden, active = q.index_select(0, rows), hidden.index_select(0, rows), narrowed
         attn = model.ops.attention(q, keys, values, active, model.scale, model.config.group_size)
-        hidden = model.mlp_residual(layer, hidden, attn)
-    logits = model.logits(hidden[-num_logits:])
-    return BlendResult(
-        logits=logits[0] if num_logits == 1 else logits,
-        kv=kv,
-        recomputed=active,
-        num_chunk_tokens=len(pos.chunk),
-        num_chunk_recomputed=int(pos.is_chunk.index_select(0, active).sum()),
-        selector=selector.name,
-    )
+        self.hidden, self.active = model.mlp_residual(layer, hidden, attn), active
+
+    @torch.inference_mode()
+    def result(self) -> BlendResult:
+        """The logits and KV once `done`."""
+        if not self.done:
+            raise RuntimeError("the blended prefill has layers left to run")
+        logits = self.model.logits(self.hidden[-self.num_logits :])
+        pos = self.pos
+        return BlendResult(
+            logits=logits[0] if self.num_logits == 1 else logits,
+            kv=self.kv,
+            recomputed=self.active,
+            num_chunk_tokens=len(pos.chunk),
+            num_chunk_recomputed=int(pos.is_chunk.index_select(0, self.active).sum()),
+            selector=self.selector.name,
+        )
 
 
 def _deviation(

@@ -72,6 +72,7 @@ def sampling(
         stop=body.stop_list(),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        ignore_eos=body.ignore_eos,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import lmdb
 import torch
@@ -168,3 +169,50 @@ def test_disk_tier_evicts_oldest_past_its_bound(tmp_path):
         disk.put(key, kv(i))
     assert keys[0] not in disk and keys[2] in disk and disk.evictions == 1
     assert disk.num_bytes <= 2 * record_bytes
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the prefetch did not finish"
+        time.sleep(0.01)
+
+
+def test_prefetch_reads_disk_records_into_memory_bit_identical(tmp_path):
+    writer = ChunkKVStore("model-a", "cpu", 1 << 24, disk_path=tmp_path, disk_bytes=1 << 26)
+    keys = [chunk_key("t", [i]) for i in range(4)]
+    for i, key in enumerate(keys):
+        writer.put(key, kv(i), compute_s=0.1)
+    writer.close()
+    store = ChunkKVStore("model-a", "cpu", 1 << 24, disk_path=tmp_path, disk_bytes=1 << 26)
+    store.cost = CostModel(disk_read_mb_s=1e6, prefill_tokens_s=1.0)  # loading always pays
+    absent = chunk_key("t", [99])
+    assert store.prefetch([(key, 8) for key in keys] + [(absent, 8)]) == 4  # absent: skipped
+    wait_for(lambda: store.counts["prefetched"] == 4)
+    for i, key in enumerate(keys):
+        hit = store.get(key, num_tokens=8)
+        assert hit is not None and hit.tier == "cpu"  # memory, not disk: the read was done
+        assert torch.equal(hit.kv, kv(i))
+    assert store.counts["hits_disk"] == 0
+    assert store.prefetch([(key, 8) for key in keys]) == 0  # held in memory: nothing to read
+    store.close()
+
+
+def test_prefetch_refuses_a_corrupt_record(tmp_path):
+    writer = ChunkKVStore("model-a", "cpu", 1 << 24, disk_path=tmp_path, disk_bytes=1 << 26)
+    key = chunk_key("t", [5])
+    writer.put(key, kv(5), compute_s=0.1)
+    writer.close()
+    env = lmdb.open(str(tmp_path))
+    with env.begin(write=True) as txn:
+        record = bytearray(txn.get(key.encode()))
+        record[len(record) // 2] ^= 0xFF
+        txn.put(key.encode(), bytes(record))
+    env.close()
+    store = ChunkKVStore("model-a", "cpu", 1 << 24, disk_path=tmp_path, disk_bytes=1 << 26)
+    store.cost = CostModel(disk_read_mb_s=1e6, prefill_tokens_s=1.0)
+    assert store.prefetch([(key, 8)]) == 1
+    wait_for(lambda: store.disk.refused == 1)
+    assert store.get(key, num_tokens=8) is None  # refused and deleted: the chunk is recomputed
+    assert store.counts["prefetched"] == 0
+    store.close()
