@@ -73,6 +73,11 @@ class ModelSettings(Section):
         "bfloat16 roughly halves the bytes per token on CPU",
     )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
+    gemm_layout: Literal["auto", "blocked", "joined"] = Field(
+        "auto",
+        description="decode GEMV weight layout on CPU: auto (timed at start, fastest kept), "
+        "blocked (one column block per thread), joined (one matrix)",
+    )
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",

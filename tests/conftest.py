@@ -93,6 +93,9 @@ def secured_settings(data_dir: Path, **overrides: object) -> Settings:
     from ragkv.settings import Settings
 
     overrides.setdefault("engine", {"kv_cache_mb": 128})
+    # A fixed GEMV layout: the start-up calibration may pick another one on a busy machine,
+    # and tests compare greedy outputs across servers.
+    overrides["model"] = {"gemm_layout": "blocked", **overrides.get("model", {})}
     return Settings.load(
         data_dir=str(data_dir),
         auth={"api_keys": TENANT_KEYS, "admin_key": ADMIN_KEY},

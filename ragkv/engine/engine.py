@@ -14,6 +14,7 @@ from ragkv.cache.kv.chunk_store import ChunkKVStore, open_chunk_store
 from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.blending import BlendSteps
+from ragkv.engine.calibrate import column_blocks_for
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.grammar import GrammarEngine
@@ -109,6 +110,7 @@ class LLMEngine:
             device=runtime.device,
             decode_dtype=decode_dtype,
             backend=runtime.backend,
+            column_blocks=column_blocks_for(model_settings.gemm_layout, config, runtime.device),
         )
         del weights
         model_fingerprint = fingerprint(path, tokenizer.serialization())

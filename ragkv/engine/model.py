@@ -76,6 +76,7 @@ class LlamaModel:
         device: str | torch.device = "cpu",
         decode_dtype: torch.dtype | None = None,
         backend: str = "torch",
+        column_blocks: int | None = None,
     ) -> None:
         self.config = config
         self.dtype = dtype
@@ -85,7 +86,9 @@ class LlamaModel:
         def take(name: str) -> torch.Tensor:
             return weights[name].to(device=self.device, dtype=dtype).contiguous()
 
-        blocks = torch.get_num_threads() if self.device.type == "cpu" else 1
+        # Column blocks per projection (1: one `[in, out]` matrix); default one per thread.
+        blocks = column_blocks or (torch.get_num_threads() if self.device.type == "cpu" else 1)
+        self.column_blocks = blocks
 
         def t(weight: torch.Tensor) -> torch.Tensor:
             return _column_blocks(weight, blocks)

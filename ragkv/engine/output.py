@@ -86,4 +86,5 @@ class OutputProcessor:
             chunk_tokens_reused=seq.chunk_tokens_reused,
             tokens_recomputed=seq.tokens_recomputed,
             selector=seq.selector,
+            approx_tokens_reused=seq.num_approx_cached,
         )

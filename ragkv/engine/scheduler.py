@@ -11,7 +11,7 @@ from collections import deque
 
 from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.kv_pool import KVPool
-from ragkv.engine.sequence import SeqStatus, Sequence
+from ragkv.engine.sequence import KVReuse, SeqStatus, Sequence
 from ragkv.engine.tool_pins import ToolPins
 from ragkv.settings import EngineSettings
 
@@ -138,14 +138,19 @@ class Scheduler:
         if not seq.request.use_prefix_cache:
             return
         self.tool_pins.on_admit(seq.namespace, seq.token_ids)
-        match = self.radix.match_prefix(seq.namespace, seq.token_ids[:-1])
+        # `prefix` asks for exact reuse: blended (approximate) pages are not served to it.
+        exact_only = seq.request.kv_reuse is KVReuse.PREFIX
+        match = self.radix.match_prefix(seq.namespace, seq.token_ids[:-1], exact_only)
         self.pool.incref(match.page_ids)
         self.radix.lock(match.node)
         seq.locked_node = match.node
         seq.pages = list(match.page_ids)
         seq.num_computed = match.num_tokens
+        seq.approx_from = match.approx_from
         if seq.num_preemptions == 0:
             seq.num_cached_prompt = match.num_tokens
+            approx = 0 if match.approx_from is None else match.num_tokens - match.approx_from
+            seq.num_approx_cached = approx
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Make sure `seq` has pages for `num_tokens` more tokens, evicting cache if needed."""
@@ -209,7 +214,7 @@ class Scheduler:
         if not seq.request.use_prefix_cache:
             return
         computed = seq.token_ids[: seq.num_computed]
-        result = self.radix.insert_prefix(seq.namespace, computed, seq.pages)
+        result = self.radix.insert_prefix(seq.namespace, computed, seq.pages, seq.approx_from)
         self.pool.incref(result.new_page_ids)
 
     def _pin_session(self, seq: Sequence) -> None:

@@ -156,6 +156,10 @@ class Sequence:
     tokens_recomputed: int | None = None
     selector: str | None = None
     matcher: GrammarMatcher | None = None
+    # First token whose KV in `pages` is approximate (a blend's, or attended to one's);
+    # None: all exact. The radix tree labels the pages stored back from there on.
+    approx_from: int | None = None
+    num_approx_cached: int = 0  # prompt tokens reused from approximate radix pages
 
     @property
     def request_id(self) -> str:
@@ -196,3 +200,4 @@ class RequestOutput:
     chunk_tokens_reused: int = 0
     tokens_recomputed: int | None = None
     selector: str | None = None
+    approx_tokens_reused: int = 0

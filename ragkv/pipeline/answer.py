@@ -80,6 +80,7 @@ class CacheReport:
     tokens_recomputed: int = 0
     ttft_ms: float | None = None
     sources: tuple[Source, ...] | None = None
+    approx_tokens_reused: int = 0
 
     @classmethod
     def of_engine(
@@ -102,6 +103,7 @@ class CacheReport:
             tokens_recomputed=recomputed,
             ttft_ms=final.ttft_ms,
             sources=sources,
+            approx_tokens_reused=final.approx_tokens_reused,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -112,6 +114,7 @@ class CacheReport:
             "kv_reuse": self.kv_reuse,
             "selector": self.selector,
             "prefix_tokens_reused": self.prefix_tokens_reused,
+            "approx_tokens_reused": self.approx_tokens_reused,
             "chunk_tokens_reused": self.chunk_tokens_reused,
             "tokens_recomputed": self.tokens_recomputed,
             "ttft_ms": round(self.ttft_ms, 2) if self.ttft_ms is not None else None,

@@ -51,6 +51,7 @@ class CacheInfo:
     prefix_tokens_reused: int = 0
     chunk_tokens_reused: int = 0
     tokens_recomputed: int = 0
+    approx_tokens_reused: int = 0  # of prefix_tokens_reused, from blended (approximate) KV
     selector: str | None = None
     kv_reuse: str | None = None
     ttft_ms: float | None = None
@@ -74,6 +75,7 @@ class CacheInfo:
             prefix_tokens_reused=raw.get("prefix_tokens_reused", 0),
             chunk_tokens_reused=raw.get("chunk_tokens_reused", 0),
             tokens_recomputed=raw.get("tokens_recomputed", 0),
+            approx_tokens_reused=raw.get("approx_tokens_reused", 0),
             selector=raw.get("selector"),
             kv_reuse=raw.get("kv_reuse"),
             ttft_ms=raw.get("ttft_ms"),

@@ -20,11 +20,13 @@ from ragkv.server.routes import (
     cache_admin,
     chat,
     collections,
+    dashboard,
     embeddings,
     health,
     models,
     rag,
 )
+from ragkv.server.timeseries import start_sampler
 from ragkv.settings import Settings
 
 log = logging.getLogger("ragkv.server")
@@ -37,6 +39,7 @@ def build_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         components = await Components.open(settings, app.state.metrics_registry)
         app.state.components = components
+        app.state.sampler = start_sampler(components)
         if not settings.auth.enabled:
             log.warning("no API keys configured: auth is off, serving localhost only")
         app.state.ready = True
@@ -45,6 +48,7 @@ def build_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.ready = False
+            await app.state.sampler.stop()
             await components.close()
 
     app = FastAPI(
@@ -52,6 +56,8 @@ def build_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Cache-aware serving middleware for RAG and agents (OpenAI-compatible).",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served with local assets (routes/dashboard.py)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.ready = False
@@ -60,7 +66,9 @@ def build_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, log_requests=settings.server.access_log)
-    for module in (health, models, chat, rag, embeddings, collections, cache, cache_admin):
+    routes = (health, models, chat, rag, embeddings, collections, cache, cache_admin, dashboard)
+    for module in routes:
         app.include_router(module.router)
+    dashboard.mount_static(app)
     app.include_router(metrics_router)
     return app

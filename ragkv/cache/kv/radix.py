@@ -17,11 +17,16 @@ from typing import NamedTuple
 
 
 class RadixNode:
-    """One cached page: its tokens, page id, children, lock count, LRU stamp and pin expiry."""
+    """One cached page: its tokens, page id, children, lock count, LRU stamp, pin expiry, and
+    whether its KV is approximate (came from a blended prefill, or attended to KV that did)."""
 
-    __slots__ = ("key", "page_id", "parent", "children", "lock_ref", "last_access", "pin_until")
+    __slots__ = (
+        "key", "page_id", "parent", "children", "lock_ref", "last_access", "pin_until", "approx"
+    )  # fmt: skip
 
-    def __init__(self, key: tuple[int, ...], page_id: int, parent: RadixNode | None) -> None:
+    def __init__(
+        self, key: tuple[int, ...], page_id: int, parent: RadixNode | None, approx: bool = False
+    ) -> None:
         self.key = key
         self.page_id = page_id
         self.parent = parent
@@ -29,14 +34,17 @@ class RadixNode:
         self.lock_ref = 0
         self.last_access = 0.0
         self.pin_until = 0.0
+        self.approx = approx
 
 
 class MatchResult(NamedTuple):
-    """Longest cached prefix: its page ids, token count, and the deepest node (lock it)."""
+    """Longest cached prefix: its page ids, token count, the deepest node (lock it), and the
+    first token whose KV is approximate (None: all exact)."""
 
     page_ids: list[int]
     num_tokens: int
     node: RadixNode
+    approx_from: int | None = None
 
 
 class InsertResult(NamedTuple):
@@ -53,6 +61,7 @@ class SizeInfo(NamedTuple):
     evictable_pages: int
     locked_pages: int
     pinned_pages: int
+    approx_pages: int = 0
 
 
 class RadixCache:
@@ -79,8 +88,11 @@ class RadixCache:
         size = self.page_size
         return [tuple(token_ids[i : i + size]) for i in range(0, full, size)]
 
-    def match_prefix(self, namespace: str, token_ids: Sequence[int]) -> MatchResult:
-        """Longest cached prefix of `token_ids` in whole pages. Touches LRU stamps only.
+    def match_prefix(
+        self, namespace: str, token_ids: Sequence[int], exact_only: bool = False
+    ) -> MatchResult:
+        """Longest cached prefix of `token_ids` in whole pages (with `exact_only`, it stops
+        before the first approximate page). Touches LRU stamps only.
 
         The page ids are safe to read only while the caller holds them (a lock on `node`
         or its own pool references).
@@ -88,22 +100,30 @@ class RadixCache:
         node = self._root(namespace)
         now = self.clock()
         page_ids: list[int] = []
+        approx_from = None
         for key in self._pages(token_ids):
             child = node.children.get(key)
-            if child is None:
+            if child is None or (exact_only and child.approx):
                 break
+            if child.approx and approx_from is None:
+                approx_from = len(page_ids) * self.page_size
             child.last_access = now
             page_ids.append(child.page_id)
             node = child
-        return MatchResult(page_ids, len(page_ids) * self.page_size, node)
+        return MatchResult(page_ids, len(page_ids) * self.page_size, node, approx_from)
 
     def insert_prefix(
-        self, namespace: str, token_ids: Sequence[int], page_ids: Sequence[int]
+        self,
+        namespace: str,
+        token_ids: Sequence[int],
+        page_ids: Sequence[int],
+        approx_from: int | None = None,
     ) -> InsertResult:
-        """Add the full pages of `token_ids` (KV in `page_ids`, one per page) to the tree.
+        """Add the full pages of `token_ids` (KV in `page_ids`, one per page) to the tree;
+        the pages holding token `approx_from` and after are marked approximate.
 
-        Pages already cached keep their old page id (the caller's duplicate stays the
-        caller's); `new_page_ids` lists the ids the tree took over.
+        Pages already cached keep their old page id and label (the caller's duplicate stays
+        the caller's); `new_page_ids` lists the ids the tree took over.
         """
         keys = self._pages(token_ids)
         if len(page_ids) < len(keys):
@@ -111,10 +131,12 @@ class RadixCache:
         node = self._root(namespace)
         now = self.clock()
         new_pages: list[int] = []
-        for key, page_id in zip(keys, page_ids, strict=False):
+        first_approx = len(keys) if approx_from is None else approx_from // self.page_size
+        for index, (key, page_id) in enumerate(zip(keys, page_ids, strict=False)):
             child = node.children.get(key)
             if child is None:
-                child = node.children[key] = RadixNode(key, page_id, node)
+                approx = index >= first_approx or node.approx  # after approximate, approximate
+                child = node.children[key] = RadixNode(key, page_id, node, approx)
                 new_pages.append(page_id)
                 self._num_pages += 1
             child.last_access = now
@@ -218,12 +240,14 @@ class RadixCache:
         return nodes
 
     def size_info(self) -> SizeInfo:
-        """Counts of pages: all, evictable now (unlocked and unpinned), locked, pinned."""
+        """Counts of pages: all, evictable now (unlocked and unpinned), locked, pinned, and
+        approximate (from blends)."""
         now = self.clock()
         nodes = self._all_nodes()
         locked = sum(1 for n in nodes if n.lock_ref > 0)
         pinned = sum(1 for n in nodes if n.lock_ref == 0 and n.pin_until > now)
-        return SizeInfo(len(nodes), len(nodes) - locked - pinned, locked, pinned)
+        approx = sum(1 for n in nodes if n.approx)
+        return SizeInfo(len(nodes), len(nodes) - locked - pinned, locked, pinned, approx)
 
     def check_integrity(self) -> None:
         """Raise AssertionError if counts, parent links, lock refs or page ids disagree."""
@@ -234,5 +258,6 @@ class RadixCache:
         for node in nodes:
             assert node.parent is not None and node.parent.children[node.key] is node
             assert len(node.key) == self.page_size
+            assert not node.parent.approx or node.approx, "exact KV below approximate KV"
             child_locks = sum(c.lock_ref for c in node.children.values())
             assert node.lock_ref >= child_locks, "a child is locked more than its parent"

@@ -264,4 +264,7 @@ class BlendJob:
         seq.chunk_tokens_reused = result.num_chunk_reused
         seq.tokens_recomputed = len(result.recomputed)
         seq.selector = result.selector
+        if result.num_chunk_reused and self.spans:  # reused chunk KV: approximate from there
+            first = min(span.start for span in self.spans)
+            seq.approx_from = first if seq.approx_from is None else min(seq.approx_from, first)
         return result.logits

@@ -112,3 +112,31 @@ def test_unpin_and_flush(cache: RadixCache) -> None:
 def test_insert_needs_a_page_per_full_page(cache: RadixCache) -> None:
     with pytest.raises(ValueError, match="page ids"):
         cache.insert_prefix("t", tokens(0, 8), [1])
+
+
+def test_approximate_pages_are_labelled_and_skipped_by_exact_matches():
+    tree = RadixCache(page_size=4)
+    tokens = list(range(20))  # five pages
+    tree.insert_prefix("ns", tokens, [10, 11, 12, 13, 14], approx_from=9)  # in page 2
+    match = tree.match_prefix("ns", tokens)
+    assert match.num_tokens == 20 and match.approx_from == 8  # page 2 starts at token 8
+    exact = tree.match_prefix("ns", tokens, exact_only=True)
+    assert exact.num_tokens == 8 and exact.page_ids == [10, 11] and exact.approx_from is None
+    assert tree.size_info().approx_pages == 3
+    tree.check_integrity()
+
+
+def test_pages_below_an_approximate_page_are_approximate_and_old_labels_stay():
+    tree = RadixCache(page_size=4)
+    tree.insert_prefix("ns", list(range(8)), [1, 2], approx_from=0)
+    # An exact prefill of a longer prompt: its new pages hang below approximate ones.
+    result = tree.insert_prefix("ns", list(range(16)), [5, 6, 7, 8])
+    assert result.new_page_ids == [7, 8]
+    assert tree.match_prefix("ns", list(range(16)), exact_only=True).num_tokens == 0
+    assert tree.size_info().approx_pages == 4
+    exact_first = RadixCache(page_size=4)
+    exact_first.insert_prefix("ns", list(range(8)), [1, 2])
+    exact_first.insert_prefix("ns", list(range(8)), [3, 4], approx_from=0)  # already exact
+    assert exact_first.match_prefix("ns", list(range(8)), exact_only=True).num_tokens == 8
+    tree.check_integrity()
+    exact_first.check_integrity()

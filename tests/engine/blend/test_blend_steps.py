@@ -170,3 +170,32 @@ def test_after_a_restart_queued_chunks_are_prefetched_from_disk(
             results.setdefault(output.request_id, []).extend(output.token_ids)
     assert store.counts["hits_cpu"] == 3 and store.counts["hits_disk"] == 0
     assert results[request.request_id] == next(iter(expected.values()))[0]
+
+
+def test_blended_kv_is_never_served_to_prefix_mode(smollm, passages, make_engine, tmp_path):
+    prompt = rag_prompt(smollm, passages, [1, 4, 2])
+    spans = tuple(prompt.spans)
+    engine = engine_with_chunks(make_engine, tmp_path)
+
+    def run(kv_reuse: KVReuse):
+        request = greedy_request(prompt.token_ids, 6, chunk_spans=spans, kv_reuse=kv_reuse)
+        return run_greedy(engine, [request])[request.request_id], request
+
+    run(KVReuse.CACHEBLEND)  # stored back: approximate pages from the 1st chunk
+    assert engine.radix.size_info().approx_pages > 0
+    (exact_tokens, cached), _ = run(KVReuse.PREFIX)
+    assert cached <= spans[0].start  # only the exact head was reused
+    full_engine = engine_with_chunks(make_engine, tmp_path / "full")
+    (full_tokens, _), _ = run_full(full_engine, prompt, spans)
+    assert exact_tokens == full_tokens
+    outputs = engine.generate(
+        [greedy_request(prompt.token_ids, 2, chunk_spans=spans, kv_reuse=KVReuse.AUTO)]
+    )
+    final = next(iter(outputs.values()))[-1]
+    assert final.approx_tokens_reused > 0  # auto may reuse blended pages, and says so
+    assert final.approx_tokens_reused <= final.cached_tokens
+
+
+def run_full(engine, prompt, spans):
+    request = greedy_request(prompt.token_ids, 6, chunk_spans=spans, kv_reuse=KVReuse.FULL)
+    return run_greedy(engine, [request])[request.request_id], request

@@ -1,0 +1,74 @@
+"""A short start-up calibration of the decode GEMV layout on the CPU at hand.
+
+Decode reads every projection weight once per token, so its speed is how fast the cores
+stream weights. Splitting each `[in, out]` weight into one column block per thread and
+running the blocks as one batched GEMM made every core stream its own block on the CPU the
+layout was tuned on (1.5x decode, benchmarks/README.md), but the gain is a property of that
+processor's memory system and BLAS. So at start the engine times the candidate layouts on
+weights of the model's own shapes, more of them than any cache holds, and keeps the fastest.
+Every layout computes the same products; only the order of memory reads changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import torch
+
+from ragkv.engine.config import ModelConfig
+from ragkv.engine.model import _column_blocks, _matmul
+
+log = logging.getLogger("ragkv.engine")
+
+STREAM_BYTES = 48 * 1024 * 1024  # weights streamed per timing: past any last-level cache
+
+
+def candidate_blocks(threads: int) -> list[int]:
+    """Layouts worth timing for `threads` torch threads: one matrix, and one or two blocks
+    per thread."""
+    return sorted({1, threads, 2 * threads} - {0})
+
+
+def time_layout(config: ModelConfig, blocks: int, reps: int = 3) -> float:
+    """Median seconds of one-row GEMVs over `STREAM_BYTES` of gate/up-shaped weights stored
+    in `blocks` column blocks (fp32, random values: the speed does not depend on them)."""
+    in_features, out_features = config.hidden_size, 2 * config.intermediate_size
+    count = max(2, STREAM_BYTES // (in_features * out_features * 4))
+    generator = torch.Generator().manual_seed(0)
+    weights = [
+        _column_blocks(torch.randn(out_features, in_features, generator=generator), blocks)
+        for _ in range(count)
+    ]
+    x = torch.randn(1, in_features, generator=generator)
+    for weight in weights[:2]:  # warm-up: first-touch and BLAS set-up
+        _matmul(x, weight)
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        for weight in weights:
+            _matmul(x, weight)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def calibrate_column_blocks(config: ModelConfig, threads: int) -> tuple[int, dict[int, float]]:
+    """The fastest column-block count for decode GEMVs here, with each candidate's time
+    (ms per `STREAM_BYTES` streamed). Takes about a second."""
+    timings = {b: time_layout(config, b) * 1000 for b in candidate_blocks(threads)}
+    best = min(timings, key=timings.__getitem__)
+    shown = ", ".join(f"{b} block(s) {ms:.1f} ms" for b, ms in timings.items())
+    log.info("decode GEMV layout calibration: %s -> %d", shown, best)
+    return best, timings
+
+
+def column_blocks_for(layout: str, config: ModelConfig, device: torch.device) -> int:
+    """Column blocks for the `model.gemm_layout` setting: `joined` 1, `blocked` one per
+    torch thread, `auto` calibrated here (CPU with several threads; else 1)."""
+    threads = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    if layout == "joined" or threads == 1:
+        return 1
+    if layout == "blocked":
+        return threads
+    return calibrate_column_blocks(config, threads)[0]
