@@ -33,6 +33,11 @@ class ServerSettings(Section):
     port: int = Field(8000, ge=1, le=65535, description="TCP port")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="larger bodies get 413")
     access_log: bool = Field(True, description="one JSON line per request (ragkv.access)")
+    expose_cache_status: bool = Field(
+        True,
+        description="responses say what the caches did (x-ragkv-cache, cached_tokens, the "
+        "ragkv cache fields); false hides it from clients (admin stats still count)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     demo_documents: int = Field(
         300,

@@ -41,6 +41,9 @@ class Completion:
         self.choice_full = choice_full
         self.choice_delta = choice_delta
         self.first_delta = first_delta
+        # server.expose_cache_status: False hides what the caches did (a timing and content
+        # side channel between users); admin stats still count it.
+        self.expose_cache = True
 
     def envelope(self, object_name: str, **fields: Any) -> dict[str, Any]:
         """Common top-level fields of a response or chunk."""
@@ -61,13 +64,13 @@ async def respond(
     answer: Answer, completion: Completion, stream: bool
 ) -> JSONResponse | StreamingResponse:
     """Answer non-stream (one JSON body) or stream (SSE ending with usage, then [DONE])."""
-    headers = {"x-ragkv-cache": answer.cache_status}
+    headers = cache_headers(answer, completion.expose_cache)
     if not stream:
         whole = await answer.collect()
         body = completion.envelope(
             completion.object_name,
             choices=[completion.choice_full(whole)],
-            **final_fields(answer),
+            **final_fields(answer, completion.expose_cache),
         )
         return JSONResponse(body, headers=headers)
     headers["cache-control"] = "no-cache"
@@ -76,11 +79,24 @@ async def respond(
     )
 
 
-def final_fields(answer: Answer) -> dict[str, Any]:
-    """`usage` and `ragkv` of a finished answer."""
+def final_fields(answer: Answer, expose_cache: bool = True) -> dict[str, Any]:
+    """`usage` and `ragkv` of a finished answer; without `expose_cache`, no cached-token
+    count and no cache fields (a RAG answer keeps its `sources`)."""
     if answer.usage is None or answer.report is None:
         raise ModelError("the engine finished without a final output")
-    return {"usage": answer.usage.to_json(), "ragkv": answer.report.to_json()}
+    usage, report = answer.usage.to_json(), answer.report.to_json()
+    if expose_cache:
+        return {"usage": usage, "ragkv": report}
+    usage.pop("prompt_tokens_details", None)
+    fields: dict[str, Any] = {"usage": usage}
+    if "sources" in report:
+        fields["ragkv"] = {"sources": report["sources"]}
+    return fields
+
+
+def cache_headers(answer: Answer, expose_cache: bool) -> dict[str, str]:
+    """The `x-ragkv-cache` header, unless the cache status is hidden."""
+    return {"x-ragkv-cache": answer.cache_status} if expose_cache else {}
 
 
 async def _events(answer: Answer, completion: Completion) -> AsyncIterator[str]:
@@ -92,7 +108,7 @@ async def _events(answer: Answer, completion: Completion) -> AsyncIterator[str]:
             yield completion.chunk(choices=[choice])
         if answer.usage is None:
             return  # the client went away before the end
-        yield completion.chunk(choices=[], **final_fields(answer))
+        yield completion.chunk(choices=[], **final_fields(answer, completion.expose_cache))
         yield fmt.sse("[DONE]")
     except RagkvError as exc:
         yield fmt.sse_error(exc)

@@ -51,7 +51,11 @@ def traffic(live_server: LiveServer) -> None:
         == 200
     )
     for content in ("Say hello to the dashboard.", question):
-        body = {"messages": [{"role": "user", "content": content}], "max_tokens": 4}
+        body = {
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4,
+            "temperature": 0,
+        }
         response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=TENANT, timeout=120)
         assert response.status_code == 200, response.text
 

@@ -139,9 +139,9 @@ async def chat_completions(
     are placed before the question and their cached KV is blended (`ragkv.kv_reuse`)."""
     check_model(parts.model_card.id, body)
     answer = await pipeline.chat(chat_request(body, tenant), http.is_disconnected)
-    return await respond(
-        answer, chat_completion(parts.model_card.id, pipeline, body.logprobs), body.stream
-    )
+    completion = chat_completion(parts.model_card.id, pipeline, body.logprobs)
+    completion.expose_cache = parts.settings.server.expose_cache_status
+    return await respond(answer, completion, body.stream)
 
 
 def chat_completion(model_id: str, pipeline: Any, logprobs: bool) -> Completion:
@@ -225,6 +225,7 @@ async def completions(
         choice_full=lambda delta: choice(delta, prefix),
         choice_delta=choice,
     )
+    completion.expose_cache = parts.settings.server.expose_cache_status
     return await respond(answer, completion, body.stream)
 
 

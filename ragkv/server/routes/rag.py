@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ragkv.pipeline import request as contract
 from ragkv.server.auth import Tenant
 from ragkv.server.deps import Components, Pipe
-from ragkv.server.respond import final_fields, respond
+from ragkv.server.respond import cache_headers, final_fields, respond
 from ragkv.server.routes.chat import cache_options, chat_completion, check_model, sampling
 from ragkv.server.schemas import RagChatRequest, SamplingFields
 
@@ -41,10 +41,11 @@ async def rag_chat(
     )
     answer = await pipeline.chat(request, http.is_disconnected)
     completion = chat_completion(model_id, pipeline, logprobs=False)
+    completion.expose_cache = expose = parts.settings.server.expose_cache_status
     if body.stream:
         return await respond(answer, completion, stream=True)
     text = (await answer.collect()).text
-    final = final_fields(answer)
+    final = final_fields(answer, expose)
     return JSONResponse(
         {
             "id": completion.completion_id.replace("chatcmpl-", "rag-", 1),
@@ -56,5 +57,5 @@ async def rag_chat(
             "sources": final["ragkv"].get("sources"),
             **final,
         },
-        headers={"x-ragkv-cache": answer.cache_status},
+        headers=cache_headers(answer, expose),
     )
