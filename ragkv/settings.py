@@ -175,6 +175,16 @@ class ChunkCacheSettings(Section):
     )
 
 
+class CacheSettings(Section):
+    """Who shares the caches. Tenants never share any cache level."""
+
+    scope: Literal["tenant", "user"] = Field(
+        "tenant",
+        description="tenant: a tenant's users share its caches; user: each user (the "
+        "request's `user` field or x-ragkv-user header) has its own, at all three levels",
+    )
+
+
 class EmbeddingSettings(Section):
     """Sentence embedder used by retrieval and the semantic cache."""
 
@@ -275,6 +285,7 @@ class Settings(BaseSettings):
         Path(".ragkv"), description="where caches, indexes and stores live"
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)

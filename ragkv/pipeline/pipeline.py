@@ -91,7 +91,11 @@ class Pipeline:
                 context = context or await self._context(request)
                 prompt_ids, spans, sources = self._with_context(messages, chat_ids, context)
             engine_request = self._engine_request(
-                request.tenant, prompt_ids, request.params, request.max_tokens_set, request.cache
+                request.cache.owner(request.tenant),
+                prompt_ids,
+                request.params,
+                request.max_tokens_set,
+                request.cache,
             )
             engine_request = replace(
                 engine_request,
@@ -113,8 +117,8 @@ class Pipeline:
     ) -> Answer:
         """Answer a plain-prompt completion from the engine (prefix cache only)."""
         engine_request = self._engine_request(
-            request.tenant, request.prompt_ids, request.params, request.max_tokens_set,
-            request.cache,
+            request.cache.owner(request.tenant), request.prompt_ids, request.params,
+            request.max_tokens_set, request.cache,
         )  # fmt: skip
         return await self._generate(engine_request, request.cache.kv_reuse.value, disconnected)
 
@@ -144,7 +148,8 @@ class Pipeline:
             agents.issued(request.tenant, calls)
             if prompt_ids is not None and request.cache.kv_reuse.uses_prefix_cache:
                 ttl_s = agents.ttl(request.tenant, [call.name for call in calls])
-                await self.engine.pin_tool_turn(request.tenant, prompt_ids, ttl_s)
+                owner = request.cache.owner(request.tenant)
+                await self.engine.pin_tool_turn(owner, prompt_ids, ttl_s)
 
         return with_tool_calls(answer, request.tools, on_calls)
 

@@ -28,6 +28,13 @@ class CacheOptions:
     recompute_ratio: float | None = None
     session_id: str | None = None
     pin_ttl_s: float | None = None
+    # Under `cache.scope = user`: the user whose own caches serve the request (None: the
+    # tenant's caches, shared by its users).
+    user: str | None = None
+
+    def owner(self, tenant: str) -> str:
+        """Who the three cache levels are keyed by: the tenant, or one user of it."""
+        return tenant if self.user is None else f"{tenant}/user:{self.user}"
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ class SemanticStep:
         vector = await run_in_threadpool(self.embedder.embed_one, query)
         result = await run_in_threadpool(
             self.cache.lookup,
-            request.tenant,
+            request.cache.owner(request.tenant),
             self.model_id,
             template,
             query,
@@ -128,7 +128,7 @@ class SemanticStep:
             request.cache.category,
         )
         return SemanticProbe(
-            request.tenant,
+            request.cache.owner(request.tenant),
             self.model_id,
             template,
             query,

@@ -53,7 +53,7 @@ def traffic(live_server: LiveServer) -> None:
     for content in ("Say hello to the dashboard.", question):
         body = {
             "messages": [{"role": "user", "content": content}],
-            "max_tokens": 4,
+            "max_tokens": 2,
             "temperature": 0,
         }
         response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=TENANT, timeout=120)

@@ -4,7 +4,8 @@ the pipeline, format its answer as JSON or SSE."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -27,6 +28,7 @@ from ragkv.server.schemas import (
 )
 
 router = APIRouter(tags=["generation"])
+ScopedRequest = TypeVar("ScopedRequest", contract.ChatRequest, contract.CompletionRequest)
 NOT_SUPPORTED = ("presence_penalty", "frequency_penalty", "logit_bias")
 # OpenAI chat fields accepted and not acted on: storage, tracing and routing hints.
 IGNORED_FIELDS = frozenset(
@@ -45,6 +47,17 @@ def check_model(served: str, body: SamplingFields) -> None:
     for name in NOT_SUPPORTED:
         if getattr(body, name):
             raise InvalidRequest(f"{name} is not supported; leave it out", param=name)
+
+
+def scoped(request: ScopedRequest, parts: Any, http: Request, user: str | None) -> ScopedRequest:
+    """Under `cache.scope = user`, the request keyed by its user's own caches (the `user`
+    field, else the x-ragkv-user header; without either, the tenant's caches)."""
+    if parts.settings.cache.scope != "user":
+        return request
+    user = user or http.headers.get("x-ragkv-user")
+    if not user:
+        return request
+    return replace(request, cache=replace(request.cache, user=user[:256]))
 
 
 def cache_options(options: RagkvOptions) -> contract.CacheOptions:
@@ -138,7 +151,8 @@ async def chat_completions(
     """Chat completion over the served model. With `documents` or `rag`, the context chunks
     are placed before the question and their cached KV is blended (`ragkv.kv_reuse`)."""
     check_model(parts.model_card.id, body)
-    answer = await pipeline.chat(chat_request(body, tenant), http.is_disconnected)
+    request = scoped(chat_request(body, tenant), parts, http, body.user)
+    answer = await pipeline.chat(request, http.is_disconnected)
     completion = chat_completion(parts.model_card.id, pipeline, body.logprobs)
     completion.expose_cache = parts.settings.server.expose_cache_status
     return await respond(answer, completion, body.stream)
@@ -204,7 +218,7 @@ async def completions(
         max_tokens_set=body.max_tokens is not None,
         cache=cache_options(body.ragkv),
     )
-    answer = await pipeline.complete(request, http.is_disconnected)
+    answer = await pipeline.complete(scoped(request, parts, http, body.user), http.is_disconnected)
     prefix = tokenizer.decode(prompt_ids) if body.echo else ""
 
     def choice(delta: Delta, prefix: str = "") -> dict[str, Any]:

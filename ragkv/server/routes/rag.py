@@ -9,7 +9,13 @@ from ragkv.pipeline import request as contract
 from ragkv.server.auth import Tenant
 from ragkv.server.deps import Components, Pipe
 from ragkv.server.respond import cache_headers, final_fields, respond
-from ragkv.server.routes.chat import cache_options, chat_completion, check_model, sampling
+from ragkv.server.routes.chat import (
+    cache_options,
+    chat_completion,
+    check_model,
+    sampling,
+    scoped,
+)
 from ragkv.server.schemas import RagChatRequest, SamplingFields
 
 router = APIRouter(tags=["rag"])
@@ -39,7 +45,7 @@ async def rag_chat(
         rag=contract.RagQuery(body.collection, body.top_k),
         cache=cache_options(body.ragkv),
     )
-    answer = await pipeline.chat(request, http.is_disconnected)
+    answer = await pipeline.chat(scoped(request, parts, http, None), http.is_disconnected)
     completion = chat_completion(model_id, pipeline, logprobs=False)
     completion.expose_cache = expose = parts.settings.server.expose_cache_status
     if body.stream:
