@@ -123,6 +123,14 @@ class ChunkBlender:
         self.stats.chunks_computed += 1
         return chunk
 
+    def held(self, token_ids: list[int], request: Request) -> bool:
+        """Whether a tier holds the chunk's KV (its variant, or alone) for `request`: a fetch
+        then costs a read, not a prefill (the cost model may still decide to recompute)."""
+        variant = chunk_key(request.tenant, token_ids, context_variant(request.chunk_context))
+        return self.store.contains(variant) or self.store.contains(
+            chunk_key(request.tenant, token_ids)
+        )
+
     def prewarm(self, tenant: str, token_ids: list[int], context: tuple[int, ...] = ()) -> bool:
         """Compute and store a chunk's KV (after `context`) unless cached; True if computed."""
         if len(token_ids) < self.settings.min_chunk_tokens:
@@ -220,13 +228,16 @@ class BlendJob:
         spent = 0
         num_layers = self.blender.model.config.num_layers
         request = self.seq.request
-        while self._fetching and (spent == 0 or spent < budget):
+        while self._fetching:
             index = len(self.chunk_kvs)
             span = self.spans[index]
             token_ids = request.prompt_ids[span.start : span.end]
+            cost = (len(self.context) + span.length) * num_layers
+            if spent and spent + cost > budget and not self.blender.held(token_ids, request):
+                break  # computing this chunk would overrun the step: next step
             kv, source, seen = self.blender.fetch(request.tenant, token_ids, self.context)
             if source == "computed":
-                spent += (len(self.context) + span.length) * num_layers
+                spent += cost
             self.chunk_kvs.append(kv)
             # Cache-Craft's prefix overlap: the prompt tokens this chunk's KV already saw.
             self.spans[index] = replace(span, seen=min(seen, self.shared))
