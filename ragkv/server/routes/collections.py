@@ -172,11 +172,31 @@ async def delete_collection(name: str, tenant: Tenant, retriever: Retrieval) -> 
     return Deleted(id=name, object="collection")
 
 
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its `$defs` references inlined: a schema placed in
+    `openapi_extra` must not point at `#/$defs/...` (outside `components`; ReDoc refuses the
+    whole document over it)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
+
+
 _DOCUMENTS_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": AddDocuments.model_json_schema()},
+            "application/json": {"schema": inlined_schema(AddDocuments)},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",

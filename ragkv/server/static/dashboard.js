@@ -6,16 +6,12 @@
   const KEY_STORAGE = "ragkv.adminKey";
   const POLL_MS = 3000;
   const WINDOW_POINTS = 12; // one minute of 5 s points
+  const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
   const $ = (selector) => document.querySelector(selector);
 
   const state = { key: null, timer: null, generation: 0, points: [], maxPoints: 720, charts: {} };
 
-  class ApiError extends Error {
-    constructor(status, message) {
-      super(message);
-      this.status = status;
-    }
-  }
+  const apiError = (status, message) => Object.assign(new Error(message), { status });
 
   // -- formatting ----------------------------------------------------------------------------
 
@@ -28,14 +24,8 @@
     text: (v) => (v == null ? none : String(v)),
     bytes: (v) => {
       if (v == null) return none;
-      const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-      let value = v;
-      let unit = 0;
-      while (value >= 1024 && unit < units.length - 1) {
-        value /= 1024;
-        unit += 1;
-      }
-      return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+      const unit = v >= 1024 ? Math.min(4, Math.floor(Math.log2(v) / 10)) : 0;
+      return unit === 0 ? `${v} B` : `${(v / 1024 ** unit).toFixed(1)} ${BYTE_UNITS[unit]}`;
     },
     seconds: (v) => (v == null ? none : `${Number(v).toFixed(2)} s`),
   };
@@ -52,7 +42,7 @@
     const body = await response.json().catch(() => null);
     if (!response.ok) {
       const message = (body && body.error && body.error.message) || response.statusText;
-      throw new ApiError(response.status, message);
+      throw apiError(response.status, message);
     }
     return body;
   }
@@ -393,6 +383,12 @@
           body: JSON.stringify({ entry_id: entryId, correct: false }),
         });
         return `entry ${result.entry_id} dropped (category '${result.category}')`;
+      });
+    });
+    window.addEventListener("resize", () => {
+      Object.entries(state.charts).forEach(([name, chart]) => {
+        const figure = document.querySelector(`[data-chart="${name}"]`);
+        chart.setSize({ width: Math.max(280, figure.clientWidth - 8), height: 170 });
       });
     });
     const saved = sessionStorage.getItem(KEY_STORAGE);
