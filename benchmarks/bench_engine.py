@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--decode-dtype", default="same", choices=["same", "bfloat16", "float16"])
+    parser.add_argument("--gemm-layout", default="auto", choices=["auto", "blocked", "joined"])
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-http", action="store_true", help="no live-server stream row")
     parser.add_argument(
@@ -161,7 +162,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = generation_model_path()
     settings = EngineSettings(kv_cache_mb=2048, max_batch_tokens=2048, max_num_seqs=32)
-    model_settings = ModelSettings(dtype=args.dtype, decode_dtype=args.decode_dtype)
+    model_settings = ModelSettings(
+        dtype=args.dtype, decode_dtype=args.decode_dtype, gemm_layout=args.gemm_layout
+    )
     engine = LLMEngine.from_path(path, model_settings, settings)
     engine_prefill_s(engine, token_ids(64))  # warm-up
     rows: dict[str, dict[str, float | None]] = {}
@@ -196,9 +199,12 @@ def main() -> None:
             "ragkv": single,
             "llama.cpp": llama_cpp_decode(args.llama_cpp_python, path, args),
         }
+    # The server gets the layout the engine row ran with (its own calibration could differ).
+    blocks = engine.model.column_blocks
+    layout_env = {"RAGKV_MODEL__GEMM_LAYOUT": "joined" if blocks == 1 else "blocked"}
     if not args.skip_http:  # a live `ragkv serve` in its own process, same threads
         rows["decode_http_stream_tok_per_s"] = {
-            "ragkv": http_decode_tps(args.threads, args.decode_tokens),
+            "ragkv": http_decode_tps(args.threads, args.decode_tokens, extra_env=layout_env),
             "engine": single,
         }
     rows["decode_16_streams_tok_per_s"] = {
@@ -239,6 +245,8 @@ def main() -> None:
         "threads": args.threads,
         "dtype": args.dtype,
         "decode_dtype": args.decode_dtype,
+        # the decode GEMV layout the start-up calibration chose (model.gemm_layout = auto)
+        "column_blocks": engine.model.column_blocks,
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
         "ratios": ratios,

@@ -89,9 +89,11 @@ def stream_decode_tps(url: str, prompt: str, num_tokens: int) -> float:
     return (num_tokens - 1) / (arrivals[-1] - arrivals[0])
 
 
-def http_decode_tps(threads: int, num_tokens: int, runs: int = 3) -> float:
+def http_decode_tps(
+    threads: int, num_tokens: int, runs: int = 3, extra_env: dict[str, str] | None = None
+) -> float:
     """Median decode tok/s of `runs` streams from a fresh live server (stopped after)."""
-    url, process, data = start_serve(threads)
+    url, process, data = start_serve(threads, extra_env)
     try:
         stream_decode_tps(url, "Warm-up: one two three", 8)
         rates = [

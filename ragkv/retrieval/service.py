@@ -24,6 +24,7 @@ from ragkv.retrieval.chunker import Chunk, Chunker
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.index import IndexFileError, VectorIndex
 from ragkv.retrieval.store import CollectionInfo, DocumentInfo, DocumentStore, sqlite_url
+from ragkv.retrieval.timings import SearchTimings
 from ragkv.retrieval.tokenizer import EncoderLike
 from ragkv.settings import RetrievalSettings
 
@@ -89,6 +90,7 @@ class Retriever:
         self.settings = settings
         self.data_dir = Path(data_dir)
         self.embedder = embedder
+        self.timings = SearchTimings()
         self.chunker = Chunker(tokenizer, settings.chunk_tokens)
         self.store = DocumentStore(settings.database_url or sqlite_url(self.data_dir))
         self._indexes: dict[int, VectorIndex] = {}
@@ -258,10 +260,10 @@ class Retriever:
         if not query.strip():
             raise Unprocessable("query must not be empty", param="query")
         collection = self._usable_collection(tenant, name)
-        vector = self.embedder.embed([query])
-        result = self._index(collection.id).search(vector, top_k)
-        ids = [int(i) for i in result.ids[0] if i >= 0]
-        found = self.store.chunk_hits(collection.id, ids)
+        with self.timings.measure():  # embedding, index search and the rows' fetch
+            vector = self.embedder.embed([query])
+            result = self._index(collection.id).search(vector, top_k)
+            found = self.store.chunk_hits(collection.id, [int(i) for i in result.ids[0] if i >= 0])
         return [
             SearchHit(
                 hit.document_id,

@@ -50,5 +50,6 @@ def test_users_do_not_share_any_cache_level(user_scoped: LiveServer) -> None:
 
 def test_tenant_scope_shares_between_users(live_server: LiveServer) -> None:
     question = f"Which planet has the largest moons? ({uuid.uuid4().hex[:6]})"
-    assert ask(live_server, question, user="carol")[0] == "miss"
+    # carol's answer may reuse the tenant's cached chat head (kv-hit), never a semantic hit
+    assert ask(live_server, question, user="carol")[0] != "semantic-hit"
     assert ask(live_server, question, user="dave")[0] == "semantic-hit"

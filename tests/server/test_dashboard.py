@@ -98,6 +98,7 @@ def test_data_has_the_stats_and_the_series(live_server: LiveServer, traffic) -> 
     assert any(row["tenant"] == "tenant-b" and row["hits"] >= 1 for row in data["tenants"])
     assert data["engine"]["pool_pages"] == stats["prefix"]["pool_pages"]
     assert {"collections", "documents", "chunks", "largest"} <= data["retrieval"].keys()
+    assert data["retrieval"]["search"].keys() == {"searches", "p50_ms", "p95_ms"}
     series = data["series"]
     assert series["interval_s"] == SAMPLE_INTERVAL_S and series["max_points"] == MAX_POINTS
     assert series["points"], "the sampler takes its first point at start"

@@ -198,13 +198,15 @@ def tenant_rows(semantic: dict[str, Any] | None, limit: int = TOP_TENANTS) -> li
 
 
 def retrieval_summary(parts: Components) -> dict[str, Any]:
-    """Collections, documents and chunks of every tenant; the largest collections first."""
+    """Collections, documents and chunks of every tenant, search latency; the largest
+    collections first."""
     collections = parts.retriever.store.list_collections()
     largest = sorted(collections, key=lambda c: (-c.num_chunks, c.tenant, c.name))
     return {
         "collections": len(collections),
         "documents": sum(c.num_documents for c in collections),
         "chunks": sum(c.num_chunks for c in collections),
+        "search": parts.retriever.timings.summary(),  # embedding + index + rows, recent
         "largest": [
             {
                 "tenant": c.tenant,
