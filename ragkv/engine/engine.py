@@ -288,6 +288,7 @@ class LLMEngine:
                 "evictable_pages": size.evictable_pages,
                 "locked_pages": size.locked_pages,
                 "pinned_pages": size.pinned_pages,
+                "approx_pages": size.approx_pages,
                 "cached_bytes": size.total_pages * self.pool.bytes_per_page,
                 "running": len(self.scheduler.running),
                 "waiting": len(self.scheduler.waiting),

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from ragkv.assets import generation_model_path
+from ragkv.cache.semantic.admin import SemanticCacheAdmin
 from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.compute import ComputeThread
 from ragkv.engine.async_engine import AsyncEngine
@@ -26,7 +27,7 @@ from ragkv.retrieval.chunker import Chunker
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
 from ragkv.server.demo import DemoSeeder
-from ragkv.server.metrics import ChunkStoreCollector, EngineCollector
+from ragkv.server.metrics import ChunkStoreCollector, EngineCollector, StateCollector
 from ragkv.server.schemas import ModelCard, ModelRuntimeInfo
 from ragkv.settings import Settings
 
@@ -114,6 +115,7 @@ class Components:
         )
         parts = cls(settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline)
         parts.compute = compute
+        registry.register(state_collector(parts))
         if not settings.auth.enabled and settings.server.demo_documents:
             parts.demo = DemoSeeder(retriever, settings.server.demo_documents)
             await run_in_threadpool(parts.demo.start)
@@ -129,3 +131,19 @@ class Components:
             await run_in_threadpool(self.semantic_cache.close)
         if self.compute is not None:
             await run_in_threadpool(self.compute.close)
+
+
+def state_collector(parts: Components) -> StateCollector:
+    """The scrape-time collector of what the caches and the documents hold."""
+
+    def retrieval_sizes() -> tuple[int, int, int]:
+        collections = parts.retriever.store.list_collections()
+        documents = sum(c.num_documents for c in collections)
+        return len(collections), documents, sum(c.num_chunks for c in collections)
+
+    semantic = None
+    if parts.semantic_cache is not None:
+        semantic = SemanticCacheAdmin(parts.semantic_cache).stats_report
+    return StateCollector(
+        parts.llm.prefix_stats, semantic, retrieval_sizes, parts.retriever.timings.summary
+    )

@@ -86,3 +86,58 @@ class EngineCollector:
             yield GaugeMetricFamily(name, text, value=info[key])
         for key, (name, text) in self.COUNTERS.items():
             yield CounterMetricFamily(name, text, value=info[key])
+
+
+class StateCollector:
+    """What the caches and the documents hold now, for Prometheus users (the dashboard page
+    shows the same): semantic entries and bytes per category, radix tree pages by state,
+    collections/documents/chunks and recent search latency. Read at scrape time; the radix
+    figures wait for the engine step in progress (as `/admin/cache/stats` does)."""
+
+    def __init__(
+        self,
+        prefix_stats: Callable[[], dict[str, Any]],
+        semantic_report: Callable[[], dict[str, Any]] | None,
+        retrieval_sizes: Callable[[], tuple[int, int, int]],
+        search_summary: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.prefix_stats = prefix_stats
+        self.semantic_report = semantic_report
+        self.retrieval_sizes = retrieval_sizes
+        self.search_summary = search_summary
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        prefix = self.prefix_stats()
+        pages = GaugeMetricFamily("ragkv_radix_pages", "radix tree pages", labels=["state"])
+        for state in ("cached", "evictable", "locked", "pinned", "approx"):
+            pages.add_metric([state], prefix[f"{state}_pages"])
+        yield pages
+        if self.semantic_report is not None:
+            categories = self.semantic_report()["categories"]
+            entries = GaugeMetricFamily(
+                "ragkv_semantic_cache_entries", "semantic cache entries", labels=["category"]
+            )
+            size = GaugeMetricFamily(
+                "ragkv_semantic_cache_bytes", "semantic cache bytes", labels=["category"]
+            )
+            for category, row in categories.items():
+                entries.add_metric([category], row["entries"])
+                size.add_metric([category], row["bytes"])
+            yield from (entries, size)
+        collections, documents, chunks = self.retrieval_sizes()
+        yield GaugeMetricFamily("ragkv_retrieval_collections", "collections", value=collections)
+        yield GaugeMetricFamily("ragkv_retrieval_documents", "documents", value=documents)
+        yield GaugeMetricFamily("ragkv_retrieval_chunks", "chunks", value=chunks)
+        search = self.search_summary()
+        yield CounterMetricFamily(
+            "ragkv_retrieval_searches", "searches since start", value=search["searches"]
+        )
+        latency = GaugeMetricFamily(
+            "ragkv_retrieval_search_latency_seconds",
+            "search latency of the recent searches (embedding, index, rows)",
+            labels=["quantile"],
+        )
+        for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):  # NaN before a search
+            value = search[key]
+            latency.add_metric([quantile], float("nan") if value is None else value / 1000)
+        yield latency
