@@ -41,7 +41,10 @@ def build_app(settings: Settings) -> FastAPI:
         app.state.components = components
         app.state.sampler = start_sampler(components)
         if not settings.auth.enabled:
-            log.warning("no API keys configured: auth is off, serving localhost only")
+            log.warning(
+                "no API keys configured: auth is off, serving localhost only; every client "
+                "is one tenant and shares its caches"
+            )
         app.state.ready = True
         log.info("ragkv %s ready, model %s", __version__, components.model_card.id)
         try:
