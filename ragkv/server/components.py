@@ -113,8 +113,10 @@ class Components:
                 settings.engine.tool_pin_max_ttl_s,
             ),
         )
-        parts = cls(settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline)
-        parts.compute = compute
+        parts = cls(
+            settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline,
+            compute=compute,
+        )  # fmt: skip
         registry.register(state_collector(parts))
         if not settings.auth.enabled and settings.server.demo_documents:
             parts.demo = DemoSeeder(retriever, settings.server.demo_documents)

@@ -25,16 +25,6 @@ class Poison:
                 raise RuntimeError(f"injected {stage} failure")
 
 
-def run(engine, requests) -> dict[str, list]:
-    for request in requests:
-        engine.add_request(request)
-    outputs = {r.request_id: [] for r in requests}
-    while engine.has_work():
-        for output in engine.step():
-            outputs[output.request_id].append(output)
-    return outputs
-
-
 def tokens(outputs) -> list[int]:
     return [t for o in outputs for t in o.token_ids]
 
@@ -49,13 +39,13 @@ def prompts(smollm: LoadedModel) -> list[list[int]]:
     ("stage", "after"), [("sample", 3), ("detokenize", 0), ("forward", 2)], ids=str
 )
 def test_a_failing_request_fails_alone(make_engine, prompts, stage: str, after: int) -> None:
-    reference = run(make_engine(), [greedy_request(p, 8) for p in prompts])
+    reference = make_engine().generate([greedy_request(p, 8) for p in prompts])
     expected = [tokens(outs) for outs in reference.values()]
     engine = make_engine(max_batch_tokens=64)  # prefill chunks and decodes share steps
     requests = [greedy_request(p, 8) for p in prompts]
     poisoned = requests[1]
     engine.post.fault_hook = Poison(poisoned.request_id, stage, after)
-    outputs = run(engine, requests)
+    outputs = engine.generate(requests)
     last = outputs[poisoned.request_id][-1]
     assert last.finished and last.finish_reason == "error"
     assert f"injected {stage} failure" in last.error
@@ -77,6 +67,6 @@ def test_a_forward_that_fails_for_everyone_fails_each_request(make_engine, promp
             raise RuntimeError("the device is gone")
 
     engine.post.fault_hook = always
-    outputs = run(engine, requests)
+    outputs = engine.generate(requests)
     assert all(outs[-1].finish_reason == "error" for outs in outputs.values())
     assert engine.pool.num_free + engine.radix.size_info().total_pages == engine.pool.num_pages

@@ -47,6 +47,13 @@ class ChunkStats:
     by_selector: Counter[str] = field(default_factory=Counter)
 
 
+def chunk_keys(tenant: str, token_ids: list[int], context: tuple[int, ...]) -> list[ChunkKey]:
+    """The keys a chunk's KV may be held under, in the order `fetch` tries them: computed
+    after `context` (its variant), then alone (Cache-Craft's fallback; only with a context)."""
+    variant = chunk_key(tenant, token_ids, context_variant(context))
+    return [variant, chunk_key(tenant, token_ids)] if context else [variant]
+
+
 class ChunkBlender:
     """Owns the chunk KV store and runs blended prefills for the engine (engine thread)."""
 
@@ -96,16 +103,14 @@ class ChunkBlender:
     ) -> tuple[torch.Tensor, str, int]:
         """`chunk_kv`, plus how many `context` tokens the KV returned was computed after
         (`len(context)`, or 0 when it fell back to the chunk alone)."""
-        key = chunk_key(tenant, token_ids, context_variant(context))
-        hit = self.store.get(key, len(token_ids))
-        if hit is not None:
-            return hit.kv, hit.tier, len(context)
-        if context:
-            hit = self.store.get(chunk_key(tenant, token_ids), len(token_ids))
+        keys = chunk_keys(tenant, token_ids, context)
+        for index, key in enumerate(keys):
+            hit = self.store.get(key, len(token_ids))
             if hit is not None:
-                self.stats.variant_fallbacks += 1
-                return hit.kv, hit.tier, 0
-        return self._compute(key, token_ids, context), "computed", len(context)
+                if index:  # the variant is not held: the chunk computed alone
+                    self.stats.variant_fallbacks += 1
+                return hit.kv, hit.tier, 0 if index else len(context)
+        return self._compute(keys[0], token_ids, context), "computed", len(context)
 
     def _compute(self, key: ChunkKey, token_ids: list[int], context: tuple[int, ...]):
         """Prefill `context + token_ids`, store the chunk's part under `key`, return it."""
@@ -126,10 +131,8 @@ class ChunkBlender:
     def held(self, token_ids: list[int], request: Request) -> bool:
         """Whether a tier holds the chunk's KV (its variant, or alone) for `request`: a fetch
         then costs a read, not a prefill (the cost model may still decide to recompute)."""
-        variant = chunk_key(request.tenant, token_ids, context_variant(request.chunk_context))
-        return self.store.contains(variant) or self.store.contains(
-            chunk_key(request.tenant, token_ids)
-        )
+        keys = chunk_keys(request.tenant, token_ids, request.chunk_context)
+        return any(self.store.contains(key) for key in keys)
 
     def prewarm(self, tenant: str, token_ids: list[int], context: tuple[int, ...] = ()) -> bool:
         """Compute and store a chunk's KV (after `context`) unless cached; True if computed."""
@@ -144,16 +147,15 @@ class ChunkBlender:
     def prefetch(self, request: Request) -> int:
         """Start reading the disk-held KV of the request's chunks into memory (worker thread;
         see `ChunkKVStore.prefetch`); reads queued."""
-        context, variant = request.chunk_context, context_variant(request.chunk_context)
         wanted = []
         for span in request.chunk_spans:
             if span.length < self.settings.min_chunk_tokens:
                 continue
             token_ids = request.prompt_ids[span.start : span.end]
-            key = chunk_key(request.tenant, token_ids, variant)
-            wanted.append((key, span.length))
-            if context and not self.store.contains(key):  # what `fetch` falls back to
-                wanted.append((chunk_key(request.tenant, token_ids), span.length))
+            variant, *fallback = chunk_keys(request.tenant, token_ids, request.chunk_context)
+            wanted.append((variant, span.length))
+            if fallback and not self.store.contains(variant):  # what `fetch` falls back to
+                wanted.append((fallback[0], span.length))
         return self.store.prefetch(wanted)
 
     def start(self, seq: Sequence, pool: KVPool) -> BlendJob:

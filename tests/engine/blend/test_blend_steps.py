@@ -107,15 +107,22 @@ def test_two_rag_prompts_blend_at_once_and_match_one_at_a_time(
         run_greedy(engine_with_chunks(make_engine, tmp_path / f"s{i}"), [replace_id(r)])
         for i, r in enumerate(requests)
     ]
-    engine = engine_with_chunks(make_engine, tmp_path / "together", max_concurrent_blends=2)
+    # A small budget keeps both blends unfinished after the first step, whatever it costs.
+    engine = engine_with_chunks(
+        make_engine, tmp_path / "together", max_concurrent_blends=2, max_batch_tokens=128
+    )
     for request in requests:
         engine.add_request(request)
-    engine.step()
-    assert len(engine.blends.jobs) == 2
     results = {r.request_id: [] for r in requests}
-    while engine.has_work():
+
+    def step() -> None:
         for output in engine.step():
             results[output.request_id].append(output)
+
+    step()
+    assert len(engine.blends.jobs) == 2
+    while engine.has_work():
+        step()
     for request, alone_result in zip(requests, sequential, strict=True):
         assert tokens_of(results[request.request_id]) == next(iter(alone_result.values()))[0]
 
