@@ -49,6 +49,18 @@ def test_langchain_example(live_server: LiveServer) -> None:
     assert isinstance(result["reply"].content, str) and result["reply"].content
 
 
+def test_llamaindex_example(live_server: LiveServer) -> None:
+    replies = load("llamaindex_rag").main(live_server.url, "sk-tenant-b", "llamaindex-test")
+    first, again = replies["first"], replies["again"]
+    info = first.raw.model_extra["ragkv"]
+    assert first.message.content and info["semantic_cache"] == "miss"
+    assert [s["document_id"] for s in info["sources"]] == ["venus"]
+    assert info["chunk_tokens_reused"] > 0  # prewarmed at ingest
+    if first.raw.choices[0].finish_reason == "stop":  # only complete answers are cached
+        assert again.raw.model_extra["ragkv"]["semantic_cache"] == "hit"
+        assert again.message.content == first.message.content
+
+
 def test_rag_pipeline_example(live_server: LiveServer) -> None:
     result = load("rag_pipeline").main(live_server.url, "sk-tenant-b", "pipeline-test")
     first, again = result["passes"]["first"], result["passes"]["again"]
