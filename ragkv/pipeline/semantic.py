@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from ragkv.cache.semantic.cache import SemanticCache
 from ragkv.cache.semantic.keys import is_cacheable, normalize_query, template_hash
 from ragkv.cache.semantic.single_flight import Flight, SingleFlight
-from ragkv.cache.semantic.types import CacheHit
+from ragkv.cache.semantic.types import CacheHit, Sources
 from ragkv.pipeline.request import ChatRequest
 from ragkv.retrieval.embedder import Embedder
 
@@ -54,6 +54,7 @@ class SemanticProbe:
     hit: CacheHit | None
     reason: str
     shared_entry_id: int | None = None
+    sources: Sources | None = None  # a RAG answer's collection and retrieved chunks
 
     @property
     def served(self) -> bool:
@@ -138,6 +139,7 @@ class SemanticStep:
             result.similarity,
             result.hit,
             result.reason,
+            sources=rag_sources(request, retrieved),
         )
 
     async def join(self, probe: SemanticProbe) -> tuple[SemanticProbe, SharedAnswer | None]:
@@ -179,11 +181,26 @@ class SemanticStep:
                 probe.vector,
                 answer,
                 probe.category,
+                None,
+                probe.sources,
             )
             entry_id = result.entry_id
         except Exception:  # a full quota or similar must not fail an answered request
             log.exception("semantic cache store-back failed")
         return SharedAnswer(answer, entry_id)
+
+
+def source_collection(tenant: str, name: str) -> str:
+    """The key under which the semantic cache records answers built from a collection."""
+    return json.dumps([tenant, name])
+
+
+def rag_sources(request: ChatRequest, retrieved: tuple[str, ...]) -> Sources | None:
+    """What a RAG answer is built from (None without a collection): replacing or deleting
+    one of these chunks, or the collection, drops the answer (see `Retriever` listeners)."""
+    if request.rag is None:
+        return None
+    return Sources(source_collection(request.tenant, request.rag.collection), retrieved)
 
 
 def keyed_by_context(request: ChatRequest, retrieved: tuple[str, ...] = ()) -> list[dict[str, Any]]:

@@ -7,8 +7,6 @@ never a chunk without its vector nor a vector without its chunk.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import threading
@@ -19,11 +17,23 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ragkv.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from ragkv.errors import Conflict, NotFound, Unprocessable
 from ragkv.retrieval.chunker import Chunk, Chunker
+from ragkv.retrieval.documents import (  # noqa: F401 (DocumentInput, document_id_of: API)
+    DocumentInput,
+    RemovalFeed,
+    document_id_of,
+    validate_documents,
+)
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.index import IndexFileError, VectorIndex
-from ragkv.retrieval.store import CollectionInfo, DocumentInfo, DocumentStore, sqlite_url
+from ragkv.retrieval.store import (
+    CollectionInfo,
+    DocumentInfo,
+    DocumentStore,
+    RemovedChunks,
+    sqlite_url,
+)
 from ragkv.retrieval.timings import SearchTimings
 from ragkv.retrieval.tokenizer import EncoderLike
 from ragkv.settings import RetrievalSettings
@@ -31,15 +41,6 @@ from ragkv.settings import RetrievalSettings
 log = logging.getLogger("ragkv.retrieval")
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MAX_DOCUMENT_ID_CHARS = 256
-
-
-class DocumentInput(NamedTuple):
-    """A document to ingest; without `id` it gets one from its text (same text, same id)."""
-
-    text: str
-    id: str | None = None
-    metadata: dict[str, Any] | None = None
 
 
 class IngestStats(NamedTuple):
@@ -67,11 +68,6 @@ class SearchHit(NamedTuple):
 ProgressCallback = Callable[[int], None]
 
 
-def document_id_of(text: str) -> str:
-    """The id a document without one gets: a hash of its text."""
-    return "doc_" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
-
-
 class Retriever:
     """Per-tenant collections over one document store and one FAISS index per collection.
 
@@ -95,6 +91,7 @@ class Retriever:
         self.store = DocumentStore(settings.database_url or sqlite_url(self.data_dir))
         self._indexes: dict[int, VectorIndex] = {}
         self._lock = threading.RLock()  # guards _indexes and serialises writes
+        self.removals = RemovalFeed()  # told after a write removed chunks
 
     # lifecycle
 
@@ -146,6 +143,7 @@ class Retriever:
             self.store.delete_collection(collection.id)
             self._indexes.pop(collection.id, None)
             VectorIndex.remove_files(self._index_path(collection.id))
+        self.removals.removed(tenant, name, None)
 
     # documents
 
@@ -161,7 +159,7 @@ class Retriever:
         All or nothing: on any error (including one raised by `progress`, which is called
         with each document's chunk count once it is written) nothing of this call remains.
         """
-        documents = self._validate(documents)
+        documents = validate_documents(documents, self.settings)
         collection = self._usable_collection(tenant, name)
         started = time.perf_counter()
         chunked = [self.chunker.chunk(doc.text) for doc in documents]
@@ -172,9 +170,10 @@ class Retriever:
         offsets = np.cumsum([0] + [len(chunks) for chunks in chunked])
         with self._lock:
             index = self._index(collection.id)
-            index_s, store_s = self._write(
+            index_s, store_s, gone = self._write(
                 collection.id, index, documents, chunked, vectors, offsets, progress
             )
+        self.removals.removed(tenant, name, gone)
         return IngestStats(
             [str(doc.id) for doc in documents],
             len(texts),
@@ -193,9 +192,12 @@ class Retriever:
         vectors: np.ndarray,
         offsets: np.ndarray,
         progress: ProgressCallback | None,
-    ) -> tuple[float, float]:
-        removed: list[tuple[np.ndarray, np.ndarray]] = []
+    ) -> tuple[float, float, list[str]]:
+        """Write the documents in one transaction; returns the index and store seconds and
+        the chunk ids that replaced documents had and their new versions do not."""
+        removed: list[RemovedChunks] = []
         added: list[np.ndarray] = []
+        gone: list[str] = []
         index_s = store_s = 0.0
         try:
             with self.store.transaction() as session:
@@ -209,8 +211,10 @@ class Retriever:
                     )  # fmt: skip
                     stored = time.perf_counter()
                     if old is not None:
-                        index.remove(old[0])
+                        index.remove(old.vector_ids)
                         removed.append(old)
+                        kept = {chunk.chunk_id for chunk in chunks}
+                        gone.extend(c for c in old.chunk_ids if c not in kept)
                     index.add(new_ids, doc_vectors)
                     added.append(new_ids)
                     index_s += time.perf_counter() - stored
@@ -223,10 +227,10 @@ class Retriever:
             # The transaction rolled back; make the index match the store again.
             for ids in added:
                 index.remove(ids)
-            for ids, old_vectors in removed:
-                index.add(ids, old_vectors)
+            for old in removed:
+                index.add(old.vector_ids, old.vectors)
             raise
-        return index_s, store_s
+        return index_s, store_s, gone
 
     def get_document(self, tenant: str, name: str, doc_id: str) -> DocumentInfo:
         """A document with its chunks; `NotFound` if absent."""
@@ -245,7 +249,8 @@ class Retriever:
                 old = self.store.remove_document(session, collection.id, doc_id)
                 if old is None:
                     raise NotFound(f"document '{doc_id}' is not in collection '{name}'", param="id")
-                index.remove(old[0])
+                index.remove(old.vector_ids)
+        self.removals.removed(tenant, name, old.chunk_ids)
 
     # search
 
@@ -294,47 +299,6 @@ class Retriever:
         return len(store_ids)
 
     # helpers
-
-    def _validate(self, documents: Sequence[DocumentInput]) -> list[DocumentInput]:
-        if not documents:
-            raise Unprocessable("documents must not be empty", param="documents")
-        limit = self.settings.max_documents_per_request
-        if len(documents) > limit:
-            raise PayloadTooLarge(
-                f"{len(documents)} documents in one request; the limit is {limit} "
-                "(settings retrieval.max_documents_per_request)",
-                param="documents",
-            )
-        checked: list[DocumentInput] = []
-        seen: set[str] = set()
-        for position, doc in enumerate(documents):
-            where = f"documents[{position}]"
-            if not doc.text.strip():
-                raise Unprocessable(f"{where}.text is empty", param=f"{where}.text")
-            size = len(doc.text.encode("utf-8"))
-            if size > self.settings.max_document_bytes:
-                raise PayloadTooLarge(
-                    f"{where} has {size} bytes of text; the limit is "
-                    f"{self.settings.max_document_bytes} (settings retrieval.max_document_bytes)",
-                    param=f"{where}.text",
-                )
-            doc_id = doc.id if doc.id is not None else document_id_of(doc.text)
-            if not doc_id or len(doc_id) > MAX_DOCUMENT_ID_CHARS or not doc_id.isprintable():
-                raise Unprocessable(
-                    f"{where}.id must be 1-{MAX_DOCUMENT_ID_CHARS} printable characters",
-                    param=f"{where}.id",
-                )
-            if doc_id in seen:
-                raise Unprocessable(f"{where}.id '{doc_id}' appears twice", param=f"{where}.id")
-            seen.add(doc_id)
-            try:
-                json.dumps(doc.metadata or {})
-            except (TypeError, ValueError) as exc:
-                raise Unprocessable(
-                    f"{where}.metadata is not JSON: {exc}", param=f"{where}.metadata"
-                ) from exc
-            checked.append(DocumentInput(doc.text, doc_id, dict(doc.metadata or {})))
-        return checked
 
     def _usable_collection(self, tenant: str, name: str) -> CollectionInfo:
         collection = self.store.get_collection(tenant, name)

@@ -58,6 +58,14 @@ class DocumentInfo(NamedTuple):
     chunks: list[ChunkInfo]
 
 
+class RemovedChunks(NamedTuple):
+    """A removed document's chunks: vector ids `[n]`, vectors `[n, dim]`, chunk ids."""
+
+    vector_ids: np.ndarray
+    vectors: np.ndarray
+    chunk_ids: list[str]
+
+
 class ChunkHit(NamedTuple):
     """What a search shows of one chunk: ids, text and its document's metadata."""
 
@@ -190,18 +198,21 @@ class DocumentStore:
 
     def remove_document(
         self, session: Session, collection_id: int, doc_id: str
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Delete a document and its chunks; returns their (vector ids, vectors) or None."""
+    ) -> RemovedChunks | None:
+        """Delete a document and its chunks; returns what they were, or None."""
         document = _find_document(session, collection_id, doc_id)
         if document is None:
             return None
         rows = session.execute(
-            select(ChunkRow.id, ChunkRow.embedding).where(ChunkRow.document_id == document.id)
+            select(ChunkRow.id, ChunkRow.embedding, ChunkRow.chunk_id).where(
+                ChunkRow.document_id == document.id
+            )
         ).all()
         session.execute(delete(ChunkRow).where(ChunkRow.document_id == document.id))
         session.execute(delete(DocumentRow).where(DocumentRow.id == document.id))
         session.flush()
-        return _ids_and_vectors(rows)
+        ids, vectors = _ids_and_vectors(rows)
+        return RemovedChunks(ids, vectors, [row[2] for row in rows])
 
     def insert_document(
         self,

@@ -291,10 +291,15 @@ class Admin:
         return self._owner._run(Call("GET", "/admin/cache/stats"))
 
     def flush(
-        self, level: str = "all", tenant: str | None = None, category: str | None = None
+        self,
+        level: str = "all",
+        tenant: str | None = None,
+        category: str | None = None,
+        collection: str | None = None,
     ) -> dict[str, Any]:
-        """Drop cached entries of one level (`semantic`, `prefix`, `chunk`) or all."""
-        body = {"level": level, "tenant": tenant, "category": category}
+        """Drop cached entries of one level (`semantic`, `prefix`, `chunk`) or all; with
+        `collection`, the cached answers built from that collection of `tenant`."""
+        body = {"level": level, "tenant": tenant, "category": category, "collection": collection}
         body = {k: v for k, v in body.items() if v is not None}
         call = Call("POST", "/admin/cache/flush", json=body, parse=lambda r: r.json()["flushed"])
         return self._owner._run(call)

@@ -22,8 +22,9 @@ from ragkv.pipeline.agents import ToolLatency
 from ragkv.pipeline.context import ContextBuilder
 from ragkv.pipeline.metrics import KVMetrics
 from ragkv.pipeline.pipeline import Pipeline
-from ragkv.pipeline.semantic import SemanticStep
+from ragkv.pipeline.semantic import SemanticStep, source_collection
 from ragkv.retrieval.chunker import Chunker
+from ragkv.retrieval.documents import RemovalListener
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
 from ragkv.server.demo import DemoSeeder
@@ -99,6 +100,7 @@ class Components:
             semantic = SemanticStep(
                 semantic_cache, embedder, card.id, settings.semantic_cache.single_flight_wait_s
             )
+            retriever.removals.subscribe(answers_die_with_sources(semantic_cache))
         chunker = Chunker(llm.tokenizer, settings.retrieval.chunk_tokens)
         pipeline = Pipeline(
             engine,
@@ -149,3 +151,17 @@ def state_collector(parts: Components) -> StateCollector:
     return StateCollector(
         parts.llm.prefix_stats, semantic, retrieval_sizes, parts.retriever.timings.summary
     )
+
+
+def answers_die_with_sources(cache: SemanticCache) -> RemovalListener:
+    """A retrieval removal listener that drops the cached RAG answers built from the removed
+    chunks (or from any chunk of a deleted collection)."""
+    admin = SemanticCacheAdmin(cache)
+
+    def invalidate(tenant: str, collection: str, chunk_ids: list[str] | None) -> None:
+        dropped = admin.invalidate_sources(source_collection(tenant, collection), chunk_ids)
+        if dropped:
+            log.info("dropped %d cached answers built from changed sources of '%s'",
+                     dropped, collection)  # fmt: skip
+
+    return invalidate

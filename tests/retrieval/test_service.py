@@ -242,3 +242,29 @@ def test_delete_collection_removes_everything(retriever: Retriever, tmp_path: Pa
     retriever.create_collection("acme", "kb")
     assert retriever.get_collection("acme", "kb").num_chunks == 0
     assert np.array_equal(retriever.store.vector_ids(retriever.get_collection("acme", "kb").id), [])
+
+
+def test_removal_feed_names_the_chunks_a_write_removed(retriever: Retriever) -> None:
+    calls: list[tuple[str, str, list[str] | None]] = []
+    retriever.removals.subscribe(lambda t, n, ids: calls.append((t, n, ids)))
+    first = [c.chunk_id for c in retriever.get_document("acme", "kb", "eiffel").chunks]
+    retriever.add_documents("acme", "kb", [DOCS[0]])  # the same text: no chunk changed
+    retriever.add_documents("acme", "kb", [DocumentInput("A new text about cats.", "cats")])
+    assert calls == []
+    retriever.add_documents("acme", "kb", [DocumentInput("The Eiffel Tower is grey.", "eiffel")])
+    assert calls == [("acme", "kb", first)]
+    second = [c.chunk_id for c in retriever.get_document("acme", "kb", "eiffel").chunks]
+    retriever.delete_document("acme", "kb", "eiffel")
+    retriever.delete_collection("acme", "kb")
+    assert calls[1:] == [("acme", "kb", second), ("acme", "kb", None)]
+
+
+def test_a_failing_removal_listener_does_not_undo_the_write(retriever: Retriever) -> None:
+    def broken(tenant: str, name: str, chunk_ids: list[str] | None) -> None:
+        raise RuntimeError("listener down")
+
+    retriever.removals.subscribe(broken)
+    retriever.delete_document("acme", "kb", "plants")
+    with pytest.raises(NotFound):
+        retriever.get_document("acme", "kb", "plants")
+    assert retriever.check_integrity("acme", "kb") == 3

@@ -67,7 +67,7 @@ def test_overloaded_then_retried_until_served(live_server: LiveServer, engine) -
                 raise AssertionError("a full queue must answer 503")
             except ragkv.OverloadedError as error:
                 assert error.status == 503 and error.retry_after == 1
-        patient = ragkv.Client(live_server.url, api_key="sk-tenant-a", max_retries=100)
+        patient = ragkv.Client(live_server.url, api_key="sk-tenant-a", max_retries=100, timeout=600)
         patient._http.event_hooks["response"].append(on_response)
         with patient:
             result = patient.chat("Hi", max_tokens=2, temperature=0, semantic_cache=False)

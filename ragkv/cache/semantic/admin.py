@@ -8,6 +8,7 @@ lock, store, partitions, policies, stats and its one deletion path.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ragkv.cache.semantic.cache import SemanticCache
@@ -94,6 +95,28 @@ class SemanticCacheAdmin:
                 part.bytes = 0
                 part.index = None
                 cache.partitions.writes_since_save += 1
+        return removed
+
+    def invalidate_sources(self, collection: str, chunk_ids: Sequence[str] | None = None) -> int:
+        """Drop every answer generated from one of `chunk_ids` of `collection` (None: from
+        any of its chunks), because those chunks were replaced or deleted; returns the count.
+
+        Each partition's entries go in one lmdb transaction with their source-index keys.
+        """
+        cache, removed = self.cache, 0
+        with cache.lock:
+            doomed = cache.store.entries_from(collection, chunk_ids)
+            by_partition: dict[int, list[int]] = {}
+            for entry_id in doomed:
+                part = cache.partition_of(entry_id)
+                if part is not None:
+                    by_partition.setdefault(part.partition_id, []).append(entry_id)
+            for partition_id, entry_ids in by_partition.items():
+                part = cache.partitions.by_id[partition_id]
+                cache.delete_entries(part, sorted(entry_ids))
+                cache.stats.count(part.key.tenant, part.key.category, "invalidations",
+                                  len(entry_ids))  # fmt: skip
+                removed += len(entry_ids)
         return removed
 
     def sweep_expired(self) -> int:

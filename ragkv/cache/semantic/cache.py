@@ -29,6 +29,7 @@ from ragkv.cache.semantic.types import (
     CacheHit,
     CacheWrite,
     LookupResult,
+    Sources,
     StoreResult,
     check_query,
     check_vector,
@@ -209,9 +210,10 @@ class SemanticCache:
         response: str,
         category: str | None = None,
         ttl_s: float | None = None,
+        sources: Sources | None = None,
     ) -> StoreResult:
         """Cache one answer; see `store_many`."""
-        write = CacheWrite(query, response, vector, category, ttl_s)
+        write = CacheWrite(query, response, vector, category, ttl_s, sources)
         return self.store_many(tenant, model, template_hash, [write])[0]
 
     def store_many(
@@ -291,7 +293,7 @@ class SemanticCache:
                 ttl_s = plan.write.ttl_s if plan.write.ttl_s is not None else policy.ttl_s
                 meta = EntryMeta(part.partition_id, now, expires_at(now, ttl_s), now, 0, plan.size)
                 adds.append(NewEntry(plan.write.query, plan.write.response, plan.category,
-                                     plan.vector, meta))  # fmt: skip
+                                     plan.vector, meta, plan.write.sources))  # fmt: skip
                 add_positions.append(position)
         if not adds:
             return

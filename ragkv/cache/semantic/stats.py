@@ -18,6 +18,7 @@ EVENTS = (
     "expirations",
     "guard_rejections",
     "false_hit_reports",
+    "invalidations",
 )
 
 

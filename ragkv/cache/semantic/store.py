@@ -19,6 +19,8 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from ragkv.cache.semantic.types import Sources
+
 _U64 = struct.Struct(">Q")
 # partition id, created_at, expires_at (inf: never), last_used, hits, bytes
 _META = struct.Struct("<IdddII")
@@ -57,13 +59,14 @@ class EntryMeta:
 
 @dataclass(slots=True)
 class NewEntry:
-    """An entry to write: text, `vector: [dim]` float32, and its metadata."""
+    """An entry to write: text, `vector: [dim]` float32, its metadata and its sources."""
 
     query: str
     response: str
     category: str
     vector: np.ndarray
     meta: EntryMeta
+    sources: Sources | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +100,8 @@ class SemanticStore:
         self._log = self.env.open_db(b"log")
         self._partitions = self.env.open_db(b"partitions")
         self._state = self.env.open_db(b"state")
+        # (collection, chunk id, entry id) -> b"": which entries a chunk's change invalidates
+        self._sources = self.env.open_db(b"sources")
 
     def close(self) -> None:
         """Flush and close the environment."""
@@ -115,16 +120,20 @@ class SemanticStore:
         with self.env.begin(write=True) as txn:
             seq = self._next(txn, b"seq")
             for partition_id, entry_id in deletes:
-                key = _U64.pack(entry_id)
-                txn.delete(key, db=self._entries)
-                txn.delete(key, db=self._vectors)
-                txn.delete(key, db=self._meta)
+                self._drop(txn, entry_id)
                 self._append_log(txn, seq, OP_DELETE, partition_id, entry_id)
             ids = []
             for entry in adds:
                 entry_id = self._next(txn, b"next_id")
                 key = _U64.pack(entry_id)
-                record = {"q": entry.query, "r": entry.response, "c": entry.category}
+                record: dict[str, Any] = {
+                    "q": entry.query, "r": entry.response, "c": entry.category
+                }  # fmt: skip
+                if entry.sources is not None:
+                    record["s"] = [entry.sources.collection, list(entry.sources.chunk_ids)]
+                    for chunk_id in set(entry.sources.chunk_ids):
+                        source = _source_key(entry.sources.collection, chunk_id)
+                        txn.put(source + key, b"", db=self._sources)
                 txn.put(key, json.dumps(record).encode(), db=self._entries)
                 txn.put(key, np.asarray(entry.vector, np.float32).tobytes(), db=self._vectors)
                 txn.put(key, entry.meta.pack(), db=self._meta)
@@ -137,12 +146,22 @@ class SemanticStore:
         with self.env.begin(write=True) as txn:
             seq = self._next(txn, b"seq")
             for entry_id in entry_ids:
-                key = _U64.pack(entry_id)
-                txn.delete(key, db=self._entries)
-                txn.delete(key, db=self._vectors)
-                txn.delete(key, db=self._meta)
+                self._drop(txn, entry_id)
             self._append_log(txn, seq, OP_FLUSH, partition_id, 0)
         return seq
+
+    def _drop(self, txn: lmdb.Transaction, entry_id: int) -> None:
+        """Delete an entry's record, vector, metadata and its source-index keys."""
+        key = _U64.pack(entry_id)
+        raw = txn.get(key, db=self._entries)
+        sources = json.loads(raw).get("s") if raw is not None else None
+        if sources:
+            collection, chunk_ids = sources
+            for chunk_id in set(chunk_ids):
+                txn.delete(_source_key(collection, chunk_id) + key, db=self._sources)
+        txn.delete(key, db=self._entries)
+        txn.delete(key, db=self._vectors)
+        txn.delete(key, db=self._meta)
 
     def update_usage(self, usage: Sequence[tuple[int, EntryMeta]]) -> None:
         """Persist hit counts and last-use times (batched; entries deleted since are skipped)."""
@@ -231,6 +250,24 @@ class SemanticStore:
                 txn.delete(key, db=self._log)
             txn.put(b"log_trimmed", _U64.pack(upto_seq), db=self._state)
 
+    def entries_from(self, collection: str, chunk_ids: Sequence[str] | None) -> set[int]:
+        """Ids of entries generated from any of `chunk_ids` of `collection` (None: from any
+        chunk of it)."""
+        prefixes = [_part(collection)] if chunk_ids is None else [
+            _source_key(collection, chunk_id) for chunk_id in set(chunk_ids)
+        ]  # fmt: skip
+        found: set[int] = set()
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._sources)
+            for prefix in prefixes:
+                if not cursor.set_range(prefix):
+                    continue
+                for key in cursor.iternext(values=False):
+                    if not key.startswith(prefix):
+                        break
+                    found.add(_U64.unpack(key[-_U64.size :])[0])
+        return found
+
     # -- partitions and policies ----------------------------------------------------------------
 
     def partition_id(self, key: str, record: dict[str, Any]) -> int:
@@ -259,6 +296,17 @@ class SemanticStore:
         """Save a small JSON value (e.g. the category policies set over the admin API)."""
         with self.env.begin(write=True) as txn:
             txn.put(b"json:" + name.encode(), json.dumps(value).encode(), db=self._state)
+
+
+def _part(text: str) -> bytes:
+    """A length-prefixed key part: no text can run into the next part or be a prefix of a
+    longer one."""
+    raw = text.encode("utf-8", "surrogatepass")
+    return struct.pack(">I", len(raw)) + raw
+
+
+def _source_key(collection: str, chunk_id: str) -> bytes:
+    return _part(collection) + _part(chunk_id)
 
 
 def expires_at(now: float, ttl_s: float | None) -> float:

@@ -36,14 +36,24 @@ class LookupResult(NamedTuple):
     reason: str
 
 
+class Sources(NamedTuple):
+    """What a RAG answer was generated from: a collection (an opaque key the caller makes,
+    tenant included) and the ids (content hashes) of the chunks retrieval returned."""
+
+    collection: str
+    chunk_ids: tuple[str, ...]
+
+
 class CacheWrite(NamedTuple):
-    """One answer to cache. `vector: [dim]`; `category`/`ttl_s` None take the defaults."""
+    """One answer to cache. `vector: [dim]`; `category`/`ttl_s` None take the defaults;
+    `sources` ties a RAG answer to its chunks, so that changing one of them drops it."""
 
     query: str
     response: str
     vector: np.ndarray
     category: str | None = None
     ttl_s: float | None = None
+    sources: Sources | None = None
 
 
 class StoreResult(NamedTuple):

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ragkv.errors import Unprocessable
-from ragkv.server.auth import Admin
+from ragkv.pipeline.semantic import source_collection
+from ragkv.server.auth import DEFAULT_TENANT, Admin
 from ragkv.server.deps import Components, Engine, SemanticAdmin, semantic_admin_of
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 
@@ -17,12 +18,14 @@ router = APIRouter(tags=["cache admin"])
 
 
 class FlushRequest(BaseModel):
-    """What to flush: everything by default, or one tenant and/or category."""
+    """What to flush: everything by default, or one tenant and/or category, or the answers
+    built from one collection of a tenant (semantic level)."""
 
     model_config = ConfigDict(extra="forbid")
 
     tenant: str | None = Field(None, min_length=1, max_length=256)
     category: str | None = Field(None, min_length=1, max_length=64)
+    collection: str | None = Field(None, min_length=1, max_length=64)
     level: Literal["all", "semantic", "prefix", "chunk"] = "all"
 
 
@@ -65,6 +68,8 @@ async def flush(body: FlushRequest, _: Admin, parts: Components) -> dict[str, An
     """Drop cached entries; `{}` drops everything (`level` picks one of semantic, prefix,
     chunk)."""
     flushed: dict[str, Any] = {}
+    if body.collection is not None:
+        return {"flushed": {"semantic": await _flush_collection(body, parts)}}
     if body.level in ("all", "semantic"):
         admin = semantic_admin_of(parts)
         flushed["semantic"] = await run_in_threadpool(admin.flush, body.tenant, body.category)
@@ -73,6 +78,24 @@ async def flush(body: FlushRequest, _: Admin, parts: Components) -> dict[str, An
     if body.level in ("all", "chunk") and body.category is None:
         flushed["chunk_entries"] = await parts.engine.flush_chunks(body.tenant)
     return {"flushed": flushed}
+
+
+async def _flush_collection(body: FlushRequest, parts: Components) -> int:
+    """Drop the cached answers built from one collection (its chunk KV is keyed by content and
+    stays valid, so only the semantic level is flushed)."""
+    if body.level not in ("all", "semantic") or body.category is not None:
+        raise Unprocessable(
+            "collection flushes the semantic answers built from it; it cannot be combined "
+            "with a category or with level prefix/chunk",
+            param="collection",
+        )
+    tenant = body.tenant
+    if tenant is None:
+        if parts.settings.auth.enabled:
+            raise Unprocessable("collection needs the tenant it belongs to", param="tenant")
+        tenant = DEFAULT_TENANT
+    key = source_collection(tenant, body.collection or "")
+    return await run_in_threadpool(semantic_admin_of(parts).invalidate_sources, key, None)
 
 
 @router.get("/admin/cache/categories", response_model=CategoriesBody)
