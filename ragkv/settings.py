@@ -39,6 +39,13 @@ class ServerSettings(Section):
         "ragkv cache fields); false hides it from clients (admin stats still count)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    shutdown_drain_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM/SIGINT: stop accepting, let running requests finish for at most "
+        "this long, then save the indexes and exit",
+    )
     demo_documents: int = Field(
         300,
         ge=0,

@@ -80,6 +80,7 @@ def serve(
         port=settings.server.port,
         log_level=settings.server.log_level,
         access_log=False,
+        timeout_graceful_shutdown=settings.server.shutdown_drain_s,
     )
 
 
