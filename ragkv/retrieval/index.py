@@ -172,7 +172,7 @@ class VectorIndex:
         try:
             meta = json.loads(_meta_path(path).read_bytes())
             data = path.read_bytes()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise IndexFileError(f"cannot read index '{path}': {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
             raise IndexFileError(f"index '{path}' has an unknown format")
@@ -187,9 +187,12 @@ class VectorIndex:
             loaded = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
             raise IndexFileError(f"index '{path}' does not parse: {exc}") from exc
+        deleted = meta.get("deleted", [])
+        if not isinstance(deleted, list) or not all(type(i) is int for i in deleted):
+            raise IndexFileError(f"index '{path}' lists deleted ids that are not integers")
         index = cls(dim, factory, **options)  # type: ignore[arg-type]
         index._trained = bool(meta.get("trained", True))
-        index._deleted = {int(i) for i in meta.get("deleted", [])}
+        index._deleted = set(deleted)
         index._index = index._to_device(loaded)
         index._set_search_parameters(index._index)
         return index

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import struct
 import threading
 import time
@@ -41,8 +42,11 @@ def encode_record(kv: torch.Tensor, model_fingerprint: str) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def decode_record(record: bytes, model_fingerprint: str) -> torch.Tensor:
-    """The tensor in `record`; raises `RecordError` unless every check passes."""
+def decode_record(
+    record: bytes, model_fingerprint: str, num_tokens: int | None = None
+) -> torch.Tensor:
+    """The tensor in `record`; raises `RecordError` unless every check passes (with
+    `num_tokens`, the KV `[layers, 2, tokens, ...]` must hold that many tokens)."""
     if len(record) < _PREFIX.size + 32:
         raise RecordError("record is truncated")
     body, digest = record[:-32], record[-32:]
@@ -51,15 +55,38 @@ def decode_record(record: bytes, model_fingerprint: str) -> torch.Tensor:
     magic, version, header_len = _PREFIX.unpack_from(body)
     if magic != MAGIC or version != FORMAT_VERSION:
         raise RecordError(f"unknown record format {magic!r} v{version}")
-    header = json.loads(body[_PREFIX.size : _PREFIX.size + header_len])
+    if _PREFIX.size + header_len > len(body):
+        raise RecordError("header length overruns the record")
+    header = _header(body[_PREFIX.size : _PREFIX.size + header_len])
     if header.get("model") != model_fingerprint:
         raise RecordError("record was written by another model")
-    dtype = _DTYPES.get(header.get("dtype"))
+    dtype_name = header.get("dtype")
+    dtype = _DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
     if dtype is None:
-        raise RecordError(f"unknown dtype {header.get('dtype')}")
+        raise RecordError(f"unknown dtype {dtype_name!r}")
+    shape = header.get("shape")
+    if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
+        raise RecordError(f"header shape {shape!r} is not a list of sizes")
+    if num_tokens is not None and (len(shape) < 3 or shape[2] != num_tokens):
+        raise RecordError(f"record of shape {shape} is not the KV of {num_tokens} tokens")
     payload = bytearray(body[_PREFIX.size + header_len :])
-    tensor = torch.frombuffer(payload, dtype=torch.uint8).view(dtype)
-    return tensor.reshape(header["shape"])
+    expected = math.prod(shape) * dtype.itemsize
+    if len(payload) != expected:
+        raise RecordError(f"payload has {len(payload)} bytes, shape {shape} needs {expected}")
+    if not payload:  # torch.frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(payload, dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def _header(raw: bytes) -> dict[str, object]:
+    """The record's JSON header; `RecordError` unless it is a JSON object."""
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested too deep
+        raise RecordError(f"header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise RecordError("header is not a JSON object")
+    return header
 
 
 class DiskTier:
@@ -118,16 +145,17 @@ class DiskTier:
             self._sizes[key] = len(record)
             self._last_used[key] = time.monotonic()
 
-    def get(self, key: bytes) -> torch.Tensor | None:
-        """The stored tensor, or None if absent or refused (a refused record is deleted)."""
+    def get(self, key: bytes, num_tokens: int | None = None) -> torch.Tensor | None:
+        """The stored tensor, or None if absent or refused (a refused record is deleted);
+        `num_tokens`: the token count the KV must hold."""
         with self._env.begin() as txn:
             record = txn.get(key)
             if record is None:
                 return None
             record = bytes(record)
         try:
-            tensor = decode_record(record, self.model_fingerprint)
-        except (RecordError, ValueError, RuntimeError) as exc:
+            tensor = decode_record(record, self.model_fingerprint, num_tokens)
+        except RecordError as exc:
             log.warning("chunk KV record refused (%s); it will be recomputed", exc)
             self.refused += 1
             self.delete(key)

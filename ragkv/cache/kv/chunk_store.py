@@ -322,7 +322,7 @@ class ChunkKVStore:
                 if held or size is None or not self.cost.should_load(size, num_tokens):
                     return
             started = time.perf_counter()
-            kv = self.disk.get(encoded)  # outside the lock: the engine's gets go on meanwhile
+            kv = self.disk.get(encoded, num_tokens)  # outside the lock: gets go on meanwhile
             if kv is None:
                 return
             with self._lock:
@@ -353,7 +353,7 @@ class ChunkKVStore:
             self.counts["decided_recompute"] += 1
             return None
         started = time.perf_counter()
-        kv = self.disk.get(encoded)
+        kv = self.disk.get(encoded, num_tokens)
         if kv is None:
             self.counts["refused"] += 1
             return None

@@ -119,6 +119,19 @@ class PartitionIndex:
         return part
 
 
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _entry(info: Any) -> bool:
+    """Whether a manifest entry names a file of this folder, its SHA-256 and a live count."""
+    if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+        return False
+    name = info["file"]
+    plain_name = name == Path(name).name and name not in ("", ".", "..")
+    return plain_name and isinstance(info.get("sha256"), str) and _count(info.get("live", 0))
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file, hex."""
     with path.open("rb") as fh:
@@ -136,10 +149,13 @@ class IndexFiles:
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest `{"seq", "partitions": {id: {"file", "sha256", "live"}}}` or None."""
         try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
+            manifest = json.loads(self.manifest_path.read_bytes())
+        except (OSError, ValueError, RecursionError):
             return None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("partitions"), dict):
+        if not isinstance(manifest, dict) or not _count(manifest.get("seq", 0)):
+            return None
+        partitions = manifest.get("partitions")
+        if not isinstance(partitions, dict) or not all(map(_entry, partitions.values())):
             return None
         return manifest
 
