@@ -6,8 +6,10 @@ import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ragkv.errors import NotFound, Unprocessable, UnsupportedMediaType
+from ragkv.json_limits import MAX_JSON_DEPTH, nests_deeper_than
 from ragkv.retrieval.service import DocumentInput
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".jsonl")
@@ -39,10 +41,7 @@ def documents_from_bytes(filename: str, data: bytes) -> list[DocumentInput]:
         if not line.strip():
             continue
         where = f"{filename}, line {line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise Unprocessable(f"{where} is not JSON: {exc.msg}", param="files") from exc
+        record = _json_line(line, where)
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise Unprocessable(f'{where} needs an object with a "text" string', param="files")
         doc_id, metadata = record.get("id"), record.get("metadata") or {}
@@ -50,6 +49,30 @@ def documents_from_bytes(filename: str, data: bytes) -> list[DocumentInput]:
             raise Unprocessable(f'{where}: "id" must be a string, "metadata" an object')
         documents.append(DocumentInput(record["text"], doc_id, {"source": filename, **metadata}))
     return documents
+
+
+def _json_line(line: str, where: str) -> Any:
+    """One parsed JSON line; `Unprocessable` for what is not JSON, nests too deep or holds a
+    lone surrogate (a `\\ud800` escape without its pair is not text)."""
+    if nests_deeper_than(line.encode(), MAX_JSON_DEPTH):
+        raise Unprocessable(
+            f"{where} nests arrays and objects more than {MAX_JSON_DEPTH} levels deep",
+            param="files",
+        )
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise Unprocessable(f"{where} is not JSON: {exc.msg}", param="files") from exc
+    if "\\ud" in line.lower():
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise Unprocessable(
+                f"{where} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without "
+                "its pair), which is not text; send valid Unicode",
+                param="files",
+            ) from exc
+    return record
 
 
 def iter_files(paths: list[Path]) -> Iterator[tuple[Path, str]]:

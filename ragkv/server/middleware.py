@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids with a JSON access log, and the request body size limit."""
+"""Pure ASGI middleware: request ids with a JSON access log, and the request body limits."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragkv.errors import InvalidRequest, PayloadTooLarge, RagkvError
+from ragkv.json_limits import MAX_JSON_DEPTH, nests_deeper_than
 
 access_log = logging.getLogger("ragkv.access")
 
@@ -59,7 +60,8 @@ class RequestContextMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse request bodies over `max_body_bytes` with 413, by header or by counting bytes.
+    """Refuse request bodies over `max_body_bytes` with 413, by header or by counting bytes,
+    and JSON bodies no route could parse safely with 400 (see `json_refusal`).
 
     The body is read up front (it is bounded by the limit), so the app never sees a
     truncated body and a chunked upload over the limit is refused before any handler runs.
@@ -93,13 +95,9 @@ class BodySizeLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        where = lone_surrogate(body) if b"\\ud" in body.lower() else None
-        if where is not None:
-            message = (
-                f"{where or 'the body'} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
-                "without its pair), which is not text; send valid Unicode"
-            )
-            await self._reject(send, InvalidRequest(message, param=where or None))
+        refusal = json_refusal(body)
+        if refusal is not None:
+            await self._reject(send, refusal)
             return
         replayed = False
 
@@ -133,13 +131,32 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+def json_refusal(body: bytes) -> InvalidRequest | None:
+    """Why a JSON body is refused before a route parses it (nested deeper than
+    MAX_JSON_DEPTH, or a string with a lone surrogate), or None."""
+    if body.lstrip()[:1] in (b"[", b"{") and nests_deeper_than(body, MAX_JSON_DEPTH):
+        return InvalidRequest(
+            f"the JSON body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
+            "flatten it",
+            code="json_too_deep",
+        )
+    where = lone_surrogate(body) if b"\\ud" in body.lower() else None
+    if where is None:
+        return None
+    message = (
+        f"{where or 'the body'} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape "
+        "without its pair), which is not text; send valid Unicode"
+    )
+    return InvalidRequest(message, param=where or None)
+
+
 def lone_surrogate(body: bytes) -> str | None:
     """Where a JSON body holds a string with a lone surrogate (`messages.0.content`; '' for
     the body itself), or None. Escaped pairs (an emoji) decode to one character and pass;
     a body that is not JSON is left to the route's own validation."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (or too deep): the route refuses it
         return None
     stack: list[tuple[object, str]] = [(value, "")]
     while stack:
