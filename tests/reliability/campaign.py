@@ -2,9 +2,10 @@
 SIGKILL at seeded random points, restarted on the same data directory, and checked.
 
 A kill point: the load's k-th critical write (k drawn from 2..4) plus a delay drawn uniformly
-within the duration of the previous one, so the kill lands anywhere in a write, from its
-first byte sent to its answer. `tests/reliability/test_sigkill.py` runs a reduced count;
-`benchmarks/crash_campaign.py` the full one.
+within the duration of the shortest earlier one, so the kill lands anywhere in a write, from
+its first byte sent to its answer (or, for a write quicker than all before it, just after).
+`tests/reliability/test_sigkill.py` runs a reduced count; `benchmarks/crash_campaign.py` the
+full one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "chunk_kv": ChunkKVScenario,
     "delete": DeleteScenario,
 }
-STARTUP_FACTOR = 3.0  # a restart may take this times the first start, plus STARTUP_SLACK_S
+STARTUP_FACTOR = 3.0  # a restart may take this times the baseline start, plus STARTUP_SLACK_S
 STARTUP_SLACK_S = 10.0
 
 
