@@ -122,7 +122,9 @@ class GrammarEngine:
         try:
             # Compact JSON (no free whitespace): small models otherwise loop on blank lines.
             if constraint.kind == "json_schema":
-                return compiler.compile_json_schema(constraint.value, any_whitespace=False)
+                return compiler.compile_json_schema(
+                    constraint.value, any_whitespace=False, strict_mode=constraint.strict
+                )
             if constraint.kind == "json_object":
                 return compiler.compile_json_schema(
                     '{"type": "object"}', any_whitespace=False, strict_mode=False

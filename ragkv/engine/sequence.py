@@ -76,11 +76,14 @@ class Constraint:
 
     kind: `json_schema` (value: the JSON schema as text), `json_object` (any JSON object;
     value unused), `regex` (value: the pattern) or `ebnf` (value: the grammar, root rule
-    `root`). Generation stops when the grammar is complete.
+    `root`). Generation stops when the grammar is complete. `strict` (json_schema): objects
+    hold only the properties the schema names, even where it does not say
+    `additionalProperties: false` (OpenAI's `strict`); False follows JSON Schema's default.
     """
 
     kind: str
     value: str = ""
+    strict: bool = True
 
 
 @dataclass(frozen=True)

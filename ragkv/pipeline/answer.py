@@ -36,14 +36,34 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class CallPiece:
+    """A piece of a tool call being streamed: the call's position, the start of its JSON
+    arguments or more of them, and the call itself (id and name) on its first piece."""
+
+    index: int
+    arguments: str
+    call: ToolCall | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """OpenAI's streamed `tool_calls` entry: id, type and name only on the first piece."""
+        if self.call is None:
+            return {"index": self.index, "function": {"arguments": self.arguments}}
+        return self.call.to_json(self.index) | {
+            "function": {"name": self.call.name, "arguments": self.arguments}
+        }
+
+
+@dataclass(frozen=True)
 class Delta:
     """A piece of the answer: new text, its tokens' logprobs (when asked), the finish reason
-    on the last piece, and the tool calls the answer made (on its last piece)."""
+    on the last piece, and the tool calls the answer made: whole (on its last piece), or
+    streamed as `call_pieces`."""
 
     text: str
     logprobs: list[TokenLogprob]
     finish_reason: str | None
     tool_calls: tuple[ToolCall, ...] = ()
+    call_pieces: tuple[CallPiece, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,8 +176,29 @@ class Answer:
         text: list[str] = []
         logprobs: list[TokenLogprob] = []
         calls: list[ToolCall] = []
+        pieces: list[CallPiece] = []
         async for delta in self._deltas:
             text.append(delta.text)
             logprobs.extend(delta.logprobs)
             calls.extend(delta.tool_calls)
+            pieces.extend(delta.call_pieces)
+        if pieces and self.finish_reason != "tool_calls":
+            # A streamed call cut short (max_tokens): a whole answer returns it as text.
+            text.append("".join(piece.arguments for piece in pieces))
+        else:
+            calls.extend(joined_calls(pieces))
         return Delta("".join(text), logprobs, self.finish_reason, tuple(calls))
+
+
+def joined_calls(pieces: list[CallPiece]) -> list[ToolCall]:
+    """The whole calls that streamed pieces make up, in order."""
+    started: dict[int, ToolCall] = {}
+    arguments: dict[int, list[str]] = {}
+    for piece in pieces:
+        if piece.call is not None:
+            started[piece.index] = piece.call
+        arguments.setdefault(piece.index, []).append(piece.arguments)
+    return [
+        ToolCall(call.id, call.name, "".join(arguments[index]))
+        for index, call in sorted(started.items())
+    ]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragkv.engine.sequence import Constraint
-from ragkv.pipeline.answer import Answer, Delta, ToolCall
+from ragkv.pipeline.answer import Answer, CallPiece, Delta, ToolCall
 
 FALLBACK_SYSTEM = (
     "You are a function calling AI model. You may call one or more functions to assist with "
@@ -43,6 +43,7 @@ class ToolSpec:
     name: str
     description: str = ""
     parameters: dict[str, Any] | None = None
+    strict: bool | None = None  # OpenAI's `function.strict`; None: strict (see `constraint`)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -92,14 +93,18 @@ class ToolUse:
         """The grammar the output must follow (see the module docstring)."""
         if self.choice == "function":
             tool = self.tool(self.function or "")
-            return Constraint("json_schema", json.dumps(tool.schema if tool else {}))
+            schema = json.dumps(tool.schema if tool else {})
+            strict = tool is None or tool.strict is not False
+            return Constraint("json_schema", schema, strict=strict)
         if self.choice == "required" and self.tools:
             calls = [_call_schema(tool) for tool in self.tools]
             one = calls[0] if len(calls) == 1 else {"anyOf": calls}
             schema = {"type": "array", "items": one, "minItems": 1}
             if not self.parallel:
                 schema["maxItems"] = 1
-            return Constraint("json_schema", json.dumps(schema))
+            # One grammar for all calls: strict unless every tool opts out.
+            strict = not all(tool.strict is False for tool in self.tools)
+            return Constraint("json_schema", json.dumps(schema), strict=strict)
         return self.response_format
 
     def parse(self, text: str) -> list[ToolCall] | None:
@@ -240,6 +245,9 @@ def with_tool_calls(
     reason `tool_calls`, or, when it does not parse, as the text it was. `on_calls` is
     awaited with the calls before they are sent (the pipeline pins the turn's KV there)."""
 
+    if use.choice == "function" and use.calls_possible:
+        return Answer(answer.cache_status, streamed_call(answer, use, on_calls))
+
     async def deltas(outer: Answer) -> AsyncGenerator[Delta, None]:
         held: list[str] = []
         logprobs: list[Any] = []
@@ -272,3 +280,37 @@ def with_tool_calls(
             await answer.aclose()
 
     return Answer(answer.cache_status, deltas)
+
+
+def streamed_call(
+    answer: Answer,
+    use: ToolUse,
+    on_calls: Callable[[list[ToolCall]], Awaitable[None]] | None,
+) -> Callable[[Answer], AsyncGenerator[Delta, None]]:
+    """The deltas of a named-function call: the grammar makes every token part of the
+    call's arguments, so they stream as tool-call pieces (id and name on the first) as the
+    model writes them, as OpenAI streams them. The finish reason is `tool_calls` when the
+    arguments parse, else the engine's (`length` when max_tokens cut them short)."""
+
+    async def deltas(outer: Answer) -> AsyncGenerator[Delta, None]:
+        call = ToolCall.new(use.function or "", "")
+        written: list[str] = []
+        try:
+            async for delta in answer:
+                piece = CallPiece(0, delta.text, None if written else call)
+                written.append(delta.text)
+                if delta.text or piece.call is not None:
+                    yield Delta("", delta.logprobs, None, (), (piece,))
+            arguments = "".join(written)
+            parsed = _json(arguments) is not None
+            whole = ToolCall(call.id, call.name, arguments) if parsed else None
+            if whole is not None and on_calls is not None:
+                await on_calls([whole])
+            reason = "tool_calls" if whole is not None else answer.finish_reason
+            if answer.usage is not None and answer.report is not None:
+                outer.finish(answer.usage, answer.report, reason)
+            yield Delta("", [], reason)
+        finally:
+            await answer.aclose()
+
+    return deltas

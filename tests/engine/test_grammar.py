@@ -296,3 +296,16 @@ def test_preempted_sequences_keep_their_grammar_state(smollm, make_engine):
         assert [t for o in outputs for t in o.token_ids] == expected
         assert re.fullmatch(words, "".join(o.text for o in outputs))
         assert outputs[-1].finish_reason == "stop"
+
+
+def test_strict_is_carried_to_the_grammar(smollm, make_engine):
+    """strict (the default) allows only the named properties; strict false allows others,
+    as JSON Schema does when additionalProperties is not given."""
+    engine = make_engine()
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}})
+    extra = '{"a": 1, "b": 2}'  # the compact form's separators have one space
+    for strict, accepted in ((True, False), (False, True)):
+        matcher = engine.grammar.matcher(Constraint("json_schema", schema, strict=strict))
+        assert matcher is not None and matcher.accept_string(extra) is accepted
+    strict = engine.grammar.matcher(Constraint("json_schema", schema))
+    assert strict is not None and strict.accept_string('{"a": 1}') and strict.is_completed()

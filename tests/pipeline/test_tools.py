@@ -3,14 +3,16 @@ wrote into calls (or text), and rendering tools and tool turns into the prompt."
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncGenerator
 
 import jsonschema
 import pytest
 
 from ragkv.engine.sequence import Constraint
 from ragkv.pipeline.agents import ToolLatency
-from ragkv.pipeline.answer import ToolCall
+from ragkv.pipeline.answer import Answer, CacheReport, Delta, ToolCall, Usage
 from ragkv.pipeline.tools import (
     ToolSpec,
     ToolUse,
@@ -18,6 +20,7 @@ from ragkv.pipeline.tools import (
     fallback_messages,
     may_start_a_call,
     template_takes_tools,
+    with_tool_calls,
 )
 
 WEATHER = ToolSpec(
@@ -175,3 +178,60 @@ def test_only_tools_or_a_response_format_key_the_semantic_cache() -> None:
     )
     assert with_tools[-1] == with_format[-1] == messages[0]
     assert with_tools[0]["content"].startswith("ragkv-tools:") and with_tools[0] != with_format[0]
+
+
+def written(pieces: list[str], finish_reason: str) -> Answer:
+    """An answer that writes `pieces` (as the engine's deltas would come) and ends."""
+
+    async def deltas(outer: Answer) -> AsyncGenerator[Delta, None]:
+        for piece in pieces:
+            yield Delta(piece, [], None)
+        outer.finish(Usage(5, len(pieces)), CacheReport("auto", None), finish_reason)
+        yield Delta("", [], finish_reason)
+
+    return Answer("miss", deltas)
+
+
+async def _deltas(answer: Answer) -> list[Delta]:
+    return [delta async for delta in answer]
+
+
+def test_a_named_call_streams_one_piece_per_delta_the_model_writes() -> None:
+    use = ToolUse((WEATHER,), "function", "get_weather")
+    pinned: list[list[ToolCall]] = []
+
+    async def pin(calls: list[ToolCall]) -> None:
+        pinned.append(calls)
+
+    pieces = ['{"city": ', '"Paris"', ', "unit": "c"}']
+    deltas = asyncio.run(_deltas(with_tool_calls(written(pieces, "stop"), use, pin)))
+    streamed = [piece for delta in deltas for piece in delta.call_pieces]
+    assert [piece.arguments for piece in streamed] == pieces
+    first = streamed[0].call
+    assert first is not None and first.name == "get_weather"
+    assert all(piece.call is None and piece.index == 0 for piece in streamed[1:])
+    assert deltas[-1].finish_reason == "tool_calls"
+    assert pinned == [[ToolCall(first.id, "get_weather", "".join(pieces))]]
+    whole = asyncio.run(with_tool_calls(written(pieces, "stop"), use).collect())
+    (call,) = whole.tool_calls
+    assert (call.name, json.loads(call.arguments)) == (
+        "get_weather",
+        {"city": "Paris", "unit": "c"},
+    )
+    assert whole.text == "" and whole.finish_reason == "tool_calls"
+
+
+def test_a_named_call_cut_short_is_text_when_whole_and_ends_with_length() -> None:
+    use = ToolUse((WEATHER,), "function", "get_weather")
+    deltas = asyncio.run(_deltas(with_tool_calls(written(['{"city": '], "length"), use)))
+    assert deltas[-1].finish_reason == "length"
+    whole = asyncio.run(with_tool_calls(written(['{"city": '], "length"), use).collect())
+    assert whole.tool_calls == () and whole.text == '{"city": ' and whole.finish_reason == "length"
+
+
+def test_strict_follows_the_tools_and_is_the_default() -> None:
+    loose = ToolSpec("loose", "", {"type": "object"}, strict=False)
+    assert ToolUse((WEATHER,), "function", "get_weather").constraint().strict is True
+    assert ToolUse((loose,), "function", "loose").constraint().strict is False
+    assert ToolUse((loose, WEATHER), "required").constraint().strict is True  # one grammar
+    assert ToolUse((loose,), "required").constraint().strict is False

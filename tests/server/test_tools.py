@@ -77,8 +77,7 @@ def ask(client: openai.OpenAI, content: str, **fields):
         model="default",
         messages=[{"role": "user", "content": content}],
         temperature=0,
-        max_tokens=96,
-        **fields,
+        **{"max_tokens": 96, **fields},
     )
 
 
@@ -97,6 +96,53 @@ def test_a_named_tool_call_validates_against_its_schema(client, name) -> None:
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.function.name == name and call.id.startswith("call_")
     jsonschema.validate(json.loads(call.function.arguments), schema)
+
+
+def streamed_call(client, content: str, **fields) -> tuple[list, list]:
+    """The tool-call deltas and finish reasons of a streamed chat completion."""
+    stream = client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": content}],
+        temperature=0,
+        stream=True,
+        **fields,
+    )
+    deltas, reasons = [], []
+    for chunk in stream:
+        if chunk.choices:
+            reasons.append(chunk.choices[0].finish_reason)
+            deltas.extend(chunk.choices[0].delta.tool_calls or [])
+    return deltas, reasons
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_a_named_call_streams_its_arguments_as_the_model_writes_them(client, name) -> None:
+    schema = SCHEMAS[name]
+    fields = {"tools": [tool(name, schema)], "max_tokens": 96,
+              "tool_choice": {"type": "function", "function": {"name": name}}}  # fmt: skip
+    whole = ask(client, f"Call the {name} tool for Paris.", **fields).choices[0]
+    deltas, reasons = streamed_call(client, f"Call the {name} tool for Paris.", **fields)
+    assert reasons[-1] == "tool_calls"
+    first, rest = deltas[0], deltas[1:]
+    assert first.id.startswith("call_") and first.function.name == name and first.type == "function"
+    assert all(d.index == 0 and d.id is None and d.function.name is None for d in rest)
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert arguments == whole.message.tool_calls[0].function.arguments  # greedy: the same call
+    jsonschema.validate(json.loads(arguments), schema)
+
+
+def test_a_named_call_cut_by_max_tokens_ends_with_length(client) -> None:
+    # Not from the semantic cache: the same call, finished, may be there (max_tokens is not
+    # part of its key).
+    fields = {"tools": [tool("nested", SCHEMAS["nested"])], "max_tokens": 3,
+              "tool_choice": {"type": "function", "function": {"name": "nested"}},
+              "extra_body": {"ragkv": {"semantic_cache": False}}}  # fmt: skip
+    whole = ask(client, "Call the nested tool for Paris.", **fields).choices[0]
+    assert whole.finish_reason == "length" and not whole.message.tool_calls
+    assert whole.message.content  # the unfinished arguments come back as text, never as a call
+    deltas, reasons = streamed_call(client, "Call the nested tool for Paris.", **fields)
+    assert reasons[-1] == "length"
+    assert "".join(d.function.arguments or "" for d in deltas) == whole.message.content
 
 
 def test_a_streamed_tool_call_arrives_as_tool_call_deltas(client) -> None:

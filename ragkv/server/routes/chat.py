@@ -101,7 +101,7 @@ def check_fields(body: ChatCompletionRequest) -> None:
 def tool_use(body: ChatCompletionRequest) -> ToolUse:
     """`tools`, `tool_choice`, `parallel_tool_calls` and `response_format`, checked."""
     tools = tuple(
-        ToolSpec(t.function.name, t.function.description, t.function.parameters)
+        ToolSpec(t.function.name, t.function.description, t.function.parameters, t.function.strict)
         for t in body.tools or []
     )
     if len({tool.name for tool in tools}) != len(tools):
@@ -120,8 +120,9 @@ def tool_use(body: ChatCompletionRequest) -> ToolUse:
     if body.response_format is not None and body.response_format.type == "json_object":
         response_format = Constraint("json_object")
     elif body.response_format is not None and body.response_format.json_schema is not None:
-        schema = json.dumps(body.response_format.json_schema.schema_)
-        response_format = Constraint("json_schema", schema)
+        json_schema = body.response_format.json_schema
+        strict = json_schema.strict is not False  # unset: strict, as ragkv always was
+        response_format = Constraint("json_schema", json.dumps(json_schema.schema_), strict=strict)
     return ToolUse(tools, choice, function, body.parallel_tool_calls, response_format)
 
 
@@ -172,6 +173,8 @@ def chat_completion(model_id: str, pipeline: Any, logprobs: bool) -> Completion:
         return {"role": "assistant", "content": delta.text}
 
     def piece(delta: Delta) -> dict[str, Any]:
+        if delta.call_pieces:
+            return {"tool_calls": [piece.to_json() for piece in delta.call_pieces]}
         if delta.tool_calls:
             return {"tool_calls": [c.to_json(i) for i, c in enumerate(delta.tool_calls)]}
         return {"content": delta.text} if delta.text else {}
