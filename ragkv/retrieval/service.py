@@ -116,7 +116,7 @@ class Retriever:
 
     def create_collection(self, tenant: str, name: str) -> CollectionInfo:
         """A new empty collection; `Conflict` when the tenant has one of that name."""
-        if not COLLECTION_NAME.match(name):
+        if not COLLECTION_NAME.fullmatch(name):  # match() lets "name\n" through
             raise Unprocessable(
                 f"collection name '{name[:80]}' is not valid: use 1-64 letters, digits, '_', "
                 "'-' or '.', starting with a letter or digit",

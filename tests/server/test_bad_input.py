@@ -255,3 +255,9 @@ def test_a_large_upload_in_many_files_is_a_413_and_memory_returns(live_server: L
     assert rss_mb() - before < 32, "refused uploads left memory behind"
     small = httpx.post(url, files=[("files", ("ok.txt", b"A small file."))], headers=TENANT)
     assert small.status_code == 200, small.text
+
+
+@pytest.mark.parametrize("name", ["trailing-newline\n", "", "-starts-with-dash", "x" * 65])
+def test_collection_names_outside_the_pattern_are_a_422(live_server: LiveServer, name: str):
+    response = httpx.post(f"{live_server.url}/v1/collections", json={"name": name}, headers=AUTH)
+    assert_refused(response, 422, "name")
