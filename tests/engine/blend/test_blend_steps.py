@@ -206,3 +206,42 @@ def test_blended_kv_is_never_served_to_prefix_mode(smollm, passages, make_engine
 def run_full(engine, prompt, spans):
     request = greedy_request(prompt.token_ids, 6, chunk_spans=spans, kv_reuse=KVReuse.FULL)
     return run_greedy(engine, [request])[request.request_id], request
+
+
+def test_eight_mixed_requests_together_match_each_run_alone(
+    smollm, passages, make_engine, tmp_path
+):
+    """Plain chats, blended RAG prompts and prefix-cached chats in one engine at once give
+    the greedy tokens each gives alone on a fresh engine."""
+    tokenizer = smollm.tokenizer
+    system = {"role": "system", "content": " ".join(title for title, _ in passages) * 3}
+
+    def chat(*turns: str) -> list[int]:
+        return tokenizer.apply_chat_template([system, *({"role": "user", "content": t}
+                                                        for t in turns)])  # fmt: skip
+
+    def rag(order: list[int]):
+        prompt = rag_prompt(smollm, passages, order)
+        return greedy_request(prompt.token_ids, 6, chunk_spans=tuple(prompt.spans),
+                              kv_reuse=KVReuse.CACHEBLEND)  # fmt: skip
+
+    seed = greedy_request(chat("Name a colour."), 4)
+    requests = [
+        greedy_request(tokenizer.apply_chat_template([{"role": "user", "content": q}]), 8)
+        for q in ("Count to five.", "Name a fruit.", "What is ice?")
+    ] + [rag(order) for order in ([0, 1, 2], [2, 3, 4], [5, 0, 3])] + [
+        greedy_request(chat(q), 8) for q in ("Name a planet.", "Name a river.")
+    ]  # fmt: skip
+    alone_tokens = [
+        next(iter(run_greedy(engine_with_chunks(make_engine, tmp_path / f"a{i}"),
+                             [replace_id(r)]).values()))[0]
+        for i, r in enumerate(requests)
+    ]  # fmt: skip
+    engine = engine_with_chunks(
+        make_engine, tmp_path / "together", max_concurrent_blends=2, max_batch_tokens=128
+    )
+    run_greedy(engine, [seed])  # the system prompt's pages are now in the radix tree
+    together = run_greedy(engine, requests)
+    assert [together[r.request_id][0] for r in requests] == alone_tokens
+    assert all(together[r.request_id][1] > 0 for r in requests[-2:])  # prefix-cached
+    assert engine.pool.num_free + engine.radix.size_info().total_pages == engine.pool.num_pages
