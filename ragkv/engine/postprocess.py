@@ -20,8 +20,8 @@ from ragkv.engine.sequence import RequestOutput, Sequence
 
 log = logging.getLogger("ragkv.engine")
 
-# (sequence, stage) -> None, or raises: a fault-injection point at "forward", "sample" and
-# "detokenize" (tests use it to poison one request; no hook in production).
+# (sequence, stage) -> None, or raises: a fault-injection point at "forward", "mask", "sample"
+# and "detokenize" (tests use it to poison one request; no hook in production).
 FaultHook = Callable[[Sequence, str], None]
 
 
@@ -60,15 +60,31 @@ class Postprocessor:
         if self.fault_hook is not None:
             self.fault_hook(seq, stage)
 
+    def _mask(self, logits: torch.Tensor, batch: ScheduledBatch) -> bool:
+        """Apply the grammar masks of the constrained rows at once (before `num_computed`
+        moves); False when that failed (one bad matcher must not fail the whole batch)."""
+        try:
+            for seq, _ in batch:
+                if seq.matcher is not None:
+                    self.hook(seq, "mask")
+            self.grammar.mask_batch(logits, batch)
+            return True
+        except Exception:
+            log.warning("the batched grammar mask failed; masking sequence by sequence")
+            return False
+
     def batch(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[RequestOutput]:
         """Outputs of a step's batch from its logits `[R, vocab]` (a row per sequence)."""
         # Sampling runs on the CPU: one copy per step, and per-request seeded generators
         # (CPU generators) draw the same tokens whatever device the model runs on.
         logits = logits.cpu()
-        self.grammar.mask_batch(logits, batch)  # constrained rows only, before num_computed moves
+        masked = self._mask(logits, batch)
         outputs: list[RequestOutput] = []
         for row, (seq, num_tokens) in enumerate(batch):
             try:
+                if not masked:  # the batched mask failed: mask row by row, failing alone
+                    self.hook(seq, "mask")
+                    self.grammar.mask_one(logits[row], seq)
                 output = self._advance(seq, num_tokens, logits[row])
             except Exception as exc:
                 output = self.fail(seq, exc)

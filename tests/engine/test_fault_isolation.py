@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from ragkv.engine.sequence import Constraint
 from tests.engine.conftest import LoadedModel
 from tests.engine.helpers import greedy_request
 
@@ -69,4 +70,28 @@ def test_a_forward_that_fails_for_everyone_fails_each_request(make_engine, promp
     engine.post.fault_hook = always
     outputs = engine.generate(requests)
     assert all(outs[-1].finish_reason == "error" for outs in outputs.values())
+    assert engine.pool.num_free + engine.radix.size_info().total_pages == engine.pool.num_pages
+
+
+def test_a_failing_grammar_mask_fails_its_request_alone(make_engine, prompts) -> None:
+    """The batched mask fails (a bad matcher): the step masks row by row, so only the
+    request whose mask fails ends; the other constrained one still follows its grammar."""
+    digits = Constraint("regex", "[0-9]{6}")
+    reference = make_engine().generate(
+        [greedy_request(p, 8) for p in prompts[:2]]
+        + [greedy_request(prompts[3], 8, constraint=digits)]
+    )
+    expected = [tokens(outs) for outs in reference.values()]
+    engine = make_engine(max_batch_tokens=64)
+    requests = [greedy_request(p, 8) for p in prompts[:2]] + [
+        greedy_request(prompts[i], 8, constraint=digits) for i in (3, 2)
+    ]
+    poisoned = requests[3]
+    engine.post.fault_hook = Poison(poisoned.request_id, "mask", after=2)
+    outputs = engine.generate(requests)
+    last = outputs[poisoned.request_id][-1]
+    assert last.finish_reason == "error" and "injected mask failure" in last.error
+    for index, request in enumerate(requests[:3]):
+        assert tokens(outputs[request.request_id]) == expected[index]
+    assert engine.stats.failed_requests == 1
     assert engine.pool.num_free + engine.radix.size_info().total_pages == engine.pool.num_pages
