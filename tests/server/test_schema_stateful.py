@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase
 
 from tests.conftest import LiveServer
+from tests.fuzz import fuzz_settings
 
 AUTH = {"Authorization": "Bearer sk-tenant-b"}
 DOCUMENTS = "/v1/collections/{name}/documents"
@@ -72,13 +73,10 @@ def test_collection_workflows_have_no_server_errors(live_server: LiveServer) -> 
             elif (case.method, case.path) in WORKFLOW:
                 succeeded[WORKFLOW[case.method, case.path]] += 1
 
-    Collections.run(
-        settings=settings(
-            max_examples=40,
+    Collections.run(  # derandomized; benchmarks/fuzz_campaign.py --server runs it wider
+        settings=fuzz_settings(
+            40,
             stateful_step_count=10,
-            deadline=None,
-            derandomize=True,  # the same sequences on every run; wider runs: a script
-            database=None,
             suppress_health_check=list(HealthCheck),
             phases=[Phase.generate],  # shrinking replays whole sequences: report as found
         )

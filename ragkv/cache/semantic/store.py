@@ -3,12 +3,13 @@
 Every change is one lmdb write transaction, so a crash (even SIGKILL) loses at most the
 transaction in flight. Each transaction bumps a global sequence number and appends its
 operations to `log`; a persisted hnswlib index records the sequence it reflects, and on start
-only the log after that sequence is replayed (see `semantic_index.py`).
+only the log after that sequence is replayed (see `semantic_index.py`). Every value is
+sealed with a checksum (`records.py`): a damaged one is refused and counted, never served.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import struct
 from collections.abc import Iterator, Sequence
@@ -19,12 +20,25 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from ragkv.cache.semantic.records import (
+    COUNTERS,
+    FORMAT_VERSION,
+    LOG,
+    META,
+    StoreRecordError,
+    decode_entry,
+    decode_json,
+    decode_partition,
+    decode_vector,
+    encode_json,
+    format_problem,
+    seal,
+    unpack,
+)
+from ragkv.cache.semantic.records import U64 as _U64
 from ragkv.cache.semantic.types import Sources
 
-_U64 = struct.Struct(">Q")
-# partition id, created_at, expires_at (inf: never), last_used, hits, bytes
-_META = struct.Struct("<IdddII")
-_LOG = struct.Struct("<BIQ")
+log = logging.getLogger("ragkv.cache")
 
 OP_ADD, OP_DELETE, OP_FLUSH = 1, 2, 3
 
@@ -41,20 +55,22 @@ class EntryMeta:
     bytes: int
 
     def pack(self) -> bytes:
-        """Binary form stored in the `meta` database."""
-        return _META.pack(
-            self.partition_id,
-            self.created_at,
-            self.expires_at,
-            self.last_used,
-            min(self.hits, 2**32 - 1),
-            self.bytes,
+        """Sealed binary form stored in the `meta` database."""
+        return seal(
+            META.pack(
+                self.partition_id,
+                self.created_at,
+                self.expires_at,
+                self.last_used,
+                min(self.hits, 2**32 - 1),
+                self.bytes,
+            )
         )
 
     @classmethod
     def unpack(cls, raw: bytes) -> EntryMeta:
-        """Inverse of `pack`."""
-        return cls(*_META.unpack(raw))
+        """Inverse of `pack`; `StoreRecordError` when damaged."""
+        return cls(*unpack(META, raw, "entry metadata"))
 
 
 @dataclass(slots=True)
@@ -102,6 +118,26 @@ class SemanticStore:
         self._state = self.env.open_db(b"state")
         # (collection, chunk id, entry id) -> b"": which entries a chunk's change invalidates
         self._sources = self.env.open_db(b"sources")
+        self.refused = 0  # damaged values met (each refused, not used)
+        self._check_format()
+
+    def _check_format(self) -> None:
+        """Empty the store when it holds another format or a damaged counter: without
+        trustworthy ids and sequence numbers no entry can be kept (it is only a cache)."""
+        with self.env.begin(write=True) as txn:
+            counters = {name: txn.get(name, db=self._state) for name in COUNTERS}
+            held = txn.stat(self._meta)["entries"] + txn.stat(self._partitions)["entries"]
+            problem = format_problem(txn.get(b"format", db=self._state), counters, held > 0)
+            if problem is not None:
+                log.warning("semantic cache store %s: %s; starting empty", self.path, problem)
+                for db in (self._entries, self._vectors, self._meta, self._log,
+                           self._partitions, self._state, self._sources):  # fmt: skip
+                    txn.drop(db, delete=False)
+            txn.put(b"format", seal(_U64.pack(FORMAT_VERSION)), db=self._state)
+
+    def _refuse(self, error: StoreRecordError) -> None:
+        self.refused += 1
+        log.warning("semantic cache store: %s; the value is refused", error)
 
     def close(self) -> None:
         """Flush and close the environment."""
@@ -134,8 +170,8 @@ class SemanticStore:
                     for chunk_id in set(entry.sources.chunk_ids):
                         source = _source_key(entry.sources.collection, chunk_id)
                         txn.put(source + key, b"", db=self._sources)
-                txn.put(key, json.dumps(record).encode(), db=self._entries)
-                txn.put(key, np.asarray(entry.vector, np.float32).tobytes(), db=self._vectors)
+                txn.put(key, encode_json(record), db=self._entries)
+                txn.put(key, seal(np.asarray(entry.vector, np.float32).tobytes()), db=self._vectors)
                 txn.put(key, entry.meta.pack(), db=self._meta)
                 self._append_log(txn, seq, OP_ADD, entry.meta.partition_id, entry_id)
                 ids.append(entry_id)
@@ -154,7 +190,10 @@ class SemanticStore:
         """Delete an entry's record, vector, metadata and its source-index keys."""
         key = _U64.pack(entry_id)
         raw = txn.get(key, db=self._entries)
-        sources = json.loads(raw).get("s") if raw is not None else None
+        try:
+            sources = decode_entry(raw).get("s") if raw is not None else None
+        except StoreRecordError:  # its source keys stay behind, naming an entry that is gone
+            sources = None
         if sources:
             collection, chunk_ids = sources
             for chunk_id in set(chunk_ids):
@@ -175,15 +214,15 @@ class SemanticStore:
 
     def _next(self, txn: lmdb.Transaction, name: bytes) -> int:
         raw = txn.get(name, db=self._state)
-        value = (_U64.unpack(raw)[0] if raw else 0) + 1
-        txn.put(name, _U64.pack(value), db=self._state)
+        value = (unpack(_U64, raw, f"counter {name.decode()}")[0] if raw else 0) + 1
+        txn.put(name, seal(_U64.pack(value)), db=self._state)
         return value
 
     def _append_log(
         self, txn: lmdb.Transaction, seq: int, op: int, partition_id: int, entry_id: int
     ) -> None:
         position = self._next(txn, b"log_pos")
-        record = _LOG.pack(op, partition_id, entry_id) + _U64.pack(seq)
+        record = seal(LOG.pack(op, partition_id, entry_id, seq))
         txn.put(_U64.pack(position), record, db=self._log)
 
     # -- reads --------------------------------------------------------------------------------
@@ -195,7 +234,7 @@ class SemanticStore:
     def _get_counter(self, name: bytes) -> int:
         with self.env.begin() as txn:
             raw = txn.get(name, db=self._state)
-        return _U64.unpack(raw)[0] if raw else 0
+        return unpack(_U64, raw, f"counter {name.decode()}")[0] if raw else 0
 
     def get(self, entry_id: int) -> StoredEntry | None:
         """One entry by id, or None when it does not exist (ids outside u64 never do)."""
@@ -207,8 +246,12 @@ class SemanticStore:
             meta = txn.get(key, db=self._meta)
         if raw is None or meta is None:
             return None
-        record = json.loads(raw)
-        return StoredEntry(entry_id, record["q"], record["r"], record["c"], EntryMeta.unpack(meta))
+        try:
+            record, entry_meta = decode_entry(raw), EntryMeta.unpack(meta)
+        except StoreRecordError as exc:
+            self._refuse(exc)
+            return None
+        return StoredEntry(entry_id, record["q"], record["r"], record["c"], entry_meta)
 
     def vectors(self, entry_ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Vectors of the given entries that still exist, `[dim]` float32 each."""
@@ -216,28 +259,43 @@ class SemanticStore:
         with self.env.begin() as txn:
             for entry_id in entry_ids:
                 raw = txn.get(_U64.pack(entry_id), db=self._vectors)
-                if raw is not None:
-                    out[entry_id] = np.frombuffer(raw, dtype=np.float32)
+                if raw is None:
+                    continue
+                try:
+                    out[entry_id] = decode_vector(raw)
+                except StoreRecordError as exc:
+                    self._refuse(exc)
         return out
 
     def iter_meta(self) -> Iterator[tuple[int, EntryMeta]]:
         """Every entry's id and metadata, in id order."""
         with self.env.begin() as txn:
             for key, raw in txn.cursor(db=self._meta):
-                yield _U64.unpack(key)[0], EntryMeta.unpack(raw)
+                try:
+                    meta = EntryMeta.unpack(raw)
+                except StoreRecordError as exc:  # the entry is not loaded: never served
+                    self._refuse(exc)
+                    continue
+                yield _U64.unpack(key)[0], meta
 
     def log_after(self, seq: int) -> tuple[list[tuple[int, int, int]], bool]:
         """Operations `(op, partition_id, entry_id)` committed after `seq`, oldest first.
 
-        The flag is False when the log no longer reaches back to `seq` (it was trimmed), in
-        which case the caller must rebuild rather than replay.
+        The flag is False when the log no longer reaches back to `seq` (it was trimmed) or a
+        record of it is damaged, in which case the caller must rebuild rather than replay.
         """
         ops: list[tuple[int, int, int]] = []
         complete = self._get_counter(b"log_trimmed") <= seq <= self.sequence()
         with self.env.begin() as txn:
             for _, raw in txn.cursor(db=self._log):
-                if _U64.unpack_from(raw, _LOG.size)[0] > seq:
-                    ops.append(_LOG.unpack_from(raw))
+                try:
+                    op, partition_id, entry_id, op_seq = unpack(LOG, raw, "log record")
+                except StoreRecordError as exc:
+                    self._refuse(exc)
+                    complete = False
+                    continue
+                if op_seq > seq:
+                    ops.append((op, partition_id, entry_id))
         return ops, complete
 
     def trim_log(self, upto_seq: int) -> None:
@@ -245,10 +303,13 @@ class SemanticStore:
         with self.env.begin(write=True) as txn:
             cursor = txn.cursor(db=self._log)
             for key, raw in list(cursor):
-                if _U64.unpack_from(raw, _LOG.size)[0] > upto_seq:
+                try:
+                    if unpack(LOG, raw, "log record")[3] > upto_seq:
+                        break
+                except StoreRecordError:  # kept: `log_after` then asks for a rebuild
                     break
                 txn.delete(key, db=self._log)
-            txn.put(b"log_trimmed", _U64.pack(upto_seq), db=self._state)
+            txn.put(b"log_trimmed", seal(_U64.pack(upto_seq)), db=self._state)
 
     def entries_from(self, collection: str, chunk_ids: Sequence[str] | None) -> set[int]:
         """Ids of entries generated from any of `chunk_ids` of `collection` (None: from any
@@ -275,27 +336,40 @@ class SemanticStore:
         with self.env.begin(write=True) as txn:
             raw = txn.get(key.encode(), db=self._partitions)
             if raw is not None:
-                return int(json.loads(raw)["id"])
+                try:
+                    return int(decode_partition(raw)["id"])
+                except StoreRecordError as exc:  # written anew below, under a new id
+                    self._refuse(exc)
             partition_id = self._next(txn, b"partition_id")
             value = {**record, "id": partition_id}
-            txn.put(key.encode(), json.dumps(value).encode(), db=self._partitions)
+            txn.put(key.encode(), encode_json(value), db=self._partitions)
             return partition_id
 
     def partitions(self) -> dict[str, dict[str, Any]]:
         """Every known partition: key -> record (tenant, model, template_hash, category, id)."""
+        found = {}
         with self.env.begin() as txn:
-            return {k.decode(): json.loads(v) for k, v in txn.cursor(db=self._partitions)}
+            for key, raw in txn.cursor(db=self._partitions):
+                try:
+                    found[bytes(key).decode()] = decode_partition(raw)
+                except (StoreRecordError, UnicodeDecodeError) as exc:
+                    self._refuse(StoreRecordError(f"partition {bytes(key)!r}: {exc}"))
+        return found
 
     def get_state(self, name: str) -> Any:
         """A JSON value saved with `put_state` (None when absent)."""
         with self.env.begin() as txn:
             raw = txn.get(b"json:" + name.encode(), db=self._state)
-        return json.loads(raw) if raw is not None else None
+        try:
+            return decode_json(raw, f"state {name}") if raw is not None else None
+        except StoreRecordError as exc:
+            self._refuse(exc)
+            return None
 
     def put_state(self, name: str, value: Any) -> None:
         """Save a small JSON value (e.g. the category policies set over the admin API)."""
         with self.env.begin(write=True) as txn:
-            txn.put(b"json:" + name.encode(), json.dumps(value).encode(), db=self._state)
+            txn.put(b"json:" + name.encode(), encode_json(value), db=self._state)
 
 
 def _part(text: str) -> bytes:
