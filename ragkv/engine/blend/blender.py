@@ -211,7 +211,12 @@ class BlendJob:
         self.context = request.chunk_context
         prompt = request.prompt_ids
         self.shared = len(self.context) if tuple(prompt[: len(self.context)]) == self.context else 0
-        self.chunk_kvs: list[torch.Tensor] = []  # fetched so far, in span order
+        # Chunks no tier holds are computed first: meanwhile the prefetch worker (started when
+        # the request arrived) reads the disk-held ones into memory, so that reading overlaps
+        # computing instead of following it.
+        held = [blender.held(prompt[span.start : span.end], request) for span in self.spans]
+        self.order = sorted(range(len(self.spans)), key=lambda index: held[index])
+        self.chunk_kvs: dict[int, torch.Tensor] = {}  # span index -> its KV, fetched so far
         self.run: BlendRun | None = None
 
     @property
@@ -231,7 +236,7 @@ class BlendJob:
         num_layers = self.blender.model.config.num_layers
         request = self.seq.request
         while self._fetching:
-            index = len(self.chunk_kvs)
+            index = self.order[len(self.chunk_kvs)]
             span = self.spans[index]
             token_ids = request.prompt_ids[span.start : span.end]
             cost = (len(self.context) + span.length) * num_layers
@@ -240,7 +245,7 @@ class BlendJob:
             kv, source, seen = self.blender.fetch(request.tenant, token_ids, self.context)
             if source == "computed":
                 spent += cost
-            self.chunk_kvs.append(kv)
+            self.chunk_kvs[index] = kv
             # Cache-Craft's prefix overlap: the prompt tokens this chunk's KV already saw.
             self.spans[index] = replace(span, seen=min(seen, self.shared))
         if self._fetching or (spent and spent >= budget):
@@ -254,8 +259,9 @@ class BlendJob:
         prompt = seq.request.prompt_ids
         exact = self.num_exact
         prefix_kv = pool.read_all(pool.slots(seq.pages, 0, exact)) if exact else None
-        kv = place_chunks(model, len(prompt), self.chunk_kvs, self.spans, prefix_kv)
-        self.chunk_kvs = []  # placed into `kv`: the fetched copies can go
+        chunk_kvs = [self.chunk_kvs[index] for index in range(len(self.spans))]
+        kv = place_chunks(model, len(prompt), chunk_kvs, self.spans, prefix_kv)
+        self.chunk_kvs = {}  # placed into `kv`: the fetched copies can go
         request = seq.request
         selector = self.blender.selector_for(request.kv_reuse, request.recompute_ratio)
         return BlendRun(

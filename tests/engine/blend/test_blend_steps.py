@@ -245,3 +245,48 @@ def test_eight_mixed_requests_together_match_each_run_alone(
     assert [together[r.request_id][0] for r in requests] == alone_tokens
     assert all(together[r.request_id][1] > 0 for r in requests[-2:])  # prefix-cached
     assert engine.pool.num_free + engine.radix.size_info().total_pages == engine.pool.num_pages
+
+
+def test_new_chunks_are_computed_before_held_ones_are_fetched(
+    smollm, passages, make_engine, tmp_path
+):
+    """A prompt mixing disk-held and new chunks: the new ones are computed first, while the
+    prefetch worker reads the held ones, and the blend equals the one over all-new chunks."""
+    order = [0, 3, 5]
+    prompt = rag_prompt(smollm, passages, order)
+    spans = tuple(prompt.spans)
+    expected = run_greedy(
+        engine_with_chunks(make_engine, tmp_path / "cold"),
+        [greedy_request(prompt.token_ids, 4, chunk_spans=spans)],
+    )
+    first = engine_with_chunks(make_engine, tmp_path / "warm")
+    first.blender.prewarm("default", passages[0][1])  # the first chunk only, then to disk
+    first.close()
+    engine = engine_with_chunks(make_engine, tmp_path / "warm")
+    engine.blender.store.cost.disk_bytes_s = 1e12  # loading beats recomputing on any disk
+    request = greedy_request(prompt.token_ids, 4, chunk_spans=spans)
+    engine.add_request(request)
+    fetched: list[str] = []
+    engine.blender.fetch = recording(engine.blender.fetch, fetched)
+    results = run_greedy_steps(engine)
+    assert fetched == ["computed", "computed", fetched[2]] and fetched[2] in ("cpu", "disk")
+    assert results[request.request_id] == next(iter(expected.values()))[0]
+
+
+def recording(fetch, sources: list[str]):
+    """`fetch` as it is, noting where each chunk's KV came from."""
+
+    def fetch_and_note(*args):
+        result = fetch(*args)
+        sources.append(result[1])
+        return result
+
+    return fetch_and_note
+
+
+def run_greedy_steps(engine) -> dict[str, list[int]]:
+    results: dict[str, list[int]] = {}
+    while engine.has_work():
+        for output in engine.step():
+            results.setdefault(output.request_id, []).extend(output.token_ids)
+    return results
