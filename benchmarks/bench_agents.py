@@ -1,19 +1,26 @@
 """Agent benchmark: tool-aware KV pins vs none vs fixed 60 s pins, on a live server.
 
-N agents run concurrently, each for `--turns` turns: a turn asks with tools
-(`tool_choice: required`), gets a tool call, waits a simulated tool latency drawn from that
-tool's distribution (lognormal), then sends the result; the last turn answers in text. A
-background client keeps other prompts flowing through a small KV pool, so cached KV that is
-not pinned gets evicted while an agent waits on its tool. Three servers, one per policy:
+N agents run concurrently, each for `--turns` turns. Each agent carries its own system prompt
+(`--system-tokens` of agent instructions and tool docs, different text per agent, so agents
+share no prefix; 0 gives the old tiny conversations). A turn asks with tools (`tool_choice:
+required`), gets a tool call, waits a simulated tool latency drawn from that tool's
+distribution (lognormal), then sends the result; the last turn answers in text. A background
+client sends a fresh ~300-token prompt every `--background-gap-s`, so cached KV that is not
+pinned gets evicted while an agent waits on its tool. The KV pool is `--kv-cache-mb`, or by
+default `--pool-fraction` of the agents' estimated working set. Three servers, one per policy:
   (a) no pins (`engine.tool_pin_max_share` 0),
   (b) fixed 60 s pins (min = max = default TTL = 60 s),
   (c) tool-aware pins (TTL from each tool's observed round trips; the defaults).
-Reported per policy: prompt tokens reused (cached / prompt), TTFT of the turn after a tool
-call p50/p99, pinned pages over time (mean and max, sampled), pins made/hit/expired, and
-job completion time per agent. Prints a table and JSON. Not a test: nothing is asserted.
+Reported per policy: prompt tokens reused (cached / prompt, all turns and turns after a tool
+result), TTFT of the turn after a tool result p50/p99 (time to the first SSE chunk: the server
+sends it once the first token is sampled), pinned pages over time, pool pressure (free and
+evictable pages sampled, preemptions), pins made/hit/expired, and job time per agent. Prints
+a table and JSON. Not a test: nothing is asserted.
 
-    python benchmarks/bench_agents.py                       # 3 agents x 5 turns
-    python benchmarks/bench_agents.py --agents 2 --turns 3  # smoke
+    python benchmarks/bench_agents.py                       # 4 agents x 5 turns, 1K system
+    python benchmarks/bench_agents.py --agents 2 --turns 2  # smoke
+    python benchmarks/bench_agents.py --agents 3 --system-tokens 0 --kv-cache-mb 48 \
+        --max-tokens 40                                     # the old workload
 """
 
 from __future__ import annotations
@@ -28,35 +35,23 @@ import time
 from pathlib import Path
 
 import httpx
+from agent_workload import KV_BYTES_PER_TOKEN, system_prompt, tool_defs, tool_latency_s
 from live import start_server
 from machine import machine
 
 RESULTS = Path(__file__).parent / "results" / "agents.json"
 ADMIN_KEY = "sk-bench-admin"
-BACKGROUND_GAP_S = 1.0
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-TOOLS = {  # name -> (median seconds, lognormal sigma) of the simulated tool latency
-    "web_search": (3.0, 0.4),
-    "calculator": (0.5, 0.3),
-    "read_file": (1.5, 0.5),
-}
-SHARE = {"tool_pin_max_share": 0.6}  # of a small pool: room for about three agents' turns
+TOOL_BLOCK_TOKENS = 260  # the tools' system block, the task and the chat template, per agent
+TURN_TOKENS = 70  # a turn's call (or nudge) and tool result in the next prompt
+BACKGROUND_TOKENS = 320  # one background prompt
+SHARE = {"tool_pin_max_share": 0.6}
 POLICIES = {
     "none": {"tool_pin_max_share": 0.0},
     "fixed_60s": SHARE
     | {"tool_pin_ttl_s": 60.0, "tool_pin_min_ttl_s": 60.0, "tool_pin_max_ttl_s": 60.0},
     "tool_aware": SHARE,
 }
-
-
-def tool_defs() -> list[dict]:
-    """The tools every agent is offered."""
-    schema = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 40}},
-              "required": ["query"]}  # fmt: skip
-    return [
-        {"type": "function", "function": {"name": n, "description": n, "parameters": schema}}
-        for n in TOOLS
-    ]
 
 
 def policy_server(engine_overrides: dict, kv_cache_mb: int):
@@ -72,13 +67,15 @@ def policy_server(engine_overrides: dict, kv_cache_mb: int):
     return start_server(settings)
 
 
-async def turn(client: httpx.AsyncClient, messages: list[dict], final: bool) -> tuple[dict, float]:
-    """One streamed agent turn: (the assistant message, TTFT seconds)."""
+async def turn(
+    client: httpx.AsyncClient, messages: list[dict], final: bool, max_tokens: int
+) -> tuple[dict, float]:
+    """One streamed agent turn: ({message, usage, finish}, TTFT seconds)."""
     body = {"model": "default", "messages": messages, "tools": tool_defs(), "temperature": 0,
-            "max_tokens": 40, "stream": True,
+            "max_tokens": max_tokens, "stream": True,
             "tool_choice": "none" if final else "required"}  # fmt: skip
     started, ttft = time.perf_counter(), None
-    content, calls, usage = "", [], {}
+    content, calls, usage, finish = "", [], {}, None
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -87,47 +84,62 @@ async def turn(client: httpx.AsyncClient, messages: list[dict], final: bool) -> 
             chunk = json.loads(line[6:])
             usage = chunk.get("usage") or usage
             if ttft is None and chunk.get("choices"):
-                # The first chunk (the role) leaves once the first token is sampled; a tool
-                # call's own delta comes only when the call is complete.
+                # The first chunk (the role) leaves once the engine's first output (the first
+                # sampled token) is in (`Pipeline._generate` awaits it before answering); a
+                # `required` call's own delta comes only when the whole call parses.
                 ttft = time.perf_counter() - started
             for choice in chunk.get("choices", []):
                 delta = choice.get("delta", {})
                 content += delta.get("content") or ""
                 calls += delta.get("tool_calls") or []
+                finish = choice.get("finish_reason") or finish
     message = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = [{k: c[k] for k in ("id", "type", "function")} for c in calls]
-    return {"message": message, "usage": usage}, ttft or (time.perf_counter() - started)
+    result = {"message": message, "usage": usage, "finish": finish}
+    return result, ttft or (time.perf_counter() - started)
 
 
-async def agent(client: httpx.AsyncClient, index: int, turns: int, rng: random.Random) -> dict:
-    """One agent's job: `turns` turns with tool waits between them."""
+async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: float) -> dict:
+    """One agent's job: `args.turns` turns with tool waits between them."""
+    rng = random.Random(seed)
     task = f"Agent {index}: research topic number {index * 7 + 3} and report."
-    messages = [{"role": "user", "content": task}]
-    started, after_tool, prompt, cached = time.perf_counter(), [], 0, 0
-    for number in range(turns):
-        result, ttft = await turn(client, messages, final=number == turns - 1)
-        usage = result["usage"]
-        prompt += usage.get("prompt_tokens", 0)
-        cached += usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
-        if number > 0:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": task})
+    started, after_tool, tool_calls, cut = time.perf_counter(), [], 0, 0
+    totals = {"prompt": 0, "cached": 0, "after_prompt": 0, "after_cached": 0, "first": 0}
+    came_back = False  # this turn's prompt ends with tool results
+    for number in range(args.turns):
+        result, ttft = await turn(client, messages, number == args.turns - 1, args.max_tokens)
+        prompt = result["usage"].get("prompt_tokens", 0)
+        cached = result["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+        totals["prompt"] += prompt
+        totals["cached"] += cached
+        totals["first"] = totals["first"] or prompt
+        if came_back:
             after_tool.append(ttft)
+            totals["after_prompt"] += prompt
+            totals["after_cached"] += cached
         message = result["message"]
         messages.append(message)
         for call in message.get("tool_calls", []):
-            median, sigma = TOOLS[call["function"]["name"]]
-            await asyncio.sleep(rng.lognormvariate(0, sigma) * median)
+            tool_calls += 1
+            await asyncio.sleep(tool_latency_s(call["function"]["name"], rng))
             messages.append({"role": "tool", "tool_call_id": call["id"],
                              "content": f"result {rng.randint(0, 999)}"})  # fmt: skip
-        if not message.get("tool_calls") and number < turns - 1:
+        came_back = bool(message.get("tool_calls"))
+        if not came_back and number < args.turns - 1:
+            cut += 1  # no call (cut by max_tokens): the agent nudges, no tool wait
             messages.append({"role": "user", "content": "Please use a tool."})
     return {"seconds": time.perf_counter() - started, "after_tool_ttft": after_tool,
-            "prompt_tokens": prompt, "cached_tokens": cached}  # fmt: skip
+            "tool_calls": tool_calls, "turns_without_call": cut, **totals}  # fmt: skip
 
 
-async def background(client: httpx.AsyncClient, stop: asyncio.Event, rng: random.Random) -> int:
-    """Other traffic: a fresh ~300-token prompt (one token out) every `BACKGROUND_GAP_S`, so
-    KV that is not pinned is evicted while its agent waits, without saturating the CPU."""
+async def background(
+    client: httpx.AsyncClient, stop: asyncio.Event, rng: random.Random, gap_s: float
+) -> int:
+    """Other traffic: a fresh ~300-token prompt (one token out) every `gap_s`, so KV that is
+    not pinned is evicted while its agent waits, without saturating the CPU."""
     sent = 0
     while not stop.is_set():
         words = " ".join(str(rng.randint(0, 10**6)) for _ in range(45))  # ~7 tokens a number
@@ -136,85 +148,131 @@ async def background(client: httpx.AsyncClient, stop: asyncio.Event, rng: random
         if response.status_code != 200:
             raise RuntimeError(f"background request failed: {response.text}")
         sent += 1
-        await asyncio.sleep(BACKGROUND_GAP_S)
+        await asyncio.sleep(gap_s)
     return sent
 
 
-async def sample_pins(client, stop: asyncio.Event, out: list[int]) -> None:
-    """Pinned pages every half second."""
+async def sample_pool(client, stop: asyncio.Event, out: list[dict]) -> None:
+    """Tool-pinned, free and evictable pages every half second."""
     while not stop.is_set():
-        stats = (await client.get("/admin/cache/stats", headers=ADMIN)).json()
-        out.append(stats["prefix"]["tool_pins"]["pinned_pages"])
+        stats = (await client.get("/admin/cache/stats", headers=ADMIN)).json()["prefix"]
+        out.append({"pinned": stats["tool_pins"]["pinned_pages"], "free": stats["free_pages"],
+                    "evictable": stats["evictable_pages"]})  # fmt: skip
         await asyncio.sleep(0.5)
 
 
-async def run_policy(url: str, agents: int, turns: int, seed: int) -> dict:
+def pct(values: list[float], q: float) -> float:
+    """The `q` quantile (nearest rank below) of `values`; 0 when empty."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+async def run_policy(url: str, args, systems: list[str]) -> dict:
     """The workload against one server."""
-    rng = random.Random(seed)
-    stop, pinned = asyncio.Event(), []
+    rng = random.Random(args.seed)
+    stop, samples = asyncio.Event(), []
     headers = {"Authorization": "Bearer sk-bench"}
     async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers) as client:
-        noise = asyncio.create_task(background(client, stop, random.Random(seed + 1)))
-        sampler = asyncio.create_task(sample_pins(client, stop, pinned))
-        jobs = [agent(client, i, turns, random.Random(rng.random())) for i in range(agents)]
+        noise = background(client, stop, random.Random(args.seed + 1), args.background_gap_s)
+        noise = asyncio.create_task(noise)
+        sampler = asyncio.create_task(sample_pool(client, stop, samples))
+        jobs = [agent(client, i, args, systems[i], rng.random()) for i in range(args.agents)]
         results = await asyncio.gather(*jobs)
         stop.set()
         sent = await noise
         await sampler
-        pins = (await client.get("/admin/cache/stats", headers=ADMIN)).json()
-        pins = pins["prefix"]["tool_pins"]
-    ttfts = sorted(t for r in results for t in r["after_tool_ttft"])
-    prompt = sum(r["prompt_tokens"] for r in results)
+        prefix = (await client.get("/admin/cache/stats", headers=ADMIN)).json()["prefix"]
+    ttfts = [t for r in results for t in r["after_tool_ttft"]]
+    total = {key: sum(r[key] for r in results) for key in ("prompt", "cached", "after_prompt",
+             "after_cached", "tool_calls", "turns_without_call")}  # fmt: skip
+    pinned = [s["pinned"] for s in samples]
     return {
-        "reused_share": sum(r["cached_tokens"] for r in results) / max(1, prompt),
-        "after_tool_ttft_p50_s": statistics.median(ttfts),
-        "after_tool_ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
+        "reused_share": total["cached"] / max(1, total["prompt"]),
+        "after_tool_reused_share": total["after_cached"] / max(1, total["after_prompt"]),
+        "after_tool_recomputed_tokens": total["after_prompt"] - total["after_cached"],
+        "after_tool_turns": len(ttfts),
+        "after_tool_ttft_p50_s": statistics.median(ttfts) if ttfts else 0.0,
+        "after_tool_ttft_p99_s": pct(ttfts, 0.99),
         "pinned_pages_mean": statistics.fmean(pinned) if pinned else 0.0,
         "pinned_pages_max": max(pinned, default=0),
+        "free_pages_mean": statistics.fmean(s["free"] for s in samples) if samples else 0.0,
+        "free_pages_min": min((s["free"] for s in samples), default=0),
+        "evictable_pages_mean": statistics.fmean(s["evictable"] for s in samples)
+        if samples
+        else 0.0,
+        "pool_pages": prefix["pool_pages"],
+        "preemptions": prefix["preemptions"],
         "job_seconds_mean": statistics.fmean(r["seconds"] for r in results),
-        "pins": pins,
+        "job_seconds": [round(r["seconds"], 2) for r in results],
+        "first_prompt_tokens": [r["first"] for r in results],
+        "tool_calls": total["tool_calls"],
+        "turns_without_call": total["turns_without_call"],
+        "pins": prefix["tool_pins"],
         "background_requests": sent,
     }
 
 
+def pool_mb(args, first_prompt_tokens: int) -> int:
+    """`--kv-cache-mb`, else `--pool-fraction` of the agents' working set: every agent's last
+    prompt (its first plus `TURN_TOKENS` a turn) and one background prompt. Below 1.0 the
+    agents' own turns outgrow the pool and preempt each other (not what pins are for)."""
+    if args.kv_cache_mb is not None:
+        return args.kv_cache_mb
+    tokens = first_prompt_tokens + args.agents * TURN_TOKENS * args.turns + BACKGROUND_TOKENS
+    return max(1, round(args.pool_fraction * tokens * KV_BYTES_PER_TOKEN / 2**20))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--kv-cache-mb", type=int, default=48)
+    parser.add_argument("--system-tokens", type=int, default=1000)
+    parser.add_argument("--kv-cache-mb", type=int, default=None)
+    parser.add_argument("--pool-fraction", type=float, default=1.0)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--background-gap-s", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
+    from ragkv.assets import generation_model_path, load_hf_tokenizer
+
+    tokenizer = load_hf_tokenizer(generation_model_path())
+    prompt_rng = random.Random(args.seed + 2)
+    systems = [
+        system_prompt(i, args.system_tokens, prompt_rng, tokenizer) for i in range(args.agents)
+    ]
+    first = sum(len(tokenizer.encode(s)) + TOOL_BLOCK_TOKENS for s in systems)
+    kv_cache_mb = pool_mb(args, first)
+    print(f"KV pool {kv_cache_mb} MB (~{int(kv_cache_mb * 2**20 / KV_BYTES_PER_TOKEN)} tokens)")
     rows = {}
     for name, overrides in POLICIES.items():
-        url, stop = policy_server(overrides, args.kv_cache_mb)
+        url, stop = policy_server(overrides, kv_cache_mb)
         try:
-            rows[name] = asyncio.run(run_policy(url, args.agents, args.turns, args.seed))
+            rows[name] = asyncio.run(run_policy(url, args, systems))
         finally:
             stop()
         print(name, json.dumps({k: v for k, v in rows[name].items() if k != "pins"}))
-    base, aware = rows["none"], rows["tool_aware"]
+    base, fixed, aware = rows["none"], rows["fixed_60s"], rows["tool_aware"]
     summary = {
         "after_tool_ttft_p50_speedup_vs_none": base["after_tool_ttft_p50_s"]
-        / aware["after_tool_ttft_p50_s"],
-        "reuse_aware_minus_fixed": aware["reused_share"] - rows["fixed_60s"]["reused_share"],
+        / max(1e-9, aware["after_tool_ttft_p50_s"]),
+        "reuse_aware_minus_fixed": aware["reused_share"] - fixed["reused_share"],
         "pinned_pages_mean_aware_vs_fixed": (
             aware["pinned_pages_mean"],
-            rows["fixed_60s"]["pinned_pages_mean"],
+            fixed["pinned_pages_mean"],
         ),
     }
-    print(
-        f"{'policy':12s} {'reused':>7s} {'ttft p50':>9s} {'ttft p99':>9s} "
-        f"{'pinned':>7s} {'job s':>7s}"
-    )
+    print(f"{'policy':12s} {'reused':>7s} {'after':>6s} {'ttft p50':>9s} {'ttft p99':>9s} "
+          f"{'pinned':>7s} {'free':>6s} {'job s':>7s}")  # fmt: skip
     for name, row in rows.items():
-        print(f"{name:12s} {row['reused_share']:7.2f} {row['after_tool_ttft_p50_s']:9.3f} "
-              f"{row['after_tool_ttft_p99_s']:9.3f} {row['pinned_pages_mean']:7.1f} "
+        print(f"{name:12s} {row['reused_share']:7.2f} {row['after_tool_reused_share']:6.2f} "
+              f"{row['after_tool_ttft_p50_s']:9.3f} {row['after_tool_ttft_p99_s']:9.3f} "
+              f"{row['pinned_pages_mean']:7.1f} {row['free_pages_mean']:6.1f} "
               f"{row['job_seconds_mean']:7.1f}")  # fmt: skip
     print(json.dumps(summary))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine(), "args": vars(args) | {"json": str(args.json)},
-              "rows": rows, "summary": summary}  # fmt: skip
+              "kv_cache_mb": kv_cache_mb, "rows": rows, "summary": summary}  # fmt: skip
     args.json.write_text(json.dumps(record, indent=2))
 
 
