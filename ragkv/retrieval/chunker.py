@@ -58,7 +58,8 @@ class Chunker:
         self.chunk_tokens = chunk_tokens
 
     def chunk(self, text: str) -> list[Chunk]:
-        """Chunks of `text` in order; empty or blank text gives no chunks."""
+        """Chunks of `text` in order, each of at least one token; empty or blank text, or
+        text the tokenizer encodes to nothing, gives no chunks."""
         pieces: list[tuple[str, int, bool]] = []  # (text, tokens, ends a paragraph)
         for paragraph in _PARAGRAPH_BREAK.split(text):
             sentences = [s.strip() for s in _SENTENCE_END.split(paragraph.strip()) if s.strip()]
@@ -139,9 +140,10 @@ class Chunker:
                 if len(token_ids) <= self.chunk_tokens or end - start == 1:
                     break
                 end -= 1
-            chunks.append(
-                Chunk(chunk_id_of(text), len(chunks), text, token_ids, content_hash(text))
-            )
+            if token_ids:  # text of bytes the vocabulary lacks (a lone "\x16") is no chunk
+                chunks.append(
+                    Chunk(chunk_id_of(text), len(chunks), text, token_ids, content_hash(text))
+                )
             start = end
         return chunks
 

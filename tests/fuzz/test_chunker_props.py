@@ -9,7 +9,7 @@ cannot decode back exactly. Chunks still carry the same ids as `encode` of their
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ragkv.retrieval.chunker import _WORD, Chunk, Chunker, chunk_id_of
@@ -75,6 +75,11 @@ def visible(text: str) -> str:
     return "".join(text.split())
 
 
+def readable(text: str) -> str:
+    """`text` without whitespace and the control characters SmolLM2 cannot encode."""
+    return "".join(c for c in visible(text) if c not in DROPPED_CONTROLS)
+
+
 def check_chunk(chunk: Chunk, ordinal: int, budget: int, tokenizer: HFTokenizer) -> None:
     assert chunk.ordinal == ordinal
     assert chunk.text and chunk.text == chunk.text.strip()
@@ -87,14 +92,17 @@ def check_chunk(chunk: Chunk, ordinal: int, budget: int, tokenizer: HFTokenizer)
 
 @fuzz_settings(120)
 @given(text=TEXTS, budget=st.integers(4, 48))
+@example(text="\x16", budget=4)  # found by a campaign: a chunk of no tokens
+@example(text="Sent one. \x16\x06. Sent two.", budget=4)
 def test_every_character_in_exactly_one_chunk(
     serving_tokenizer: HFTokenizer, text: str, budget: int
 ) -> None:
     chunks = Chunker(serving_tokenizer, chunk_tokens=budget).chunk(text)
     for ordinal, chunk in enumerate(chunks):
         check_chunk(chunk, ordinal, budget, serving_tokenizer)
-    # Only whitespace between chunks is normalised: nothing lost, nothing repeated, in order.
-    assert "".join(visible(chunk.text) for chunk in chunks) == visible(text)
+    # Only whitespace between chunks is normalised: nothing lost, nothing repeated, in order
+    # (but for a part made only of bytes the vocabulary lacks: it encodes to no token).
+    assert "".join(readable(chunk.text) for chunk in chunks) == readable(text)
     # Where no word overflows the budget, cuts are those of the word-by-word search (over
     # the characters of one word token counts dip, so the searches may pick different cuts).
     words = [word.strip() for word in _WORD.findall(text)]

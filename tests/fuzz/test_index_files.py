@@ -20,7 +20,7 @@ from ragkv.cache.semantic.index import IndexFiles
 from ragkv.retrieval.index import IndexFileError, VectorIndex
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 from tests.fuzz import fuzz_settings
-from tests.fuzz.test_chunk_records import JSON, corrupted
+from tests.fuzz.strategies import JSON, corrupted
 
 DIM = 16
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -37,7 +37,7 @@ from ragkv.cache.semantic.store import EntryMeta, SemanticStore
 from ragkv.cache.semantic.types import Sources
 from ragkv.settings import CategoryPolicy, SemanticCacheSettings
 from tests.fuzz import fuzz_settings
-from tests.fuzz.test_chunk_records import JSON, corrupted
+from tests.fuzz.strategies import JSON, corrupted
 
 DIM = 16
 ENTRIES = 24

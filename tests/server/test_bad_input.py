@@ -54,6 +54,13 @@ def test_logit_bias_is_refused_not_ignored(live_server: LiveServer) -> None:
     assert response.json()["error"]["param"] == "logit_bias"
 
 
+@pytest.fixture(scope="module")
+def collection(live_server: LiveServer) -> str:
+    """Tenant a's collection "bad-input", which the routes under test name."""
+    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
+    return "bad-input"
+
+
 def post(live: LiveServer, path: str, body: str | bytes, headers: dict | None = None):
     return httpx.post(f"{live.url}{path}", content=body, headers=headers or AUTH, timeout=120)
 
@@ -82,9 +89,8 @@ NON_FINITE = [
 @pytest.mark.parametrize(("path", "template", "param"), NON_FINITE)
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_nan_and_infinity_are_a_4xx(
-    live_server: LiveServer, path: str, template: str, param: str, value: str
+    live_server: LiveServer, collection: str, path: str, template: str, param: str, value: str
 ) -> None:
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
     assert_refused(post(live_server, path, template % value), 422, param)
 
 
@@ -128,15 +134,13 @@ EMPTY = [
 
 @pytest.mark.parametrize(("path", "body", "status", "param"), EMPTY)
 def test_empty_inputs_are_a_4xx(
-    live_server: LiveServer, path: str, body: dict, status: int, param: str | None
+    live_server: LiveServer, collection: str, path: str, body: dict, status: int, param: str | None
 ) -> None:
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
     response = httpx.post(f"{live_server.url}{path}", json=body, headers=AUTH, timeout=60)
     assert_refused(response, status, param)
 
 
-def test_inputs_over_their_limits_are_a_4xx(live_server: LiveServer) -> None:
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
+def test_inputs_over_their_limits_are_a_4xx(live_server: LiveServer, collection: str) -> None:
     limit = live_server.settings.retrieval.max_document_bytes
     document = {"documents": [{"id": "big", "text": "x" * (limit + 1)}]}
     response = httpx.post(
@@ -174,8 +178,9 @@ def nested(depth: int) -> str:
      '{"messages": [{"role": "user", "content": "hi", "x": %s}], "max_tokens": 2}',
      '{"messages": [{"role": "user", "content": "hi \\ud800", "x": %s}]}'],
 )  # fmt: skip
-def test_deeply_nested_json_is_a_400(live_server: LiveServer, template: str, depth: int):
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
+def test_deeply_nested_json_is_a_400(
+    live_server: LiveServer, collection: str, template: str, depth: int
+) -> None:
     path = (
         "/v1/chat/completions" if "messages" in template else "/v1/collections/bad-input/documents"
     )
@@ -185,8 +190,7 @@ def test_deeply_nested_json_is_a_400(live_server: LiveServer, template: str, dep
     assert httpx.get(f"{live_server.url}/health").status_code == 200
 
 
-def test_nesting_within_the_limit_is_kept(live_server: LiveServer) -> None:
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
+def test_nesting_within_the_limit_is_kept(live_server: LiveServer, collection: str) -> None:
     metadata = {"a": json.loads(nested(60))}
     document = {"documents": [{"id": "deep-ok", "text": "A deep note.", "metadata": metadata}]}
     url = f"{live_server.url}/v1/collections/bad-input"
@@ -203,8 +207,9 @@ NOT_UTF8 = [
 
 
 @pytest.mark.parametrize(("path", "body"), NOT_UTF8)
-def test_json_that_is_not_utf8_is_a_400(live_server: LiveServer, path: str, body: bytes):
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
+def test_json_that_is_not_utf8_is_a_400(
+    live_server: LiveServer, collection: str, path: str, body: bytes
+) -> None:
     assert_refused(post(live_server, path, body), 400)
 
 
@@ -217,8 +222,9 @@ UPLOADS = [
 
 
 @pytest.mark.parametrize(("name", "data"), UPLOADS)
-def test_uploads_that_are_not_text_are_a_422(live_server: LiveServer, name: str, data: bytes):
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
+def test_uploads_that_are_not_text_are_a_422(
+    live_server: LiveServer, collection: str, name: str, data: bytes
+) -> None:
     response = httpx.post(
         f"{live_server.url}/v1/collections/bad-input/documents",
         files=[("files", (name, data))],
@@ -231,10 +237,11 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def test_a_large_upload_in_many_files_is_a_413_and_memory_returns(live_server: LiveServer):
+def test_a_large_upload_in_many_files_is_a_413_and_memory_returns(
+    live_server: LiveServer, collection: str
+) -> None:
     """Over the body limit in 100 KB files: refused whether the size is declared or streamed;
     the server (this process) keeps no copy of what it refused."""
-    httpx.post(f"{live_server.url}/v1/collections", json={"name": "bad-input"}, headers=AUTH)
     url = f"{live_server.url}/v1/collections/bad-input/documents"
     part = b"word " * 20_000
     count = live_server.settings.server.max_body_bytes // len(part) + 8
