@@ -125,8 +125,11 @@ class Inspector:
     def _semantic(self, path: Path, findings: Findings) -> None:
         if not path.is_dir():
             return
+        # Every value is sealed with a CRC32: one that fails it is refused (counted), not used.
         store = SemanticStore(path, SemanticCacheSettings().lmdb_map_size_bytes, durable=False)
         try:
+            store.partitions()
+            store.log_after(0)
             ids = [entry_id for entry_id, _ in store.iter_meta()]
             vectors = store.vectors(ids)
             for entry_id in ids:
@@ -136,6 +139,8 @@ class Inspector:
                     findings.violations.append(f"semantic: entry {entry_id} is half-written")
                 elif vector.shape != (EMBEDDING_DIM,) or not np.isfinite(vector).all():
                     findings.violations.append(f"semantic: entry {entry_id} has a bad vector")
+            if store.refused:
+                findings.violations.append(f"semantic: {store.refused} values fail their checks")
             findings.semantic_entries = len(ids)
         except Exception as exc:  # any decode error is the finding
             findings.violations.append(f"semantic: records do not decode: {exc!r}")
