@@ -26,7 +26,7 @@ from machine import machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the campaign lives with the tests that run it reduced
 
-from tests.reliability.campaign import SCENARIOS, run_campaign  # noqa: E402
+from tests.reliability.campaign import SCENARIOS, CampaignResult, run_campaign  # noqa: E402
 from tests.reliability.serve import build_small_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "crash_campaign.json"
@@ -46,6 +46,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temp)")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args()
+
+
+def write(args: argparse.Namespace, result: CampaignResult, complete: bool) -> None:
+    """The JSON report; written after every kill too (`complete` false), so that a run cut
+    short keeps its figures."""
+    report = {
+        "benchmark": "crash_campaign",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": "small random 2-layer Llama" if args.small else "SmolLM2-135M-Instruct Q4_1",
+        "kills_per_scenario": args.kills,
+        "seed": args.seed,
+        "together": args.together,
+        "server_threads": args.threads,
+        "complete": complete,
+        **result.to_json(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def main() -> int:
@@ -69,24 +88,13 @@ def main() -> int:
             together=args.together,
             threads=args.threads,
             log=log,
+            progress=lambda partial: write(args, partial, complete=False),
         )
     print(result.table())
     for scenario in result.scenarios:
         for violation in scenario.tally.violations:
             print(f"VIOLATION {scenario.name}: {violation}")
-    report = {
-        "benchmark": "crash_campaign",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "model": "small random 2-layer Llama" if args.small else "SmolLM2-135M-Instruct Q4_1",
-        "kills_per_scenario": args.kills,
-        "seed": args.seed,
-        "together": args.together,
-        "server_threads": args.threads,
-        **result.to_json(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write(args, result, complete=True)
     print(f"wrote {args.out}")
     clean = not result.final_violations and not any(s.tally.violations for s in result.scenarios)
     return 0 if clean else 1

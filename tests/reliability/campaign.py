@@ -232,9 +232,11 @@ def run_campaign(
     together: bool = False,
     threads: int = 1,
     log: Callable[[str], None] = lambda line: None,
+    progress: Callable[[CampaignResult], None] = lambda partial: None,
 ) -> CampaignResult:
     """Run the campaign under `root` (`model_dir` None: the bundled SmolLM2) and stop the
-    server cleanly at the end (its saved indexes are checked then).
+    server cleanly at the end (its saved indexes are checked then); `progress` gets the
+    figures so far after every kill.
 
     One scenario at a time, or with `together` all of them loaded at once, the kill drawn
     in each one's write in turn: every kill then counts for every scenario (fewer restarts
@@ -263,6 +265,7 @@ def run_campaign(
             campaign.run(plan, round_no, rng)
             for name, tally in plan.tallies.items():
                 results[name].add(plan, tally)
+            progress(CampaignResult(campaign.baseline_s, list(results.values())))
             after_ms = plan.target.killed_after_s * 1000 if plan.target else -1
             log(f"kill {round_no + 1}/{len(plans)} in {plan.lead.name}: "
                 f"{after_ms:.0f} ms into the write, restart {plan.startup_s:.1f} s, "
