@@ -281,6 +281,35 @@ class SemanticCacheSettings(Section):
     )
 
 
+class ClusterSettings(Section):
+    """Scale-out on Ray Serve (`ragkv serve --replicas N`; extra `ragkv[ray]`): engine
+    replicas behind the cache-affinity router, shared semantic-cache and retrieval owners."""
+
+    replicas: int = Field(2, ge=1, le=256, description="engine replicas (one per GPU on GPUs)")
+    gateway_replicas: int = Field(1, ge=1, le=64, description="gateway (HTTP ingress) replicas")
+    ray_address: str | None = Field(None, description="join this Ray cluster; unset: start one")
+    engine_num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves per engine replica")
+    engine_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per engine replica")
+    stats_period_s: float = Field(1.0, gt=0, le=60, description="replica cache report period")
+    router: Literal["affinity", "pow2"] = Field(
+        "affinity", description="engine routing: cache affinity, or Ray's power of two choices"
+    )
+    chunk_credit: float = Field(
+        0.85, ge=0, le=1, description="routing credit per held chunk token (prefix tokens: 1)"
+    )
+    tokens_per_queued: float = Field(
+        128.0, ge=0, description="routing penalty, in prompt tokens, per request on a replica"
+    )
+    balance_abs_threshold: float = Field(
+        4.0, ge=0, description="load spread (and relative factor) past which the least loaded wins"
+    )
+    balance_rel_threshold: float = Field(
+        1.5, ge=1, description="busiest over idlest load that counts as imbalanced (with abs)"
+    )
+    max_reported_pages: int = Field(16384, ge=0, description="page digests reported at most")
+    max_reported_chunks: int = Field(8192, ge=0, description="chunk entries reported at most")
+
+
 class Settings(BaseSettings):
     """Everything configurable in ragkv. Build with `Settings.load()`."""
 
@@ -300,6 +329,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -57,23 +57,34 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000)")] = None,
+    replicas: Annotated[
+        int | None, typer.Option(help="Engine replicas on Ray Serve (extra ragkv[ray])")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster (auto, ray://host:port)")
+    ] = None,
 ) -> None:
-    """Run the OpenAI-compatible gateway."""
-    import uvicorn
-
-    from ragkv.server.app import build_app
-
-    server: dict[str, Any] = {}
-    if host is not None:
-        server["host"] = host
-    if port is not None:
-        server["port"] = port
-    settings = load_settings(config, server=server) if server else load_settings(config)
+    """Run the OpenAI-compatible gateway (with --replicas: on Ray Serve)."""
+    overrides: dict[str, Any] = {}
+    server = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if server:
+        overrides["server"] = server
+    cluster = {k: v for k, v in (("replicas", replicas), ("ray_address", ray_address)) if v}
+    if cluster:
+        overrides["cluster"] = cluster
+    settings = load_settings(config, **overrides)
     configure_logging(settings.server.log_level)
     bind = settings.server.host
     if not settings.auth.enabled and bind not in LOOPBACK:
         log.warning("auth is off (no API keys configured): binding to 127.0.0.1, not %s", bind)
         bind = "127.0.0.1"
+    if cluster:
+        serve_cluster(settings, bind)
+        return
+    import uvicorn
+
+    from ragkv.server.app import build_app
+
     uvicorn.run(
         build_app(settings),
         host=bind,
@@ -82,6 +93,16 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=settings.server.shutdown_drain_s,
     )
+
+
+def serve_cluster(settings: Any, bind: str) -> None:
+    """`ragkv serve --replicas N`: the gateway on Ray Serve (needs the extra `ragkv[ray]`)."""
+    try:
+        from ragkv.cluster.app import run_cluster
+    except ImportError as exc:
+        typer.echo(f"error: --replicas needs Ray Serve ({exc}); pip install 'ragkv[ray]'", err=True)
+        raise typer.Exit(2) from exc
+    run_cluster(settings, bind)
 
 
 @app.command()

@@ -43,6 +43,11 @@ class AsyncEngine:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="ragkv-engine-loop")
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine loop task has ended (it only ends on stop or a crash)."""
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         """Cancel the loop task and fail every open stream."""
         if self._task is not None:
@@ -87,6 +92,30 @@ class AsyncEngine:
     async def flush_chunks(self, tenant: str | None = None) -> int:
         """Drop cached chunk KV of one tenant (or all); entries dropped."""
         return await asyncio.to_thread(self._engine.flush_chunks, tenant)
+
+    async def cache_report(self, max_pages: int, max_chunks: int) -> dict[str, object]:
+        """What this engine holds, for a cache-affinity router (`engine/cache_report.py`)."""
+        return await asyncio.to_thread(self._engine.cache_report, max_pages, max_chunks)
+
+    def load_info(self) -> dict[str, float]:
+        """Queue, batch, blend and pool figures (see `LLMEngine.load_info`); never waits."""
+        return self._engine.load_info()
+
+    def figures(self) -> dict[str, float | None]:
+        """`load_info` plus the cumulative request, token and chunk counters (never waits;
+        chunk counters None when the chunk cache is off)."""
+        stats, blender = self._engine.stats, self._engine.blender
+        chunks = blender.stats if blender is not None else None
+        return {
+            **self._engine.load_info(),
+            "engine_requests": stats.requests,
+            "prompt_tokens": stats.prompt_tokens,
+            "cached_tokens": stats.cached_tokens,
+            "generated_tokens": stats.generated_tokens,
+            "chunk_requests": chunks.requests if chunks is not None else None,
+            "chunk_tokens": chunks.chunk_tokens if chunks is not None else None,
+            "chunk_tokens_reused": chunks.chunk_tokens_reused if chunks is not None else None,
+        }
 
     def prewarm(self, tenant: str, chunks: list[list[int]], context: tuple[int, ...]) -> int:
         """Blocking: compute the KV of `chunks` not cached yet (call from a worker thread;

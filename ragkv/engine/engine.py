@@ -14,6 +14,7 @@ from ragkv.cache.kv.chunk_store import ChunkKVStore, open_chunk_store
 from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.blending import BlendSteps
+from ragkv.engine.cache_report import cache_report
 from ragkv.engine.calibrate import column_blocks_for
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
@@ -294,6 +295,13 @@ class LLMEngine:
                 "waiting": len(self.scheduler.waiting),
                 "tool_pins": self.scheduler.tool_pins.stats(),
             }
+
+    def cache_report(self, max_pages: int, max_chunks: int) -> dict[str, object]:
+        """What this engine holds, for a cache-affinity router (`engine/cache_report.py`)."""
+        store = self.blender.store if self.blender is not None else None
+        with self._step_lock:
+            report = cache_report(self.radix, self.fingerprint, store, max_pages, max_chunks)
+        return {**report, "load": self.load_info()}
 
     def pin_tool_turn(self, tenant: str, token_ids: list[int], ttl_s: float) -> int:
         """Pin a conversation waiting on its tool calls' results; tokens pinned."""

@@ -204,3 +204,4 @@ class RequestOutput:
     tokens_recomputed: int | None = None
     selector: str | None = None
     approx_tokens_reused: int = 0
+    replica: str | None = None  # the engine replica that ran it (a Ray Serve cluster only)

@@ -101,6 +101,7 @@ class CacheReport:
     ttft_ms: float | None = None
     sources: tuple[Source, ...] | None = None
     approx_tokens_reused: int = 0
+    replica: str | None = None
 
     @classmethod
     def of_engine(
@@ -124,6 +125,7 @@ class CacheReport:
             ttft_ms=final.ttft_ms,
             sources=sources,
             approx_tokens_reused=final.approx_tokens_reused,
+            replica=final.replica,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -141,6 +143,8 @@ class CacheReport:
         }
         if self.sources is not None:
             info["sources"] = [source.to_json() for source in self.sources]
+        if self.replica is not None:
+            info["replica"] = self.replica
         return info
 
 

@@ -117,7 +117,7 @@ class SemanticStep:
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         earlier = json.dumps([m for m in messages[:-1] if m["role"] != "system"])
         template = template_hash(system or None, earlier if earlier != "[]" else None)
-        self.cache.set_load(load)
+        await run_in_threadpool(self.cache.set_load, load)  # the cache may be remote (cluster)
         vector = await run_in_threadpool(self.embedder.embed_one, query)
         result = await run_in_threadpool(
             self.cache.lookup,

@@ -4,13 +4,13 @@ routes; the components load in the lifespan (`Components.open`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from ragkv import __version__
-from ragkv.server.components import Components
+from ragkv.server.components import Attached, Components
 from ragkv.server.errors import install_error_handlers
 from ragkv.server.metrics import build_registry
 from ragkv.server.metrics import router as metrics_router
@@ -32,12 +32,19 @@ from ragkv.settings import Settings
 log = logging.getLogger("ragkv.server")
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """A ready-to-serve FastAPI app for `settings`; components load in the lifespan."""
+def build_app(
+    settings: Settings,
+    attach: Callable[[], Awaitable[Attached]] | None = None,
+    instance: str | None = None,
+) -> FastAPI:
+    """A ready-to-serve FastAPI app for `settings`; components load in the lifespan.
+    `attach`: called there for components that live elsewhere (a Ray Serve cluster);
+    `instance`: this gateway replica's name, sent in `x-ragkv-instance`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        components = await Components.open(settings, app.state.metrics_registry)
+        attached = await attach() if attach is not None else None
+        components = await Components.open(settings, app.state.metrics_registry, attached)
         app.state.components = components
         app.state.sampler = start_sampler(components)
         if not settings.auth.enabled:
@@ -68,7 +75,9 @@ def build_app(settings: Settings) -> FastAPI:
     app.state.metrics_registry = build_registry()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, log_requests=settings.server.access_log)
+    app.add_middleware(
+        RequestContextMiddleware, log_requests=settings.server.access_log, instance=instance
+    )
     routes = (health, models, chat, rag, embeddings, collections, cache, cache_admin, dashboard)
     for module in routes:
         app.include_router(module.router)

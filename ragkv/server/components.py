@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
@@ -55,56 +56,71 @@ def open_semantic_cache(
 
 
 @dataclass
+class Attached:
+    """Components that live elsewhere (a Ray Serve cluster, `ragkv/cluster/`) with the same
+    surface as the local ones: the engine front (`AsyncEngine` or a fleet of replicas), the
+    semantic cache and its admin (None when off) and the retriever. `llm` is the local
+    engine, None when the engines are remote."""
+
+    engine: Any
+    semantic_cache: Any
+    semantic_admin: Any
+    retriever: Any
+    llm: LLMEngine | None = None
+    runtime: ModelRuntimeInfo | None = None
+
+
+@dataclass
 class Components:
     """The gateway's components. `llm` is the engine the `engine` front drives (owned here,
-    used directly only by tests and the metrics collector)."""
+    used directly only by tests and the metrics collectors); None when the engines are Ray
+    Serve replicas (then `engine` is their fleet, `semantic_cache` and `retriever` stand-ins
+    for the shared owners)."""
 
     settings: Settings
     model_card: ModelCard
     embedder: Embedder
     semantic_cache: SemanticCache | None
-    llm: LLMEngine
+    llm: LLMEngine | None
     engine: AsyncEngine
     retriever: Retriever
     pipeline: Pipeline
+    semantic_admin: SemanticCacheAdmin | None = None
     demo: DemoSeeder | None = None
     compute: ComputeThread | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, registry: CollectorRegistry) -> Components:
+    async def open(
+        cls, settings: Settings, registry: CollectorRegistry, attached: Attached | None = None
+    ) -> Components:
         """Load every component (takes seconds: the model and the embedder) and start the
-        engine loop on the running event loop."""
+        engine loop on the running event loop. With `attached`, the engine, the semantic
+        cache and the retriever are those (only the embedder and the pipeline load here)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         card = model_card(settings)
         compute = ComputeThread()  # every torch computation runs here (see ragkv/compute.py)
         embedder = Embedder(settings.embedding, compute)
-        semantic_cache = await run_in_threadpool(open_semantic_cache, settings, embedder, registry)
-        llm = await compute.run(
-            LLMEngine.from_path,
-            generation_model_path(settings.model.gguf_path, settings.model.hf_dir),
-            settings.model,
-            settings.engine,
-            settings.chunk_cache,
-            settings.data_dir,
-        )
-        registry.register(ChunkStoreCollector(llm.chunk_stats))
-        registry.register(EngineCollector(llm.load_info))
-        card = card.model_copy(update={"ragkv": ModelRuntimeInfo(**llm.runtime.to_json())})
-        engine = AsyncEngine(llm, compute)
+        local = attached is None
+        if attached is None:
+            attached = await open_local(settings, registry, compute, embedder)
+        engine = attached.engine
+        registry.register(EngineCollector(engine.load_info))
+        if attached.runtime is not None:
+            card = card.model_copy(update={"ragkv": attached.runtime})
         engine.start()
-        # Chunk token ids must be the serving model's: the retriever chunks with its tokenizer.
-        retriever = Retriever(settings.retrieval, settings.data_dir, embedder, llm.tokenizer)
-        await run_in_threadpool(retriever.open)
         semantic = None
-        if semantic_cache is not None:
+        if attached.semantic_cache is not None:
             semantic = SemanticStep(
-                semantic_cache, embedder, card.id, settings.semantic_cache.single_flight_wait_s
+                attached.semantic_cache,
+                embedder,
+                card.id,
+                settings.semantic_cache.single_flight_wait_s,
             )
-            retriever.removals.subscribe(answers_die_with_sources(semantic_cache))
-        chunker = Chunker(llm.tokenizer, settings.retrieval.chunk_tokens)
+        # Chunk token ids must be the serving model's: the retriever chunks with its tokenizer.
+        chunker = Chunker(engine.tokenizer, settings.retrieval.chunk_tokens)
         pipeline = Pipeline(
             engine,
-            ContextBuilder(chunker, retriever),
+            ContextBuilder(chunker, attached.retriever),
             settings.engine.default_max_tokens,
             semantic,
             KVMetrics(registry),
@@ -116,12 +132,12 @@ class Components:
             ),
         )
         parts = cls(
-            settings, card, embedder, semantic_cache, llm, engine, retriever, pipeline,
-            compute=compute,
+            settings, card, embedder, attached.semantic_cache, attached.llm, engine,
+            attached.retriever, pipeline, attached.semantic_admin, compute=compute,
         )  # fmt: skip
         registry.register(state_collector(parts))
-        if not settings.auth.enabled and settings.server.demo_documents:
-            parts.demo = DemoSeeder(retriever, settings.server.demo_documents)
+        if local and not settings.auth.enabled and settings.server.demo_documents:
+            parts.demo = DemoSeeder(attached.retriever, settings.server.demo_documents)
             await run_in_threadpool(parts.demo.start)
         return parts
 
@@ -130,11 +146,40 @@ class Components:
         if self.demo is not None:
             await run_in_threadpool(self.demo.stop)
         await self.engine.close()
+        if self.llm is None:  # the stores belong to their shared owners
+            if self.compute is not None:
+                await run_in_threadpool(self.compute.close)
+            return
         await run_in_threadpool(self.retriever.close)
         if self.semantic_cache is not None:
             await run_in_threadpool(self.semantic_cache.close)
         if self.compute is not None:
             await run_in_threadpool(self.compute.close)
+
+
+async def open_local(
+    settings: Settings, registry: CollectorRegistry, compute: ComputeThread, embedder: Embedder
+) -> Attached:
+    """The engine, semantic cache and retriever of a single-process gateway, in this process
+    (the retriever's removals drop the cached answers built from removed chunks)."""
+    semantic_cache = await run_in_threadpool(open_semantic_cache, settings, embedder, registry)
+    llm = await compute.run(
+        LLMEngine.from_path,
+        generation_model_path(settings.model.gguf_path, settings.model.hf_dir),
+        settings.model,
+        settings.engine,
+        settings.chunk_cache,
+        settings.data_dir,
+    )
+    registry.register(ChunkStoreCollector(llm.chunk_stats))
+    retriever = Retriever(settings.retrieval, settings.data_dir, embedder, llm.tokenizer)
+    await run_in_threadpool(retriever.open)
+    admin = None
+    if semantic_cache is not None:
+        admin = SemanticCacheAdmin(semantic_cache)
+        retriever.removals.subscribe(answers_die_with_sources(semantic_cache))
+    runtime = ModelRuntimeInfo(**llm.runtime.to_json())
+    return Attached(AsyncEngine(llm, compute), semantic_cache, admin, retriever, llm, runtime)
 
 
 def state_collector(parts: Components) -> StateCollector:
@@ -145,12 +190,9 @@ def state_collector(parts: Components) -> StateCollector:
         documents = sum(c.num_documents for c in collections)
         return len(collections), documents, sum(c.num_chunks for c in collections)
 
-    semantic = None
-    if parts.semantic_cache is not None:
-        semantic = SemanticCacheAdmin(parts.semantic_cache).stats_report
-    return StateCollector(
-        parts.llm.prefix_stats, semantic, retrieval_sizes, parts.retriever.timings.summary
-    )
+    semantic = parts.semantic_admin.stats_report if parts.semantic_admin is not None else None
+    prefix_stats = parts.llm.prefix_stats if parts.llm is not None else parts.engine.prefix_figures
+    return StateCollector(prefix_stats, semantic, retrieval_sizes, parts.retriever.timings.summary)
 
 
 def answers_die_with_sources(cache: SemanticCache) -> RemovalListener:

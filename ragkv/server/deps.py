@@ -58,7 +58,9 @@ Embedding = Annotated[Embedder, Depends(_embedder)]
 
 def semantic_admin_of(parts: Components) -> SemanticCacheAdmin:
     """The semantic cache's admin operations; Conflict (409) when the cache is off."""
-    return SemanticCacheAdmin(semantic_cache_of(parts))
+    if parts.semantic_admin is None:
+        raise Conflict("the semantic cache is disabled (settings semantic_cache.enabled)")
+    return parts.semantic_admin
 
 
 SemanticCacheDep = Annotated[SemanticCache, Depends(semantic_cache_of)]

@@ -17,11 +17,15 @@ access_log = logging.getLogger("ragkv.access")
 
 
 class RequestContextMiddleware:
-    """Give each request an id (`x-request-id`, echoed or made) and log one JSON line for it."""
+    """Give each request an id (`x-request-id`, echoed or made) and log one JSON line for it;
+    with `instance` (a gateway replica of a cluster), name it in `x-ragkv-instance`."""
 
-    def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, *, log_requests: bool = True, instance: str | None = None
+    ) -> None:
         self.app = app
         self.log_requests = log_requests
+        self.extra = [(b"x-ragkv-instance", instance.encode("latin-1"))] if instance else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,6 +45,7 @@ class RequestContextMiddleware:
                 message["headers"] = [
                     *message["headers"],
                     (b"x-request-id", request_id.encode("latin-1")),
+                    *self.extra,
                 ]
             await send(message)
 

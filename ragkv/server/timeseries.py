@@ -117,6 +117,13 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+ENGINE_FIGURES = (
+    "running", "waiting", "blends_in_flight", "pool_pages", "free_pages", "step_tokens",
+    "engine_requests", "prompt_tokens", "cached_tokens", "generated_tokens",
+    "chunk_requests", "chunk_tokens", "chunk_tokens_reused",
+)  # fmt: skip
+
+
 class ServerProbe:
     """Reads one point from a gateway's components without waiting for the engine step."""
 
@@ -128,23 +135,9 @@ class ServerProbe:
 
     def __call__(self) -> Point:
         """Engine load, per-level counters (cumulative) and latency percentiles (last minute)."""
-        llm = self.parts.llm
-        load = llm.load_info()
-        stats = llm.stats
-        point: Point = {
-            "running": load["running"],
-            "waiting": load["waiting"],
-            "blends_in_flight": load["blends_in_flight"],
-            "pool_pages": load["pool_pages"],
-            "free_pages": load["free_pages"],
-            "step_tokens": load["step_tokens"],
-            "engine_requests": stats.requests,
-            "prompt_tokens": stats.prompt_tokens,
-            "cached_tokens": stats.cached_tokens,
-            "generated_tokens": stats.generated_tokens,
-        }
+        figures = self.parts.engine.figures()
+        point: Point = {name: figures.get(name) for name in ENGINE_FIGURES}
         point.update(self._semantic())
-        point.update(self._chunk())
         for name, window in (("ttft", self.ttft), ("itl", self.inter_token)):
             p50, p95 = window.sample() if window is not None else (None, None)
             point[f"{name}_p50_ms"], point[f"{name}_p95_ms"] = p50, p95
@@ -158,17 +151,6 @@ class ServerProbe:
                 for event in totals:
                     totals[event] += counts.get(event, 0)
         return {f"semantic_{event}": float(count) for event, count in totals.items()}
-
-    def _chunk(self) -> Point:
-        blender = self.parts.llm.blender
-        if blender is None:
-            return {"chunk_requests": None, "chunk_tokens": None, "chunk_tokens_reused": None}
-        stats = blender.stats
-        return {
-            "chunk_requests": stats.requests,
-            "chunk_tokens": stats.chunk_tokens,
-            "chunk_tokens_reused": stats.chunk_tokens_reused,
-        }
 
 
 class Sampler:
@@ -213,8 +195,8 @@ class Sampler:
 
     async def _run(self) -> None:
         while True:
-            try:
-                self.sample()
+            try:  # in a thread: a cluster's semantic cache is a remote call away
+                await asyncio.to_thread(self.sample)
             except Exception:  # a dashboard figure must never take the gateway down
                 log.exception("dashboard sample failed")
             await asyncio.sleep(self.interval_s)

@@ -125,6 +125,11 @@ class DiskTier:
     def __contains__(self, key: bytes) -> bool:
         return key in self._sizes
 
+    def record_keys(self) -> list[bytes]:
+        """Keys of every record (no disk read)."""
+        with self._lock:
+            return list(self._sizes)
+
     def size_of(self, key: bytes) -> int | None:
         """Record size in bytes, or None if absent (no disk read)."""
         return self._sizes.get(key)

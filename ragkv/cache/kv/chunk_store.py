@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ragkv.cache.kv.chunk_disk import DiskTier
+from ragkv.cache.kv.cost_model import CostModel
 from ragkv.settings import ChunkCacheSettings
 
 log = logging.getLogger("ragkv.cache")
@@ -135,43 +136,6 @@ class MemoryTier:
             evicted.append((key, self.pop(key)))
             self.evictions += 1
         return evicted
-
-
-class CostModel:
-    """Load-or-recompute: expected seconds to read a record vs to prefill its tokens.
-
-    Starts from configured speeds and follows observed ones (exponential moving average).
-    """
-
-    def __init__(self, disk_read_mb_s: float, prefill_tokens_s: float, smoothing: float = 0.3):
-        self.disk_bytes_s = disk_read_mb_s * 1e6
-        self.prefill_tokens_s = prefill_tokens_s
-        self.smoothing = smoothing
-
-    def load_s(self, num_bytes: int) -> float:
-        """Expected seconds to read `num_bytes` from disk."""
-        return num_bytes / self.disk_bytes_s
-
-    def recompute_s(self, num_tokens: int) -> float:
-        """Expected seconds to prefill `num_tokens` alone."""
-        return num_tokens / self.prefill_tokens_s
-
-    def should_load(self, num_bytes: int, num_tokens: int) -> bool:
-        """True when reading is expected to be faster than recomputing."""
-        return self.load_s(num_bytes) <= self.recompute_s(num_tokens)
-
-    def observe_load(self, num_bytes: int, seconds: float) -> None:
-        """Learn the disk speed from one read."""
-        if seconds > 0:
-            self.disk_bytes_s = self._blend(self.disk_bytes_s, num_bytes / seconds)
-
-    def observe_prefill(self, num_tokens: int, seconds: float) -> None:
-        """Learn the prefill speed from one chunk computation."""
-        if seconds > 0:
-            self.prefill_tokens_s = self._blend(self.prefill_tokens_s, num_tokens / seconds)
-
-    def _blend(self, old: float, new: float) -> float:
-        return (1 - self.smoothing) * old + self.smoothing * new
 
 
 class ChunkHit(NamedTuple):
@@ -286,6 +250,15 @@ class ChunkKVStore:
                     "prefill_tokens_s": round(self.cost.prefill_tokens_s, 1),
                 },
             }
+
+    def held_keys(self, limit: int) -> list[ChunkKey]:
+        """Keys of the entries some tier holds (memory tiers first, then disk), at most
+        `limit`: what this store reports to a cache-affinity router. No counting."""
+        with self._lock:
+            keys = [key for tier in self.memory for key in tier.entries]
+            if self.disk is not None:
+                keys += [ChunkKey(*raw.decode().split("\x00")) for raw in self.disk.record_keys()]
+        return list(dict.fromkeys(keys))[:limit]
 
     def prefetch(self, wanted: Sequence[tuple[ChunkKey, int]]) -> int:
         """Read the disk records of `wanted` (key, chunk tokens) into the CPU memory tier on

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from ragkv.cache.kv.digest import ROOT_DIGEST, chain_digest
+
 
 class RadixNode:
     """One cached page: its tokens, page id, children, lock count, LRU stamp, pin expiry, and
@@ -238,6 +240,24 @@ class RadixCache:
                 nodes.append(child)
                 stack.append(child)
         return nodes
+
+    def page_digests(self, namespace: str, limit: int) -> list[int]:
+        """Chained digests (`cache/kv/digest.py`) of the cached pages of `namespace`, most
+        recently used subtrees first, at most `limit`: what a router compares a prompt's
+        digests with. Reads only (no LRU touch)."""
+        root = self._roots.get(namespace)
+        if root is None:
+            return []
+        digests: list[int] = []
+        stack = [(ROOT_DIGEST, root)]
+        while stack and len(digests) < limit:
+            parent, node = stack.pop()
+            children = sorted(node.children.values(), key=lambda child: child.last_access)
+            for child in children:  # the most recent is popped first
+                stack.append((chain_digest(parent, child.key), child))
+            if node is not root:
+                digests.append(parent)
+        return digests
 
     def size_info(self) -> SizeInfo:
         """Counts of pages: all, evictable now (unlocked and unpinned), locked, pinned, and

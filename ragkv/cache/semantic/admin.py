@@ -137,6 +137,10 @@ class SemanticCacheAdmin:
         """The category policies in force."""
         return self.cache.policies.all()
 
+    def default_category(self) -> str:
+        """The category a request without one falls into (fixed at start)."""
+        return self.cache.policies.default_category
+
     def set_categories(self, policies: dict[str, CategoryPolicy]) -> None:
         """Replace the policy table (persisted in lmdb, so it survives a restart)."""
         cache = self.cache

@@ -101,15 +101,13 @@ async def _flush_collection(body: FlushRequest, parts: Components) -> int:
 @router.get("/admin/cache/categories", response_model=CategoriesBody)
 async def get_categories(_: Admin, admin: SemanticAdmin) -> CategoriesBody:
     """The category policies in force."""
-    return CategoriesBody(
-        categories=admin.categories(), default_category=admin.cache.policies.default_category
-    )
+    return CategoriesBody(categories=admin.categories(), default_category=admin.default_category())
 
 
 @router.put("/admin/cache/categories", response_model=CategoriesBody)
 async def put_categories(body: CategoriesBody, _: Admin, admin: SemanticAdmin) -> CategoriesBody:
     """Replace the category policies (persisted); the default category must stay defined."""
-    default = admin.cache.policies.default_category
+    default = admin.default_category()
     if body.default_category not in (None, default):
         raise Unprocessable(
             "default_category cannot change at run time; set semantic_cache.default_category",

@@ -81,7 +81,7 @@ async def dashboard_data(
         "levels": level_summary(stats, prefill_tokens_per_s(parts, stats["chunk"])),
         "categories": await run_in_threadpool(category_rows, parts, semantic),
         "tenants": tenant_rows(semantic),
-        "engine": {**parts.llm.load_info(), **latency_of(latest)},
+        "engine": {**parts.engine.load_info(), **latency_of(latest)},
         "retrieval": await run_in_threadpool(retrieval_summary, parts),
         "series": series,
     }

@@ -12,7 +12,8 @@ import lmdb
 import torch
 
 from ragkv.cache.kv.chunk_disk import DiskTier
-from ragkv.cache.kv.chunk_store import ChunkKVStore, CostModel, MemoryTier, chunk_key
+from ragkv.cache.kv.chunk_store import ChunkKVStore, MemoryTier, chunk_key
+from ragkv.cache.kv.cost_model import CostModel
 
 
 def kv(seed: int, tokens: int = 8) -> torch.Tensor:
