@@ -24,6 +24,7 @@ def check_pool(engine: LLMEngine) -> None:
     assert not engine.scheduler.running and not engine.scheduler.waiting
 
 
+@pytest.mark.slow  # ~30 s; preemption is also covered by test_grammar (preempted sequences)
 def test_long_requests_finish_in_a_tiny_pool(make_engine, smollm: LoadedModel) -> None:
     prompts = [text_prompt(smollm, seed, 8) for seed in range(3)]
     max_tokens = 80

@@ -9,6 +9,7 @@ import asyncio
 import threading
 
 import httpx
+import pytest
 
 import ragkv
 from ragkv.engine.load import DrainRate
@@ -37,6 +38,7 @@ def fill_queue(url: str, engine) -> None:  # noqa: F811
     asyncio.run(scenario())
 
 
+@pytest.mark.slow  # ~40 s (two 1,500-token prefills); the 503 itself: tests/server/test_overload.py
 def test_overloaded_then_retried_until_served(live_server: LiveServer, engine) -> None:  # noqa: F811
     engine.settings = engine.scheduler.settings = engine.settings.model_copy(
         update={"retry_after_s": 1}

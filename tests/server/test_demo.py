@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 import ragkv
 from ragkv.retrieval.embedder import Embedder
 from ragkv.retrieval.service import Retriever
@@ -25,6 +27,7 @@ def test_demo_documents_span_every_topic() -> None:
     assert [d.id for d in demo_documents(COUNT)] == [d.id for d in documents]
 
 
+@pytest.mark.slow  # ~30 s: ingests 300 leads on a fresh server
 def test_first_start_seeds_the_demo_collection(tmp_path: Path) -> None:
     settings = Settings.load(
         data_dir=str(tmp_path), server={"demo_documents": COUNT}, engine={"kv_cache_mb": 64}
