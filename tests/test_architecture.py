@@ -17,24 +17,29 @@ DATA_LITERALS = {"ragkv.settings_defaults.default_policies"}
 # A package prefix -> prefixes it must never import.
 FORBIDDEN = {
     "ragkv.kernels": ("ragkv.engine", "ragkv.cache", "ragkv.retrieval", "ragkv.pipeline",
-                      "ragkv.server", "ragkv.cli", "ragkv.settings"),
-    "ragkv.cache": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cli"),
-    "ragkv.retrieval": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cli"),
-    "ragkv.engine": ("ragkv.pipeline", "ragkv.server", "ragkv.cli"),
+                      "ragkv.server", "ragkv.cli", "ragkv.settings", "ragkv.cluster"),
+    "ragkv.cache": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cli",
+                    "ragkv.cluster"),
+    "ragkv.retrieval": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cli",
+                        "ragkv.cluster"),
+    "ragkv.engine": ("ragkv.pipeline", "ragkv.server", "ragkv.cli", "ragkv.cluster"),
     # The pipeline talks to the engine through its contract (sequence, async_engine, sampling,
     # tokenizer), never to the blend algorithm, the model or the kernels.
     "ragkv.pipeline": ("ragkv.server", "ragkv.cli", "ragkv.engine.blend", "ragkv.engine.model",
-                       "ragkv.kernels", "ragkv.engine.engine"),
-    "ragkv.server": ("ragkv.cli",),
+                       "ragkv.kernels", "ragkv.engine.engine", "ragkv.cluster"),
+    "ragkv.server": ("ragkv.cli", "ragkv.cluster"),
     "ragkv.settings": ("ragkv.cache", "ragkv.engine", "ragkv.retrieval", "ragkv.pipeline",
-                       "ragkv.server", "ragkv.cli"),
+                       "ragkv.server", "ragkv.cli", "ragkv.cluster"),
     "ragkv.errors": ("ragkv.",),
     "ragkv.compute": ("ragkv.",),
     "ragkv.integrations": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cache",
-                           "ragkv.retrieval", "ragkv.kernels", "ragkv.cli"),
+                           "ragkv.retrieval", "ragkv.kernels", "ragkv.cli", "ragkv.cluster"),
     # The SDK installs without the engine: httpx and ragkv.errors only.
     "ragkv.sdk": ("ragkv.engine", "ragkv.pipeline", "ragkv.server", "ragkv.cache",
-                  "ragkv.retrieval", "ragkv.kernels", "ragkv.cli", "ragkv.settings"),
+                  "ragkv.retrieval", "ragkv.kernels", "ragkv.cli", "ragkv.settings",
+                  "ragkv.cluster"),
+    # Scale-out sits on top: only the CLI starts it (lazily); it never imports the CLI.
+    "ragkv.cluster": ("ragkv.cli",),
 }  # fmt: skip
 
 
