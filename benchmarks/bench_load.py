@@ -81,7 +81,10 @@ def server(args: argparse.Namespace):
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     """Settings every server of the run gets."""
-    return {"RAGKV_ENGINE__KV_CACHE_MB": str(args.kv_cache_mb)}
+    env = {"RAGKV_ENGINE__KV_CACHE_MB": str(args.kv_cache_mb)}
+    if args.max_waiting is not None:  # a short queue: overload shows as 503s, not timeouts
+        env["RAGKV_ENGINE__MAX_WAITING"] = str(args.max_waiting)
+    return env
 
 
 def require_ok(out: Outcome, what: str) -> Outcome:
@@ -358,6 +361,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration-s", type=float, help="load: 120 (a rate); soak: 600")
     p.add_argument("--max-requests", type=int, default=300, help="cap per rate (load)")
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-waiting", type=int, help="the server's queue bound (default: its own)")
     p.add_argument("--cached-docs", type=int, default=12)
     p.add_argument("--request-timeout-s", type=float, default=300.0)
     p.add_argument("--warmup-s", type=float, default=60.0, help="soak warm-up before growth")

@@ -98,6 +98,7 @@ def build_cluster(settings: Settings) -> serve.Application:
         },  # fmt: skip
         request_router_config=router,
         max_ongoing_requests=settings.engine.max_num_seqs + settings.engine.max_waiting,
+        max_queued_requests=settings.engine.max_waiting,  # past it: 503 (BackPressureError)
         graceful_shutdown_timeout_s=settings.server.shutdown_drain_s,
     )
     owner = serve.deployment(Owner).options(

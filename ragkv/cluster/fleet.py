@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import ReplicaUnavailableError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.request_router import ReplicaID
 
@@ -173,6 +173,11 @@ class EngineFleet:
                             replica or "?")  # fmt: skip
                 failed.append(replica)
                 self.retried += 1
+            except BackPressureError:
+                raise Overloaded(
+                    "every engine replica is at capacity and the queue is full; retry later",
+                    retry_after_s=2,
+                ) from None
             except RayTaskError as exc:
                 raise unwrap(exc) from None
             finally:
