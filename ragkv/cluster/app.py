@@ -61,7 +61,7 @@ class Gateway:
             semantic, admin = Remote(owner, "cache"), Remote(owner, "admin")
         retrieval = serve.get_deployment_handle(RETRIEVAL, app_name=APP_NAME)
         retriever = Remote(retrieval, "retriever", local={"settings": settings.retrieval})
-        return Attached(fleet, semantic, admin, retriever)
+        return Attached(fleet, semantic, admin, retriever, by_replica=fleet.figures_by_replica)
 
 
 def affinity_router(settings: Settings) -> RequestRouterConfig:

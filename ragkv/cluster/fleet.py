@@ -127,6 +127,10 @@ class EngineFleet:
             total.update(dict.fromkeys(("chunk_requests", "chunk_tokens", "chunk_tokens_reused")))
         return total
 
+    def figures_by_replica(self) -> dict[str, dict[str, float | None]]:
+        """Each replica's figures (last poll), for `/metrics` labelled by replica."""
+        return dict(self.last_figures)
+
     def load_info(self) -> dict[str, float]:
         """The replicas' load figures summed (last poll); `replicas`: how many answered."""
         figures = self.figures()

@@ -5,6 +5,7 @@ retriever and the request pipeline over them."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Attached:
     retriever: Any
     llm: LLMEngine | None = None
     runtime: ModelRuntimeInfo | None = None
+    by_replica: Callable[[], dict[str, dict[str, Any]]] | None = None  # engine figures each
 
 
 @dataclass
@@ -104,7 +106,7 @@ class Components:
         if attached is None:
             attached = await open_local(settings, registry, compute, embedder)
         engine = attached.engine
-        registry.register(EngineCollector(engine.load_info))
+        registry.register(EngineCollector(engine.load_info, attached.by_replica))
         if attached.runtime is not None:
             card = card.model_copy(update={"ragkv": attached.runtime})
         engine.start()

@@ -77,8 +77,13 @@ class EngineCollector:
         "failed_requests": ("ragkv_engine_failed_requests", "requests failed alone by the engine"),
     }
 
-    def __init__(self, load_info: Callable[[], dict[str, float]]) -> None:
+    def __init__(
+        self,
+        load_info: Callable[[], dict[str, float]],
+        by_replica: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
         self.load_info = load_info
+        self.by_replica = by_replica  # engine replicas of a cluster: the same gauges each
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         info = self.load_info()
@@ -86,6 +91,13 @@ class EngineCollector:
             yield GaugeMetricFamily(name, text, value=info[key])
         for key, (name, text) in self.COUNTERS.items():
             yield CounterMetricFamily(name, text, value=info[key])
+        if self.by_replica is not None:
+            replicas = self.by_replica()
+            for key, (name, text) in self.GAUGES.items():
+                family = GaugeMetricFamily(f"{name}_by_replica", text, labels=["replica"])
+                for replica, figures in sorted(replicas.items()):
+                    family.add_metric([replica], float(figures.get(key) or 0.0))
+                yield family
 
 
 class StateCollector:

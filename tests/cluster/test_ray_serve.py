@@ -223,6 +223,18 @@ def content(response: httpx.Response) -> str:
     return response.json()["choices"][0]["message"]["content"]
 
 
+def test_stats_and_metrics_show_every_engine_replica(cluster: Cluster) -> None:
+    replicas = cluster.engine_replicas()
+    assert len(replicas) == 2
+    stats = cluster.admin("/admin/cache/stats")
+    per_replica = stats["prefix"]["replicas"]
+    assert stats["prefix"]["pool_pages"] == sum(r["pool_pages"] for r in per_replica.values())
+    time.sleep(2.5)  # the gateways poll the replicas' figures every 2 s
+    metrics = httpx.get(f"{cluster.url}/metrics", timeout=60).text
+    for replica in replicas:
+        assert f'ragkv_engine_running_by_replica{{replica="{replica}"}}' in metrics
+
+
 def test_killing_an_engine_replica_loses_no_request(cluster: Cluster) -> None:
     from ragkv.cluster.app import APP_NAME, ENGINE
 

@@ -42,6 +42,7 @@ class ChunkStats:
     chunk_tokens_reused: int = 0
     tokens_recomputed: int = 0
     chunks_computed: int = 0
+    chunk_tokens_computed: int = 0  # chunk tokens prefilled because no tier held them
     fallbacks: int = 0
     variant_fallbacks: int = 0
     by_selector: Counter[str] = field(default_factory=Counter)
@@ -126,6 +127,7 @@ class ChunkBlender:
         self.store.cost.observe_prefill(len(ids), elapsed)
         self.store.put(key, chunk, elapsed)
         self.stats.chunks_computed += 1
+        self.stats.chunk_tokens_computed += len(token_ids)
         return chunk
 
     def held(self, token_ids: list[int], request: Request) -> bool:
@@ -184,6 +186,7 @@ class ChunkBlender:
             "chunk_tokens_reused": stats.chunk_tokens_reused,
             "tokens_recomputed": stats.tokens_recomputed,
             "chunks_computed": stats.chunks_computed,
+            "chunk_tokens_computed": stats.chunk_tokens_computed,
             "fallbacks": stats.fallbacks,
             "variant_fallbacks": stats.variant_fallbacks,
             "requests_by_selector": dict(stats.by_selector),
