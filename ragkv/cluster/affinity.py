@@ -45,17 +45,12 @@ class RouteHint:
         """The hint of an engine request (its prompt, its chunk spans, its tenant)."""
         prompt = request.prompt_ids
         chunks = tuple(
-            (
-                chunk_key(request.tenant, prompt[span.start : span.start + span.length]).token_hash[
-                    :CHUNK_HASH_CHARS
-                ],
-                span.length,
-            )
+            (chunk_hash(request.tenant, prompt[span.start : span.start + span.length]), span.length)
             for span in request.chunk_spans
         )
         return cls(
             request.tenant,
-            tuple(page_digests(prompt[:-1], page_size)),
+            prompt_pages(prompt, page_size),
             chunks,
             request.session_id,
             avoid=tuple(avoid),
@@ -65,6 +60,16 @@ class RouteHint:
     def to(cls, replica: str) -> RouteHint:
         """A hint that addresses one replica."""
         return cls(replica=replica)
+
+
+def prompt_pages(token_ids: Sequence[int], page_size: int) -> tuple[int, ...]:
+    """The page digests a prompt is matched by (the last token excluded, as the engine does)."""
+    return tuple(page_digests(token_ids[:-1], page_size))
+
+
+def chunk_hash(tenant: str, token_ids: Sequence[int]) -> str:
+    """How replicas name a chunk in their reports (`engine/cache_report.py`)."""
+    return chunk_key(tenant, token_ids).token_hash[:CHUNK_HASH_CHARS]
 
 
 @dataclass

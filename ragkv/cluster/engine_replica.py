@@ -90,11 +90,9 @@ class EngineReplica:
     async def record_routing_stats(self) -> dict[str, Any]:
         """What the routers read (`cluster/router.py`): prefix digests, chunk hashes, load."""
         cluster = self.settings.cluster
-        report = await self.engine.cache_report(
+        return await self.engine.cache_report(
             cluster.max_reported_pages, cluster.max_reported_chunks
         )
-        report["replica"] = self.replica_id
-        return report
 
     async def check_health(self) -> None:
         """Ray's health probe: a replica whose engine loop died is unhealthy (restarted)."""

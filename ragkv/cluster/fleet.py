@@ -20,12 +20,10 @@ from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.request_router import ReplicaID
 
-from ragkv.cache.kv.chunk_store import chunk_key
-from ragkv.cache.kv.digest import page_digests
-from ragkv.cluster.affinity import RouteHint
+from ragkv.cluster.affinity import RouteHint, chunk_hash, prompt_pages
 from ragkv.cluster.engine_replica import Hello
+from ragkv.cluster.owners import unwrap
 from ragkv.engine.async_engine import DISCONNECT_POLL_S
-from ragkv.engine.cache_report import CHUNK_HASH_CHARS
 from ragkv.engine.sequence import Request, RequestOutput
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.errors import ModelError, Overloaded, RagkvError
@@ -46,12 +44,6 @@ PAGE_FIGURES = tuple(
 )
 ADMIN_TIMEOUT_S = 10.0
 LOAD_POLL_S = 2.0
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The engine's own error inside Ray's task wrapper, if that is what it is."""
-    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
-    return cause if isinstance(cause, BaseException) else exc
 
 
 class EngineFleet:
@@ -76,8 +68,6 @@ class EngineFleet:
         self.retries = retries
         self.last_figures: dict[str, dict[str, float | None]] = {}  # replica -> figures()
         self.last_prefix: dict[str, dict[str, Any]] = {}  # replica -> prefix_stats()
-        self.served_by: dict[str, int] = {}  # replica -> streams it served (this gateway)
-        self.retried = 0
         self._poller: asyncio.Task[None] | None = None
 
     # -- the AsyncEngine surface ------------------------------------------------------------
@@ -119,12 +109,7 @@ class EngineFleet:
         total: dict[str, float | None] = dict.fromkeys(FIGURES, 0.0)
         for figures in self.last_figures.values():
             for name, value in figures.items():
-                if value is None:
-                    total.setdefault(name, None)
-                    continue
-                total[name] = (total.get(name) or 0.0) + value
-        if self.last_figures and not self._chunk_cache_enabled:
-            total.update(dict.fromkeys(("chunk_requests", "chunk_tokens", "chunk_tokens_reused")))
+                total[name] = None if value is None else (total.get(name) or 0.0) + value
         return total
 
     def figures_by_replica(self) -> dict[str, dict[str, float | None]]:
@@ -157,7 +142,6 @@ class EngineFleet:
                 async for item in polled(responses, is_disconnected):
                     if isinstance(item, Hello):
                         replica = item.replica
-                        self.served_by[replica] = self.served_by.get(replica, 0) + 1
                         continue
                     produced, finished = True, item.finished
                     item.replica = replica
@@ -176,7 +160,6 @@ class EngineFleet:
                 log.warning("engine replica %s failed before the first token; retrying",
                             replica or "?")  # fmt: skip
                 failed.append(replica)
-                self.retried += 1
             except BackPressureError:
                 raise Overloaded(
                     "every engine replica is at capacity and the queue is full; retry later",
@@ -191,7 +174,7 @@ class EngineFleet:
 
     async def pin_tool_turn(self, tenant: str, token_ids: list[int], ttl_s: float) -> int:
         """Pin the conversation on the replica its prefix routes to (where it ran)."""
-        hint = RouteHint(tenant, tuple(self._pages(token_ids)))
+        hint = RouteHint(tenant, prompt_pages(token_ids, self.page_size))
         return await self.handle.admin.remote(hint, "pin_tool_turn", tenant, token_ids, ttl_s)
 
     async def flush_prefix(self, tenant: str | None = None) -> int:
@@ -216,7 +199,7 @@ class EngineFleet:
         """Blocking (a worker thread): compute `chunks`' KV on the replica the router picks
         for them, so that RAG requests over them go there."""
         request_hint = RouteHint(
-            tenant, chunks=tuple((self._chunk_hash(tenant, c), len(c)) for c in chunks)
+            tenant, chunks=tuple((chunk_hash(tenant, c), len(c)) for c in chunks)
         )
         return self.handle.prewarm.remote(request_hint, tenant, chunks, context).result()
 
@@ -269,13 +252,6 @@ class EngineFleet:
             except Exception:  # the poller must outlive a bad moment of the cluster
                 log.exception("polling the engine replicas' load failed")
             await asyncio.sleep(LOAD_POLL_S)
-
-    def _pages(self, token_ids: list[int]) -> list[int]:
-        return page_digests(token_ids[:-1], self.page_size)
-
-    @staticmethod
-    def _chunk_hash(tenant: str, token_ids: list[int]) -> str:
-        return chunk_key(tenant, token_ids).token_hash[:CHUNK_HASH_CHARS]
 
 
 async def polled(

@@ -135,5 +135,10 @@ def result_of(response: Any) -> Any:
     try:
         return response.result(timeout_s=CALL_TIMEOUT_S)
     except RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        raise (cause if isinstance(cause, BaseException) else exc) from None
+        raise unwrap(exc) from None
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The deployment's own error inside Ray's task wrapper, if that is what it is."""
+    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
+    return cause if isinstance(cause, BaseException) else exc
