@@ -189,6 +189,7 @@ class AsyncEngine:
                         return
                     continue
                 if isinstance(item, BaseException):
+                    finished = True  # the engine already ended it (failed alone or all)
                     raise item
                 finished = item.finished
                 yield item
