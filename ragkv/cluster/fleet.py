@@ -273,15 +273,30 @@ async def polled(
             return
 
 
+SAME_ON_EVERY_REPLICA = frozenset({"page_size", "bytes_per_page"})
+PER_REPLICA_ONLY = frozenset({"cost_model", "token_hit_rate"})  # rates: not additive
+
+
 def summed(per_replica: dict[str, Any]) -> dict[str, object]:
-    """Numbers summed across replicas (ratios recomputed where they are known), every
-    replica's own figures under `replicas`."""
+    """Numbers summed across replicas, nested groups (tiers, counters, tool pins) too;
+    constants of the model (page size, bytes per page) taken once; the hit rate recomputed;
+    every replica's own figures under `replicas`."""
     total: dict[str, object] = {}
     for stats in per_replica.values():
-        for name, value in (stats or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total[name] = total.get(name, 0) + value  # type: ignore[operator]
+        add_into(total, stats or {})
     if total.get("prompt_tokens"):
         total["token_hit_rate"] = total.get("cached_tokens", 0) / total["prompt_tokens"]  # type: ignore[operator]
     total["replicas"] = per_replica
     return total
+
+
+def add_into(total: dict[str, Any], stats: dict[str, Any]) -> None:
+    for name, value in stats.items():
+        if name in PER_REPLICA_ONLY:
+            continue
+        if name in SAME_ON_EVERY_REPLICA:
+            total.setdefault(name, value)
+        elif isinstance(value, dict):
+            add_into(total.setdefault(name, {}), value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            total[name] = total.get(name, 0) + value

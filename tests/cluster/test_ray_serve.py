@@ -229,6 +229,8 @@ def test_stats_and_metrics_show_every_engine_replica(cluster: Cluster) -> None:
     stats = cluster.admin("/admin/cache/stats")
     per_replica = stats["prefix"]["replicas"]
     assert stats["prefix"]["pool_pages"] == sum(r["pool_pages"] for r in per_replica.values())
+    one = next(iter(per_replica.values()))
+    assert stats["prefix"]["bytes_per_page"] == one["bytes_per_page"]  # not times replicas
     time.sleep(2.5)  # the gateways poll the replicas' figures every 2 s
     metrics = httpx.get(f"{cluster.url}/metrics", timeout=60).text
     for replica in replicas:
