@@ -142,12 +142,20 @@ def decode_quality(reference: LLMEngine, candidate: LLMEngine, num_tokens: int) 
     }
 
 
+def decode_dtype_name(engine: LLMEngine) -> str:
+    """The `model.decode_dtype` value that reproduces what `engine` decodes with."""
+    chosen = engine.model.decode_dtype
+    return "same" if chosen == engine.model.dtype else str(chosen).removeprefix("torch.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--decode-dtype", default="same", choices=["same", "bfloat16", "float16"])
+    parser.add_argument(
+        "--decode-dtype", default="auto", choices=["auto", "same", "bfloat16", "float16"]
+    )
     parser.add_argument("--gemm-layout", default="auto", choices=["auto", "blocked", "joined"])
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-http", action="store_true", help="no live-server stream row")
@@ -199,9 +207,13 @@ def main() -> None:
             "ragkv": single,
             "llama.cpp": llama_cpp_decode(args.llama_cpp_python, path, args),
         }
-    # The server gets the layout the engine row ran with (its own calibration could differ).
+    # The server gets the layout and decode dtype the engine row ran with (its own start-up
+    # calibration could choose differently).
     blocks = engine.model.column_blocks
-    layout_env = {"RAGKV_MODEL__GEMM_LAYOUT": "joined" if blocks == 1 else "blocked"}
+    layout_env = {
+        "RAGKV_MODEL__GEMM_LAYOUT": "joined" if blocks == 1 else "blocked",
+        "RAGKV_MODEL__DECODE_DTYPE": decode_dtype_name(engine),
+    }
     if not args.skip_http:  # a live `ragkv serve` in its own process, same threads
         rows["decode_http_stream_tok_per_s"] = {
             "ragkv": http_decode_tps(args.threads, args.decode_tokens, extra_env=layout_env),
@@ -219,7 +231,7 @@ def main() -> None:
     rows["ttft_2000_prefix_plus_32_ms"] = {"cold": cold * 1000, "cached": warm * 1000}
 
     quality = None
-    if args.decode_dtype != "same":
+    if engine.model.decode_dtype != engine.model.dtype:
         reference = LLMEngine(
             LlamaModel(engine.config, load_weights(path)[1]),
             engine.tokenizer,
@@ -245,6 +257,8 @@ def main() -> None:
         "threads": args.threads,
         "dtype": args.dtype,
         "decode_dtype": args.decode_dtype,
+        # what `auto` chose here (float16 where it timed faster at start, else exact)
+        "decode_dtype_chosen": decode_dtype_name(engine),
         # the decode GEMV layout the start-up calibration chose (model.gemm_layout = auto)
         "column_blocks": engine.model.column_blocks,
         "date": time.strftime("%Y-%m-%d"),

@@ -79,10 +79,11 @@ class ModelSettings(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weights and KV precision (float32 is the exact reference)"
     )
-    decode_dtype: Literal["same", "bfloat16", "float16"] = Field(
-        "same",
-        description="precision of the weights read by decode-only steps ('same': dtype); "
-        "bfloat16 roughly halves the bytes per token on CPU",
+    decode_dtype: Literal["auto", "same", "bfloat16", "float16"] = Field(
+        "auto",
+        description="precision of the weights read by decode-only steps: auto (float16 on a "
+        "CPU where it times faster at start, else exact), same (dtype: exact), float16, "
+        "bfloat16",
     )
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     gemm_layout: Literal["auto", "blocked", "joined"] = Field(

@@ -93,9 +93,12 @@ def secured_settings(data_dir: Path, **overrides: object) -> Settings:
     from ragkv.settings import Settings
 
     overrides.setdefault("engine", {"kv_cache_mb": 128})
-    # A fixed GEMV layout: the start-up calibration may pick another one on a busy machine,
-    # and tests compare greedy outputs across servers.
-    overrides["model"] = {"gemm_layout": "blocked", **overrides.get("model", {})}
+    # A fixed GEMV layout and exact decode: the start-up calibration may pick another layout
+    # or float16 decode weights on another machine, and tests compare greedy outputs across
+    # servers and with transformers.
+    overrides["model"] = {
+        "gemm_layout": "blocked", "decode_dtype": "same", **overrides.get("model", {})
+    }  # fmt: skip
     return Settings.load(
         data_dir=str(data_dir),
         auth={"api_keys": TENANT_KEYS, "admin_key": ADMIN_KEY},

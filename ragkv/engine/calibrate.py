@@ -7,6 +7,12 @@ layout was tuned on (1.5x decode, benchmarks/README.md), but the gain is a prope
 processor's memory system and BLAS. So at start the engine times the candidate layouts on
 weights of the model's own shapes, more of them than any cache holds, and keeps the fastest.
 Every layout computes the same products; only the order of memory reads changes.
+
+`model.decode_dtype = auto` is timed the same way: float16 copies of the projections halve
+the bytes a decode step streams, but how fast a CPU multiplies float16 depends on its
+instruction set and BLAS, so they are kept only where they measure clearly faster here.
+Their quality was measured against fp32 (benchmarks/decode_precision.py: teacher-forced top-1
+agreement 99.6% on SmolLM2); `same` keeps decode exact.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ import time
 import torch
 
 from ragkv.engine.config import ModelConfig
-from ragkv.engine.model import _column_blocks, _matmul
+from ragkv.engine.model import _column_blocks, _low_precision, _matmul
+from ragkv.engine.runtime import DTYPES
 
 log = logging.getLogger("ragkv.engine")
 
 STREAM_BYTES = 48 * 1024 * 1024  # weights streamed per timing: past any last-level cache
+# `decode_dtype = auto` keeps float16 decode weights only when their GEMVs are at least this
+# much faster than the float32 layout in use: a marginal gain is not worth inexact decode.
+AUTO_FP16_MIN_SPEEDUP = 1.15
 
 
 def candidate_blocks(threads: int) -> list[int]:
@@ -31,9 +41,12 @@ def candidate_blocks(threads: int) -> list[int]:
     return sorted({1, threads, 2 * threads} - {0})
 
 
-def time_layout(config: ModelConfig, blocks: int, reps: int = 3) -> float:
-    """Median seconds of one-row GEMVs over `STREAM_BYTES` of gate/up-shaped weights stored
-    in `blocks` column blocks (fp32, random values: the speed does not depend on them)."""
+def time_layout(
+    config: ModelConfig, blocks: int, reps: int = 3, dtype: torch.dtype | None = None
+) -> float:
+    """Median seconds of one-row GEMVs over `STREAM_BYTES` of fp32 gate/up-shaped weights
+    stored in `blocks` column blocks, or of their `dtype` decode copies (random values: the
+    speed does not depend on them)."""
     in_features, out_features = config.hidden_size, 2 * config.intermediate_size
     count = max(2, STREAM_BYTES // (in_features * out_features * 4))
     generator = torch.Generator().manual_seed(0)
@@ -41,6 +54,8 @@ def time_layout(config: ModelConfig, blocks: int, reps: int = 3) -> float:
         _column_blocks(torch.randn(out_features, in_features, generator=generator), blocks)
         for _ in range(count)
     ]
+    if dtype is not None:
+        weights = [_low_precision(weight, dtype) for weight in weights]
     x = torch.randn(1, in_features, generator=generator)
     for weight in weights[:2]:  # warm-up: first-touch and BLAS set-up
         _matmul(x, weight)
@@ -72,3 +87,25 @@ def column_blocks_for(layout: str, config: ModelConfig, device: torch.device) ->
     if layout == "blocked":
         return threads
     return calibrate_column_blocks(config, threads)[0]
+
+
+def decode_dtype_for(
+    setting: str, config: ModelConfig, dtype: torch.dtype, device: torch.device, blocks: int
+) -> torch.dtype | None:
+    """The decode weights' dtype for the `model.decode_dtype` setting (None: `dtype`, exact).
+    `auto`: float16 on a CPU serving float32 where its GEMVs time `AUTO_FP16_MIN_SPEEDUP`
+    faster than float32 in the `blocks` layout; exact everywhere else."""
+    if setting == "same":
+        return None
+    if setting != "auto":
+        return DTYPES[setting]
+    if torch.device(device).type != "cpu" or dtype != torch.float32:
+        return None
+    fp32 = time_layout(config, blocks)
+    fp16 = time_layout(config, blocks, dtype=torch.float16)
+    chosen = torch.float16 if fp32 >= AUTO_FP16_MIN_SPEEDUP * fp16 else None
+    log.info(
+        "decode dtype calibration: float32 %.1f ms, float16 %.1f ms per %d MB -> %s",
+        fp32 * 1000, fp16 * 1000, STREAM_BYTES >> 20, "float16" if chosen else "float32",
+    )  # fmt: skip
+    return chosen

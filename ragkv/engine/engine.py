@@ -15,7 +15,7 @@ from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.blending import BlendSteps
 from ragkv.engine.cache_report import cache_report
-from ragkv.engine.calibrate import column_blocks_for
+from ragkv.engine.calibrate import column_blocks_for, decode_dtype_for
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.grammar import GrammarEngine
@@ -24,7 +24,7 @@ from ragkv.engine.load import DrainRate
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.output import OutputProcessor
 from ragkv.engine.postprocess import Postprocessor
-from ragkv.engine.runtime import DTYPES, Runtime, resolve_runtime
+from ragkv.engine.runtime import Runtime, resolve_runtime
 from ragkv.engine.sampling import make_generator
 from ragkv.engine.scheduler import ScheduledBatch, Scheduler
 from ragkv.engine.sequence import Request, RequestOutput, Sequence, spans_valid
@@ -101,17 +101,17 @@ class LLMEngine:
         started = time.perf_counter()
         config, weights = load_weights(path)
         tokenizer = Tokenizer(path)
-        decode_dtype = None
-        if model_settings.decode_dtype != "same":
-            decode_dtype = DTYPES[model_settings.decode_dtype]
+        blocks = column_blocks_for(model_settings.gemm_layout, config, runtime.device)
         model = LlamaModel(
             config,
             weights,
             dtype=runtime.dtype,
             device=runtime.device,
-            decode_dtype=decode_dtype,
+            decode_dtype=decode_dtype_for(
+                model_settings.decode_dtype, config, runtime.dtype, runtime.device, blocks
+            ),
             backend=runtime.backend,
-            column_blocks=column_blocks_for(model_settings.gemm_layout, config, runtime.device),
+            column_blocks=blocks,
         )
         del weights
         model_fingerprint = fingerprint(path, tokenizer.serialization())

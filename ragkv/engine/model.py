@@ -116,6 +116,8 @@ class LlamaModel:
         # Decode reads every weight once per token: on CPU that is memory-bound, so an optional
         # low-precision copy of the projections serves decode-only steps (prefill keeps dtype).
         self.decode_layers: list[LayerWeights] | None = None
+        self.decode_dtype = dtype
+        self.low_precision_fallbacks = 0  # decode steps redone in `dtype` (an overflow)
         self.decode_lm_head = self.lm_head
         # Decode-sized steps read the LM head transposed in column blocks, the fast GEMV
         # layout; larger batches keep `F.linear` on [vocab, hidden], faster there (README).
@@ -123,6 +125,7 @@ class LlamaModel:
         if decode_dtype is not None and decode_dtype != dtype:
             self.decode_layers = [_cast_projections(layer, decode_dtype) for layer in self.layers]
             self.decode_lm_head = self.lm_head.to(decode_dtype)
+            self.decode_dtype = decode_dtype
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
 
@@ -174,15 +177,34 @@ class LlamaModel:
         )
         num_tokens = batch.token_ids.shape[0]
         decode_only = num_tokens == len(batch.kv_lens)
-        layers, lm_head = self.layers, None
         if decode_only and num_tokens <= LOW_PRECISION_MAX_ROWS and self.decode_layers is not None:
-            layers, lm_head = self.decode_layers, self.decode_lm_head
+            logits = self._layers(batch, pool, plan, hidden, cos, sin, self.decode_layers)
+            if bool(torch.isfinite(logits).all()):
+                return logits
+            # A low-precision product overflowed (fp16 ends at 65504): the step runs again
+            # in `dtype`, writing the same KV slots over.
+            self.low_precision_fallbacks += 1
+        return self._layers(batch, pool, plan, hidden, cos, sin, self.layers)
+
+    def _layers(
+        self,
+        batch: ForwardBatch,
+        pool: KVPool,
+        plan: object,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        layers: list[LayerWeights],
+    ) -> torch.Tensor:
+        """The decoder layers (`layers`: the weights in `dtype`, or the decode copies),
+        then the logits of `batch.logits_rows`."""
         for index, layer in enumerate(layers):
             q, k, v = self.qkv(layer, hidden, cos, sin)
             pool.write(index, batch.write_slots, k, v)
             k_cache, v_cache = pool.layer_caches(index)
             attn = self.ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
             hidden = self.mlp_residual(layer, hidden, attn)
+        lm_head = self.decode_lm_head if layers is self.decode_layers else None
         return self.logits(hidden.index_select(0, batch.logits_rows), lm_head)
 
 
@@ -230,14 +252,17 @@ def _cast_projections(layer: LayerWeights, dtype: torch.dtype) -> LayerWeights:
     GEMV is fast in that layout and two orders of magnitude slower on `[in, out]` memory.
     """
 
-    def cast(weight_t: torch.Tensor) -> torch.Tensor:
-        return _joined(weight_t).t().to(dtype).contiguous().t()
-
     return replace(
         layer,
-        wqkv=cast(layer.wqkv),
+        wqkv=_low_precision(layer.wqkv, dtype),
         bqkv=None if layer.bqkv is None else layer.bqkv.to(dtype),
-        wo=cast(layer.wo),
-        w_gate_up=cast(layer.w_gate_up),
-        w_down=cast(layer.w_down),
+        wo=_low_precision(layer.wo, dtype),
+        w_gate_up=_low_precision(layer.w_gate_up, dtype),
+        w_down=_low_precision(layer.w_down, dtype),
     )
+
+
+def _low_precision(weight_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A `dtype` copy of a transposed weight (whole or in column blocks), stored `[out, in]`
+    and handed out as its `[in, out]` view (see `_cast_projections`)."""
+    return _joined(weight_t).t().to(dtype).contiguous().t()

@@ -69,7 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         data_dir=str(tmp_path_factory.mktemp("ragkv-cluster")),
         auth={"api_keys": TENANTS, "admin_key": ADMIN_KEY},
         engine={"kv_cache_mb": 128},
-        model={"gemm_layout": "blocked"},  # as the single-process test server (conftest)
+        model={"gemm_layout": "blocked", "decode_dtype": "same"},  # as conftest's server
         server={"port": free_port(), "demo_documents": 0},
         cluster={
             "replicas": 2,

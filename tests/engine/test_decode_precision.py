@@ -37,3 +37,16 @@ def test_bf16_decode_keeps_prefill_exact_and_decode_close(smollm: LoadedModel) -
     assert exact[1].token_id == approx[1].token_id
     drift = abs(exact[1].logprob - approx[1].logprob)
     assert 0 < drift < 0.5
+
+
+def test_a_float16_overflow_redoes_the_decode_step_in_float32(smollm: LoadedModel) -> None:
+    config, weights = load_weights(generation_model_path())
+    mixed = LlamaModel(config, weights, decode_dtype=torch.float16)
+    assert mixed.decode_layers is not None and mixed.decode_dtype == torch.float16
+    mixed.decode_layers[3].w_down.mul_(1e9)  # every float16 product of this layer overflows
+    prompt = smollm.tokenizer.apply_chat_template([{"role": "user", "content": "Name a color."}])
+    exact = first_two_steps(smollm.model, smollm, prompt)
+    redone = first_two_steps(mixed, smollm, prompt)
+    assert mixed.low_precision_fallbacks == 1  # the one decode step, redone
+    assert [s.token_id for s in redone] == [s.token_id for s in exact]
+    assert abs(redone[1].logprob - exact[1].logprob) < 1e-4  # float32 again: the same step

@@ -69,7 +69,7 @@ def config_toml(data_dir: Path, model_dir: Path | None, threads: int) -> str:
         '[server]\ndemo_documents = 0\naccess_log = false\nlog_level = "warning"\n'
         f'[auth]\napi_keys = {{"{TENANT_KEY}" = "{TENANT}"}}\nadmin_key = "{ADMIN_KEY}"\n'
         "[engine]\nkv_cache_mb = 64\n"
-        f'[model]\ngemm_layout = "blocked"\nnum_threads = {threads}\n{model}'
+        f'[model]\ngemm_layout = "blocked"\ndecode_dtype = "same"\nnum_threads = {threads}\n{model}'
     )
 
 
