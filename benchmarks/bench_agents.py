@@ -21,6 +21,8 @@ a table and JSON. Not a test: nothing is asserted.
     python benchmarks/bench_agents.py --agents 2 --turns 2  # smoke
     python benchmarks/bench_agents.py --agents 3 --system-tokens 0 --kv-cache-mb 48 \
         --max-tokens 40                                     # the old workload
+    python benchmarks/bench_agents.py --pool-fraction 0.8 --tool-latency-scale 3
+                                    # cache pressure: slower tools, a pool short of the agents
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: 
         messages.append(message)
         for call in message.get("tool_calls", []):
             tool_calls += 1
-            await asyncio.sleep(tool_latency_s(call["function"]["name"], rng))
+            wait = tool_latency_s(call["function"]["name"], rng) * args.tool_latency_scale
+            await asyncio.sleep(wait)
             messages.append({"role": "tool", "tool_call_id": call["id"],
                              "content": f"result {rng.randint(0, 999)}"})  # fmt: skip
         came_back = bool(message.get("tool_calls"))
@@ -231,6 +234,10 @@ def main() -> None:
     parser.add_argument("--pool-fraction", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--background-gap-s", type=float, default=1.0)
+    parser.add_argument(
+        "--tool-latency-scale", type=float, default=1.0,
+        help="multiply the simulated tool round trips (medians 3 / 0.5 / 1.5 s at 1.0)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -14,8 +14,10 @@ from ragkv.engine.rope import rope_inv_freq
 from ragkv.kernels.backend import ops_for
 
 # Low-precision weights pay off for GEMV-shaped decode steps only: on CPU a bf16 GEMM with
-# 16 rows ran at half the fp32 speed (benchmarks/README.md), so larger batches keep dtype.
-LOW_PRECISION_MAX_ROWS = 4
+# 16 rows ran at half the fp32 speed (benchmarks/README.md), and on an AMD EPYC float16 beat
+# float32 at 1-2 rows (0.78x, 0.74x the time), tied at 3 and lost from 4 (1.10x, 1.8x at
+# 8), so larger batches keep dtype.
+LOW_PRECISION_MAX_ROWS = 2
 # Up to this many rows the LM head runs on its transposed column blocks (the GEMV layout);
 # larger batches use `F.linear` on `[vocab, hidden]`.
 LM_HEAD_GEMV_MAX_ROWS = 64

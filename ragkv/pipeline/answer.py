@@ -161,6 +161,7 @@ class Answer:
         self.usage: Usage | None = None
         self.report: CacheReport | None = None
         self.finish_reason: str | None = None
+        self.call_text: str | None = None  # what a constrained call answer wrote, whole
         self._deltas = deltas(self)
 
     def finish(self, usage: Usage, report: CacheReport, finish_reason: str | None) -> None:
@@ -186,9 +187,9 @@ class Answer:
             logprobs.extend(delta.logprobs)
             calls.extend(delta.tool_calls)
             pieces.extend(delta.call_pieces)
-        if pieces and self.finish_reason != "tool_calls":
+        if self.call_text is not None and self.finish_reason != "tool_calls":
             # A streamed call cut short (max_tokens): a whole answer returns it as text.
-            text.append("".join(piece.arguments for piece in pieces))
+            text.append(self.call_text)
         else:
             calls.extend(joined_calls(pieces))
         return Delta("".join(text), logprobs, self.finish_reason, tuple(calls))

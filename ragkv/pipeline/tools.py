@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragkv.engine.sequence import Constraint
-from ragkv.pipeline.answer import Answer, CallPiece, Delta, ToolCall
+from ragkv.pipeline.answer import Answer, Delta, ToolCall
+from ragkv.pipeline.call_stream import streamed_calls
 
 FALLBACK_SYSTEM = (
     "You are a function calling AI model. You may call one or more functions to assist with "
@@ -240,13 +241,20 @@ def with_tool_calls(
     use: ToolUse,
     on_calls: Callable[[list[ToolCall]], Awaitable[None]] | None = None,
 ) -> Answer:
-    """`answer` with its tool calls parsed: text that is (or, streamed, may still become) a
-    call is held back; at the end it comes out as one delta with `tool_calls` and finish
-    reason `tool_calls`, or, when it does not parse, as the text it was. `on_calls` is
-    awaited with the calls before they are sent (the pipeline pins the turn's KV there)."""
+    """`answer` with its tool calls parsed. A constrained call (a named function or
+    `required`) streams in pieces (`call_stream.py`). Under `auto`, text that is (or may
+    still become) a call is held back; at the end it comes out as one delta with `tool_calls`
+    and finish reason `tool_calls`, or, when it does not parse, as the text it was.
+    `on_calls` is awaited with the calls before the last delta (the pipeline pins the turn's
+    KV there)."""
 
-    if use.choice == "function" and use.calls_possible:
-        return Answer(answer.cache_status, streamed_call(answer, use, on_calls))
+    if use.choice in ("function", "required") and use.calls_possible:
+        function = use.function if use.choice == "function" else None
+
+        def well_formed(text: str) -> bool:
+            return use.parse(text) is not None
+
+        return Answer(answer.cache_status, streamed_calls(answer, function, well_formed, on_calls))
 
     async def deltas(outer: Answer) -> AsyncGenerator[Delta, None]:
         held: list[str] = []
@@ -280,37 +288,3 @@ def with_tool_calls(
             await answer.aclose()
 
     return Answer(answer.cache_status, deltas)
-
-
-def streamed_call(
-    answer: Answer,
-    use: ToolUse,
-    on_calls: Callable[[list[ToolCall]], Awaitable[None]] | None,
-) -> Callable[[Answer], AsyncGenerator[Delta, None]]:
-    """The deltas of a named-function call: the grammar makes every token part of the
-    call's arguments, so they stream as tool-call pieces (id and name on the first) as the
-    model writes them, as OpenAI streams them. The finish reason is `tool_calls` when the
-    arguments parse, else the engine's (`length` when max_tokens cut them short)."""
-
-    async def deltas(outer: Answer) -> AsyncGenerator[Delta, None]:
-        call = ToolCall.new(use.function or "", "")
-        written: list[str] = []
-        try:
-            async for delta in answer:
-                piece = CallPiece(0, delta.text, None if written else call)
-                written.append(delta.text)
-                if delta.text or piece.call is not None:
-                    yield Delta("", delta.logprobs, None, (), (piece,))
-            arguments = "".join(written)
-            parsed = _json(arguments) is not None
-            whole = ToolCall(call.id, call.name, arguments) if parsed else None
-            if whole is not None and on_calls is not None:
-                await on_calls([whole])
-            reason = "tool_calls" if whole is not None else answer.finish_reason
-            if answer.usage is not None and answer.report is not None:
-                outer.finish(answer.usage, answer.report, reason)
-            yield Delta("", [], reason)
-        finally:
-            await answer.aclose()
-
-    return deltas

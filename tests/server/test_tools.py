@@ -147,30 +147,29 @@ def test_a_named_call_cut_by_max_tokens_ends_with_length(client) -> None:
     assert "".join(d.function.arguments or "" for d in deltas) == whole.message.content
 
 
-def test_a_streamed_tool_call_arrives_as_tool_call_deltas(client) -> None:
-    schema = SCHEMAS["enum"]
-    stream = client.chat.completions.create(
-        model="default",
-        messages=[{"role": "user", "content": "Which unit do Americans use?"}],
-        temperature=0,
-        max_tokens=48,
-        stream=True,
-        tools=[tool("pick_unit", schema)],
-        tool_choice="required",
-    )
-    calls, reasons = {}, []
-    for chunk in stream:
-        if not chunk.choices:
-            continue
-        choice = chunk.choices[0]
-        reasons.append(choice.finish_reason)
-        for delta in choice.delta.tool_calls or []:
-            entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
-            entry["name"] += delta.function.name or ""
-            entry["arguments"] += delta.function.arguments or ""
+def test_a_required_call_streams_its_arguments_as_the_model_writes_them(client) -> None:
+    schema = SCHEMAS["nested"]
+    fields = {"tools": [tool("pick_unit", SCHEMAS["enum"]), tool("nested", schema)],
+              "tool_choice": "required", "max_tokens": 96}  # fmt: skip
+    question = "Call the nested tool for Paris."
+    whole = ask(client, question, **fields).choices[0]
+    deltas, reasons = streamed_call(client, question, **fields)
     assert reasons[-1] == "tool_calls"
-    assert list(calls) == [0] and calls[0]["name"] == "pick_unit"
-    jsonschema.validate(json.loads(calls[0]["arguments"]), schema)
+    first = deltas[0]
+    assert first.index == 0 and first.id.startswith("call_") and first.type == "function"
+    assert len(deltas) >= 2  # the arguments came in pieces, not as one delta at the end
+    rest = [d for d in deltas if d.index == 0][1:]
+    assert all(d.id is None and d.function.name is None for d in rest)
+    calls = {}
+    for delta in deltas:
+        entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+        entry["name"] += delta.function.name or ""
+        entry["arguments"] += delta.function.arguments or ""
+    expected = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls]
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == expected  # greedy: same
+    for call in calls.values():
+        arguments = json.loads(call["arguments"])
+        jsonschema.validate(arguments, schema if call["name"] == "nested" else SCHEMAS["enum"])
 
 
 def test_response_format_json_schema_always_parses_and_validates(client) -> None:
