@@ -97,9 +97,23 @@ async def turn(
                 finish = choice.get("finish_reason") or finish
     message = {"role": "assistant", "content": content}
     if calls:
-        message["tool_calls"] = [{k: c[k] for k in ("id", "type", "function")} for c in calls]
+        message["tool_calls"] = joined(calls)
     result = {"message": message, "usage": usage, "finish": finish}
     return result, ttft or (time.perf_counter() - started)
+
+
+def joined(deltas: list[dict]) -> list[dict]:
+    """Whole tool calls from streamed tool-call deltas (id, type and name on a call's first
+    delta, its arguments in pieces), merged by index as OpenAI clients do."""
+    calls: dict[int, dict] = {}
+    for delta in deltas:
+        empty = {"type": "function", "function": {"name": "", "arguments": ""}}
+        call = calls.setdefault(delta["index"], empty)
+        call["id"] = delta.get("id") or call.get("id")
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+    return [calls[index] for index in sorted(calls)]
 
 
 async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: float) -> dict:
