@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -31,7 +31,25 @@ class ComputeThread:
     def __init__(self, name: str = "ragkv-compute") -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._thread_ident: int | None = None
+        self._queued = 0  # calls submitted and not started yet
+        self._lock = threading.Lock()
         self._executor.submit(self._remember_thread).result()
+
+    @property
+    def others_waiting(self) -> bool:
+        """Whether calls are queued behind the one running (a long call should yield)."""
+        return self._queued > 0
+
+    def _submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        with self._lock:
+            self._queued += 1
+
+        def started() -> T:
+            with self._lock:
+                self._queued -= 1
+            return fn(*args, **kwargs)
+
+        return self._executor.submit(started)
 
     def _remember_thread(self) -> None:
         self._thread_ident = threading.get_ident()
@@ -46,11 +64,11 @@ class ComputeThread:
         its exception) in the calling thread."""
         if self.on_compute_thread:
             return fn(*args, **kwargs)
-        return self._executor.submit(fn, *args, **kwargs).result()
+        return self._submit(fn, *args, **kwargs).result()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Await `fn(*args, **kwargs)` run on the compute thread; the event loop stays free."""
-        return await asyncio.wrap_future(self._executor.submit(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))
 
     def close(self) -> None:
         """Finish what was submitted, then end the thread (its OpenMP team goes with it)."""

@@ -1,5 +1,6 @@
-"""Async front of `LLMEngine`: one loop task steps the engine in a worker thread and fans
-outputs out to per-request queues, so the event loop stays free while the model runs.
+"""Async front of `LLMEngine`: one loop task has the compute thread step the engine, steps
+back to back, and fans outputs out to per-request queues, so the event loop stays free while
+the model runs.
 
 Everything above the engine talks to this class only: generation (`stream`), what the
 pipeline needs to know (`tokenizer`, `context_length`, `load`) and the admin calls (stats,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ragkv.compute import ComputeThread
@@ -22,6 +24,7 @@ from ragkv.errors import ModelError, Overloaded
 log = logging.getLogger("ragkv.engine")
 
 DISCONNECT_POLL_S = 0.25
+BURST_S = 0.5  # at most this long on the compute thread before the loop is asked again
 
 
 class AsyncEngine:
@@ -37,6 +40,7 @@ class AsyncEngine:
         self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         """Create the engine loop task on the running event loop."""
@@ -50,6 +54,7 @@ class AsyncEngine:
 
     async def stop(self) -> None:
         """Cancel the loop task and fail every open stream."""
+        self._stopping = True  # a burst on the compute thread ends after its current step
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -146,15 +151,30 @@ class AsyncEngine:
                 self._wakeup.clear()
                 continue
             try:
-                outputs = await self._compute.run(self._engine.step)
+                await self._compute.run(self._burst, asyncio.get_running_loop())
             except Exception as exc:  # keep serving: fail the open requests, not the loop
                 log.exception("engine step failed")
                 self._fail_all(ModelError(f"the model failed: {exc}"))
-                continue
-            for output in outputs:
-                queue = self._queues.get(output.request_id)
-                if queue is not None:  # a request that failed alone fails alone
-                    queue.put_nowait(ModelError(output.error) if output.error else output)
+
+    def _burst(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the compute thread: engine steps back to back, each step's outputs handed to
+        the event loop as it ends, so the next step never waits for the loop to schedule it
+        (that wait cost a fast decode step ~15% over HTTP). Returns when the engine is idle,
+        when another computation (an embedding, a prewarm) is queued, or after `BURST_S`."""
+        deadline = time.monotonic() + BURST_S
+        while True:
+            outputs = self._engine.step()
+            loop.call_soon_threadsafe(self._deliver, outputs)
+            if not self._engine.has_work() or self._compute.others_waiting:
+                return
+            if self._stopping or time.monotonic() > deadline:
+                return
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            queue = self._queues.get(output.request_id)
+            if queue is not None:  # a request that failed alone fails alone
+                queue.put_nowait(ModelError(output.error) if output.error else output)
 
     def _fail_all(self, error: BaseException) -> None:
         for request_id, queue in list(self._queues.items()):
