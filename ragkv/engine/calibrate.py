@@ -41,12 +41,11 @@ def candidate_blocks(threads: int) -> list[int]:
     return sorted({1, threads, 2 * threads} - {0})
 
 
-def time_layout(
-    config: ModelConfig, blocks: int, reps: int = 3, dtype: torch.dtype | None = None
-) -> float:
-    """Median seconds of one-row GEMVs over `STREAM_BYTES` of fp32 gate/up-shaped weights
-    stored in `blocks` column blocks, or of their `dtype` decode copies (random values: the
-    speed does not depend on them)."""
+def gemv_weights(
+    config: ModelConfig, blocks: int, dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
+    """`STREAM_BYTES` of fp32 gate/up-shaped weights in `blocks` column blocks, or their
+    `dtype` decode copies (random values: the speed does not depend on them)."""
     in_features, out_features = config.hidden_size, 2 * config.intermediate_size
     count = max(2, STREAM_BYTES // (in_features * out_features * 4))
     generator = torch.Generator().manual_seed(0)
@@ -56,16 +55,25 @@ def time_layout(
     ]
     if dtype is not None:
         weights = [_low_precision(weight, dtype) for weight in weights]
-    x = torch.randn(1, in_features, generator=generator)
-    for weight in weights[:2]:  # warm-up: first-touch and BLAS set-up
+    return weights
+
+
+def time_pass(weights: list[torch.Tensor]) -> float:
+    """Seconds of one one-row GEMV over each of `weights`."""
+    x = torch.ones(1, weights[0].shape[-2])
+    started = time.perf_counter()
+    for weight in weights:
         _matmul(x, weight)
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        for weight in weights:
-            _matmul(x, weight)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return time.perf_counter() - started
+
+
+def time_layout(
+    config: ModelConfig, blocks: int, reps: int = 3, dtype: torch.dtype | None = None
+) -> float:
+    """Median seconds of one-row GEMVs over `gemv_weights(config, blocks, dtype)`."""
+    weights = gemv_weights(config, blocks, dtype)
+    time_pass(weights[:2])  # warm-up: first-touch and BLAS set-up
+    return statistics.median(time_pass(weights) for _ in range(reps))
 
 
 def calibrate_column_blocks(config: ModelConfig, threads: int) -> tuple[int, dict[int, float]]:
@@ -101,11 +109,22 @@ def decode_dtype_for(
         return DTYPES[setting]
     if torch.device(device).type != "cpu" or dtype != torch.float32:
         return None
-    fp32 = time_layout(config, blocks)
-    fp16 = time_layout(config, blocks, dtype=torch.float16)
+    fp32, fp16 = time_dtypes(config, blocks)
     chosen = torch.float16 if fp32 >= AUTO_FP16_MIN_SPEEDUP * fp16 else None
     log.info(
         "decode dtype calibration: float32 %.1f ms, float16 %.1f ms per %d MB -> %s",
         fp32 * 1000, fp16 * 1000, STREAM_BYTES >> 20, "float16" if chosen else "float32",
     )  # fmt: skip
     return chosen
+
+
+def time_dtypes(config: ModelConfig, blocks: int, reps: int = 9) -> tuple[float, float]:
+    """Median seconds of a GEMV pass in float32 (`blocks` layout) and in float16 copies,
+    timed alternately so that a busy moment of the machine hits both alike."""
+    fp32, fp16 = gemv_weights(config, blocks), gemv_weights(config, blocks, torch.float16)
+    time_pass(fp32[:2]), time_pass(fp16[:2])  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(reps):
+        times[0].append(time_pass(fp32))
+        times[1].append(time_pass(fp16))
+    return statistics.median(times[0]), statistics.median(times[1])
