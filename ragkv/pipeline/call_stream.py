@@ -64,14 +64,20 @@ class CallReader:
             for index, call in enumerate(self.calls)
         ]
 
+    def _string_char(self, char: str) -> bool:
+        """Advance through a JSON string; True when `char` is its closing quote."""
+        if self.escaped:
+            self.escaped = False
+        elif char == "\\":
+            self.escaped = True
+        elif char == '"':
+            self.in_string = False
+            return True
+        return False
+
     def _argument_char(self, char: str, pieces: list[CallPiece]) -> None:
         if self.in_string:
-            if self.escaped:
-                self.escaped = False
-            elif char == "\\":
-                self.escaped = True
-            elif char == '"':
-                self.in_string = False
+            self._string_char(char)
         elif char == '"':
             self.in_string = True
         elif char in "[{":
@@ -90,16 +96,10 @@ class CallReader:
 
     def _structure_char(self, char: str) -> None:
         if self.in_string:
-            if self.escaped:
-                self.escaped = False
-            elif char == "\\":
-                self.escaped = True
-            elif char == '"':
-                self.in_string = False
-                if self.depth == 2:  # a key or a value of the call object
-                    self._string_ended(json.loads('"' + "".join(self.chars) + '"'))
-                return
-            self.chars.append(char)
+            if not self._string_char(char):
+                self.chars.append(char)
+            elif self.depth == 2:  # a key or a value of the call object ended
+                self._string_ended(json.loads('"' + "".join(self.chars) + '"'))
         elif char == '"':
             self.in_string, self.chars = True, []
         elif char in "[{":
