@@ -1,8 +1,9 @@
 """Continuous batching with chunked prefill over the paged pool and the radix prefix cache.
 
-Each step: running sequences first (decodes before prefill chunks), preempting the newest
-when pages run out; then waiting sequences are admitted in longest-prefix-match order (FCFS
-when the queue is long) while the token budget and pages last.
+Each step: running sequences first (decodes before prefill chunks); when pages run out they
+take them from tool pins, then by preempting the newest. Then waiting sequences are admitted
+in longest-prefix-match order (FCFS when the queue is long) while the token budget and pages
+last.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Scheduler:
             if seq.status is not SeqStatus.RUNNING or budget <= 0:
                 continue
             num_tokens = min(seq.num_uncomputed, budget)
-            while not self._reserve(seq, num_tokens):
+            while not self._reserve(seq, num_tokens, take_pins=True):
                 victim = self._newest_running(exclude=[s for s, _ in batch])
                 self._preempt(victim)
                 preempted = True
@@ -152,14 +153,19 @@ class Scheduler:
             approx = 0 if match.approx_from is None else match.num_tokens - match.approx_from
             seq.num_approx_cached = approx
 
-    def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
-        """Make sure `seq` has pages for `num_tokens` more tokens, evicting cache if needed."""
+    def _reserve(self, seq: Sequence, num_tokens: int, take_pins: bool = False) -> bool:
+        """Make sure `seq` has pages for `num_tokens` more tokens, evicting cache if needed;
+        with `take_pins` (a running sequence) tool pins are given up before it fails."""
         needed = self.pool.pages_for(seq.num_computed + num_tokens) - len(seq.pages)
         if needed <= 0:
             return True
         self._evict_until(needed, include_pinned=False)
+        while take_pins and self.pool.num_free < needed and self.tool_pins.yield_one():
+            self._evict_until(needed, include_pinned=False)
         alone = all(other is seq for other in self.running)
         if self.pool.num_free < needed and alone:
+            while self.tool_pins.yield_one():  # counted, before the tree drops every pin
+                pass
             self._evict_until(needed, include_pinned=True)  # pins must never deadlock the pool
         if self.pool.num_free < needed:
             return False

@@ -7,6 +7,8 @@ needed. The follow-up turn starts with the same tokens; when it is admitted the 
 released (the follow-up's own lock keeps the pages while it runs). A pin whose TTL passes
 first is counted as expired unused. Pins never hold more than `max_share` of the pool: a new
 pin displaces the ones expiring soonest, and one longer than the share pins its first pages.
+A running sequence short of pages takes them from pins (soonest-expiring first) before the
+scheduler preempts anything.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class ToolPins:
         self.max_pages = int(max_share * pool_pages)
         self.clock = radix.clock  # the tree's clock: its pins lapse when ours do
         self._pins: dict[tuple[str, tuple[int, ...]], _Pin] = {}
-        self.counts = {"made": 0, "hit": 0, "expired_unused": 0, "displaced": 0, "refused": 0}
+        self.counts = {"made": 0, "hit": 0, "expired_unused": 0, "displaced": 0, "refused": 0,
+                       "yielded": 0}  # fmt: skip
 
     @property
     def pinned_pages(self) -> int:
@@ -87,12 +90,24 @@ class ToolPins:
                 del self._pins[key]
                 self.counts["expired_unused"] += 1
 
+    def yield_one(self) -> bool:
+        """Drop the pin expiring soonest, for a running sequence that needs pages (it goes
+        before a waiting agent: dropping a pin costs that agent a prefill later, preempting
+        costs the running one its progress now); False when no pin is held."""
+        self.expire()
+        if not self._pins:
+            return False
+        self._drop(min(self._pins, key=lambda k: self._pins[k].until))
+        self.counts["yielded"] += 1
+        return True
+
     def clear(self) -> None:
         """Forget every pin (the prefix cache was flushed)."""
         self._pins.clear()
 
     def stats(self) -> dict[str, object]:
-        """Pins made, hit, expired unused, displaced, refused; active pins and pool share."""
+        """Pins made, hit, expired unused, displaced (by another pin), refused, yielded (to a
+        running sequence short of pages); active pins and pool share."""
         self.expire()
         return {
             **self.counts,

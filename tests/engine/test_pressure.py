@@ -107,3 +107,24 @@ def test_a_session_moves_its_pin_to_the_latest_turn(make_engine, smollm: LoadedM
     assert engine.radix.size_info().pinned_pages == (len(second_turn) + 1) // 16
     clock.now += 31
     assert engine.radix.size_info().pinned_pages == 0
+
+
+def test_a_running_request_takes_pages_from_tool_pins_before_preempting(
+    make_engine, smollm: LoadedModel
+) -> None:
+    agent = text_prompt(smollm, 7, 16)  # an agent's conversation, waiting on a tool
+    other = text_prompt(smollm, 8, 8)
+    max_tokens = 60
+    ((expected, _),) = run_greedy(make_engine(), [greedy_request(other, max_tokens)]).values()
+    engine = make_engine(kv_cache_mb=16, tool_pin_max_share=0.6)
+    run_greedy(engine, [greedy_request(agent, 1)])  # its KV is now in the radix tree
+    pinned = engine.pin_tool_turn("default", agent, ttl_s=600.0) // engine.pool.page_size
+    assert pinned > 0
+    # The other request fits in the pool only with some of the pinned pages.
+    assert engine.pool.num_pages - pinned < engine.pool.pages_for(len(other) + max_tokens)
+    ((tokens, _),) = run_greedy(engine, [greedy_request(other, max_tokens)]).values()
+    assert tokens == expected
+    stats = engine.scheduler.tool_pins.stats()
+    assert (stats["yielded"], stats["active"]) == (1, 0)
+    assert engine.scheduler.num_preemptions == 0
+    check_pool(engine)
