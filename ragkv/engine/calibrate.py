@@ -67,11 +67,9 @@ def time_pass(weights: list[torch.Tensor]) -> float:
     return time.perf_counter() - started
 
 
-def time_layout(
-    config: ModelConfig, blocks: int, reps: int = 3, dtype: torch.dtype | None = None
-) -> float:
-    """Median seconds of one-row GEMVs over `gemv_weights(config, blocks, dtype)`."""
-    weights = gemv_weights(config, blocks, dtype)
+def time_layout(config: ModelConfig, blocks: int, reps: int = 3) -> float:
+    """Median seconds of one-row GEMVs over `gemv_weights(config, blocks)` (fp32)."""
+    weights = gemv_weights(config, blocks)
     time_pass(weights[:2])  # warm-up: first-touch and BLAS set-up
     return statistics.median(time_pass(weights) for _ in range(reps))
 

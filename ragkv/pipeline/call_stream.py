@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
+from ragkv.engine.sampling import TokenLogprob
 from ragkv.pipeline.answer import Answer, CallPiece, Delta, ToolCall
 
 OnCalls = Callable[[list[ToolCall]], Awaitable[None]] | None
@@ -147,6 +148,7 @@ def streamed_calls(
         reader = None if function is not None else CallReader()
         named = ToolCall.new(function or "", "")
         written: list[str] = []
+        logprobs: list[TokenLogprob] = []  # of tokens no piece went out with yet
         try:
             async for delta in answer:
                 if reader is not None:
@@ -154,26 +156,24 @@ def streamed_calls(
                 else:
                     pieces = [CallPiece(0, delta.text, None if written else named)]
                 written.append(delta.text)
+                logprobs.extend(delta.logprobs)
                 pieces = [p for p in pieces if p.arguments or p.call is not None]
                 if pieces:
-                    yield Delta("", delta.logprobs, None, (), tuple(pieces))
+                    yield Delta("", logprobs, None, (), tuple(pieces))
+                    logprobs = []
             text = "".join(written)
             calls = None
             if parse(text):
-                calls = reader.whole_calls() if reader is not None else [named_with(named, text)]
+                whole = [ToolCall(named.id, named.name, text)]
+                calls = reader.whole_calls() if reader is not None else whole
             if calls and on_calls is not None:
                 await on_calls(calls)
             reason = "tool_calls" if calls else answer.finish_reason
             outer.call_text = text
             if answer.usage is not None and answer.report is not None:
                 outer.finish(answer.usage, answer.report, reason)
-            yield Delta("", [], reason)
+            yield Delta("", logprobs, reason)
         finally:
             await answer.aclose()
 
     return deltas
-
-
-def named_with(call: ToolCall, arguments: str) -> ToolCall:
-    """`call` (id and name) with its whole `arguments`."""
-    return ToolCall(call.id, call.name, arguments)

@@ -7,8 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator
 
-from ragkv.pipeline.answer import CallPiece, ToolCall, joined_calls
+from ragkv.engine.sampling import TokenLogprob
+from ragkv.pipeline.answer import (
+    Answer,
+    CacheReport,
+    CallPiece,
+    Delta,
+    ToolCall,
+    Usage,
+    joined_calls,
+)
 from ragkv.pipeline.call_stream import CallReader
 from ragkv.pipeline.tools import ToolSpec, ToolUse, with_tool_calls
 from tests.pipeline.test_tools import _deltas, written
@@ -89,3 +99,18 @@ def test_a_required_answer_cut_short_is_its_text_when_whole() -> None:
     whole = asyncio.run(with_tool_calls(written(cut, "length"), use).collect())
     assert whole.tool_calls == () and whole.text == "".join(cut)
     assert whole.finish_reason == "length"
+
+
+def test_every_tokens_logprob_goes_out_even_before_the_call_is_announced() -> None:
+    use = ToolUse((WEATHER, TIME), "required")
+    text = ['[{"na', 'me": "get_ti', 'me", "arguments": {', "}}", "]"]
+    marks = [TokenLogprob(index, -0.5) for index in range(len(text))]
+
+    async def deltas(outer: Answer) -> AsyncGenerator[Delta, None]:
+        for piece, mark in zip(text, marks, strict=True):
+            yield Delta(piece, [mark], None)
+        outer.finish(Usage(5, len(text)), CacheReport("auto", None), "stop")
+
+    out = asyncio.run(_deltas(with_tool_calls(Answer("miss", deltas), use)))
+    assert [mark for delta in out for mark in delta.logprobs] == marks
+    assert out[-1].finish_reason == "tool_calls"
