@@ -133,7 +133,7 @@ async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: 
         totals["cached"] += cached
         totals["first"] = totals["first"] or prompt
         if came_back:
-            after_tool.append(ttft)
+            after_tool.append((ttft, prompt, cached))
             totals["after_prompt"] += prompt
             totals["after_cached"] += cached
         message = result["message"]
@@ -199,7 +199,8 @@ async def run_policy(url: str, args, systems: list[str]) -> dict:
         sent = await noise
         await sampler
         prefix = (await client.get("/admin/cache/stats", headers=ADMIN)).json()["prefix"]
-    ttfts = [t for r in results for t in r["after_tool_ttft"]]
+    turns = [t for r in results for t in r["after_tool_ttft"]]
+    ttfts = [ttft for ttft, _, _ in turns]
     total = {key: sum(r[key] for r in results) for key in ("prompt", "cached", "after_prompt",
              "after_cached", "tool_calls", "turns_without_call")}  # fmt: skip
     pinned = [s["pinned"] for s in samples]
@@ -210,6 +211,8 @@ async def run_policy(url: str, args, systems: list[str]) -> dict:
         "after_tool_turns": len(ttfts),
         "after_tool_ttft_p50_s": statistics.median(ttfts) if ttfts else 0.0,
         "after_tool_ttft_p99_s": pct(ttfts, 0.99),
+        # every after-tool turn: [TTFT s, prompt tokens, cached tokens]
+        "after_tool_turn_detail": [[round(t, 3), p, c] for t, p, c in turns],
         "pinned_pages_mean": statistics.fmean(pinned) if pinned else 0.0,
         "pinned_pages_max": max(pinned, default=0),
         "free_pages_mean": statistics.fmean(s["free"] for s in samples) if samples else 0.0,

@@ -114,7 +114,11 @@ class EngineSettings(Section):
         2, ge=1, le=64, description="RAG prompts blended at once (each step advances them)"
     )
     max_waiting: int = Field(256, ge=1, description="queue bound; beyond it requests get 503")
-    lpm_queue_limit: int = Field(128, ge=0, description="longest-prefix-match order up to this")
+    lpm_queue_limit: int = Field(
+        128,
+        ge=0,
+        description="waiting queue length up to which prefills go fewest-tokens-left first",
+    )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     retry_after_s: int = Field(
         2,

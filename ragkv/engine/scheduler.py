@@ -1,9 +1,10 @@
 """Continuous batching with chunked prefill over the paged pool and the radix prefix cache.
 
-Each step: running sequences first (decodes before prefill chunks); when pages run out they
-take them from tool pins, then by preempting the newest. Then waiting sequences are admitted
-in longest-prefix-match order (FCFS when the queue is long) while the token budget and pages
-last.
+Each step: decodes first; then prefills, running and waiting together, fewest tokens left to
+compute first (a waiting prompt's longest cached prefix counts as computed; arrival order when
+the queue is long), while the token budget and pages last. A running sequence short of pages
+takes them from tool pins, then by preempting the newest; a waiting one that does not fit
+stops admission for the step.
 """
 
 from __future__ import annotations
@@ -57,26 +58,48 @@ class Scheduler:
         return None
 
     def schedule(self) -> ScheduledBatch:
-        """Pick this step's work: `[(sequence, num_new_tokens)]`, sequences in running state."""
+        """Pick this step's work: `[(sequence, num_new_tokens)]`, sequences in running state.
+
+        Decodes go first. Then prefills, running and waiting together, fewest tokens left to
+        compute first: an agent back from a tool whose conversation is cached (a few dozen
+        new tokens) is not queued behind a 2,000-token prompt. A long prefill still gets
+        whatever budget the shorter ones leave, every step, and its own remainder only
+        shrinks, so it moves up as it runs.
+        """
         budget = self.settings.max_batch_tokens
         batch: ScheduledBatch = []
+        decodes = sorted((s for s in self.running if not s.in_prefill), key=lambda s: s.arrival_s)
         preempted = False
-        for seq in sorted(self.running, key=lambda s: (s.in_prefill, s.arrival_s)):
-            if seq.status is not SeqStatus.RUNNING or budget <= 0:
-                continue
-            num_tokens = min(seq.num_uncomputed, budget)
-            while not self._reserve(seq, num_tokens, take_pins=True):
-                victim = self._newest_running(exclude=[s for s, _ in batch])
-                self._preempt(victim)
-                preempted = True
-                if victim is seq:
-                    break
-            if seq.status is SeqStatus.RUNNING:
-                batch.append((seq, num_tokens))
-                budget -= num_tokens
-        if not preempted:
-            budget = self._admit(batch, budget)
+        for seq in decodes:
+            budget, preempted = self._run(seq, budget, batch, preempted)
+        admitting = not preempted
+        for seq, waiting in self._prefill_order():
+            if budget <= 0:
+                break
+            if not waiting:
+                budget, preempted = self._run(seq, budget, batch, preempted)
+            elif admitting and not preempted:
+                budget, admitting = self._admit(seq, batch, budget)
         return batch
+
+    def _run(
+        self, seq: Sequence, budget: int, batch: ScheduledBatch, preempted: bool
+    ) -> tuple[int, bool]:
+        """Give a running sequence its tokens this step, taking pages from tool pins and then
+        preempting the newest running sequences if the pool is short; (budget, preempted)."""
+        if seq.status is not SeqStatus.RUNNING or budget <= 0:
+            return budget, preempted
+        num_tokens = min(seq.num_uncomputed, budget)
+        while not self._reserve(seq, num_tokens, take_pins=True):
+            victim = self._newest_running(exclude=[s for s, _ in batch])
+            self._preempt(victim)
+            preempted = True
+            if victim is seq:
+                break
+        if seq.status is SeqStatus.RUNNING:
+            batch.append((seq, num_tokens))
+            budget -= num_tokens
+        return budget, preempted
 
     def admit_blend(self) -> Sequence | None:
         """Admit the first waiting sequence that wants a blended prefill, with pages for its
@@ -105,34 +128,41 @@ class Scheduler:
             return seq
         return None
 
-    def _admit(self, batch: ScheduledBatch, budget: int) -> int:
-        for seq in self._waiting_order():
-            if budget <= 0 or len(self.running) >= self.settings.max_num_seqs:
-                break
-            if seq.blend_pending:
-                continue
-            self._attach_prefix(seq)
-            num_tokens = min(seq.num_uncomputed, budget)
-            if not self._reserve(seq, num_tokens):
-                self.release(seq)
-                break
-            self.waiting.remove(seq)
-            seq.status = SeqStatus.RUNNING
-            self.running.append(seq)
-            batch.append((seq, num_tokens))
-            budget -= num_tokens
-        return budget
+    def _admit(self, seq: Sequence, batch: ScheduledBatch, budget: int) -> tuple[int, bool]:
+        """Start a waiting sequence with its cached prefix; (budget, whether admission goes
+        on: not once one does not fit, so later arrivals never overtake it for pages)."""
+        if len(self.running) >= self.settings.max_num_seqs:
+            return budget, False
+        if seq.blend_pending:
+            return budget, True
+        self._attach_prefix(seq)
+        num_tokens = min(seq.num_uncomputed, budget)
+        if not self._reserve(seq, num_tokens):
+            self.release(seq)
+            return budget, False
+        self.waiting.remove(seq)
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)
+        batch.append((seq, num_tokens))
+        return budget - num_tokens, True
 
-    def _waiting_order(self) -> list[Sequence]:
+    def _prefill_order(self) -> list[tuple[Sequence, bool]]:
+        """Running prefills and waiting sequences, `(seq, waiting)`, fewest tokens left to
+        compute first (a waiting one counts its longest cached prefix as computed), ties by
+        arrival; with more than `lpm_queue_limit` waiting, the queue stays in arrival order
+        (matching each prompt against the tree every step would cost more than it saves)."""
+        running = [(s, False) for s in self.running if s.in_prefill]
         if len(self.waiting) > self.settings.lpm_queue_limit:
-            return list(self.waiting)
-        cached = {
-            id(seq): self.radix.match_prefix(seq.namespace, seq.token_ids[:-1]).num_tokens
-            if seq.request.use_prefix_cache
-            else 0
-            for seq in self.waiting
-        }
-        return sorted(self.waiting, key=lambda s: -cached[id(s)])
+            running.sort(key=lambda item: (item[0].num_uncomputed, item[0].arrival_s))
+            return running + [(s, True) for s in self.waiting]
+        left = {id(s): s.num_uncomputed for s, _ in running}
+        for seq in self.waiting:
+            cached = 0
+            if seq.request.use_prefix_cache:
+                cached = self.radix.match_prefix(seq.namespace, seq.token_ids[:-1]).num_tokens
+            left[id(seq)] = len(seq.token_ids) - cached
+        candidates = running + [(s, True) for s in self.waiting]
+        return sorted(candidates, key=lambda item: (left[id(item[0])], item[0].arrival_s))
 
     def _attach_prefix(self, seq: Sequence) -> None:
         """Point a waiting sequence at its longest cached prefix (at least one token left)."""

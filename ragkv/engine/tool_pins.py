@@ -5,10 +5,14 @@ from how long that tool's round trips take, within a bounded share of the pool.
 The pin key is the conversation itself (its page-aligned prompt tokens): no session id is
 needed. The follow-up turn starts with the same tokens; when it is admitted the pin is hit and
 released (the follow-up's own lock keeps the pages while it runs). A pin whose TTL passes
-first is counted as expired unused. Pins never hold more than `max_share` of the pool: a new
-pin displaces the ones expiring soonest, and one longer than the share pins its first pages.
-A running sequence short of pages takes them from pins (soonest-expiring first) before the
-scheduler preempts anything.
+first is counted as expired unused. Pins never hold more than `max_share` of the pool.
+
+Which pin goes when room is short follows Belady: the one whose agent is predicted back last
+(the latest expiry: TTLs are predicted from each tool's round trips) is given up first, since
+its pages would sit idle longest. A new pin displaces held pins predicted back after it; when
+the ones left come back sooner, it pins only its first pages that still fit (a prefix is
+still a prefix hit), or nothing. A running sequence short of pages takes them from pins, the
+one predicted back last first, before the scheduler preempts anything.
 """
 
 from __future__ import annotations
@@ -53,25 +57,29 @@ class ToolPins:
     def pin(self, namespace: str, token_ids: Sequence[int], ttl_s: float) -> int:
         """Pin the cached whole pages of `token_ids` for `ttl_s`; returns tokens pinned."""
         self.expire()
-        # A conversation longer than the whole share keeps its first pages pinned (a prefix
-        # is still a prefix hit); it displaces every other pin.
         pages = min(len(token_ids) // self.page_size, self.max_pages)
-        path = tuple(token_ids[: pages * self.page_size])
-        if not pages:
-            self.counts["refused"] += 1
-            return 0
-        key = (namespace, path)
+        key = (namespace, tuple(token_ids[: pages * self.page_size]))
+        if key in self._pins:
+            self._drop(key)  # the same conversation pinned again: a fresh TTL
+        until = self.clock() + ttl_s
+        while self.pinned_pages + pages > self.max_pages:
+            last = self._back_last()
+            if last is None or self._pins[last].until <= until:
+                break  # every held pin comes back sooner than this one
+            self._drop(last)
+            self.counts["displaced"] += 1
+        # What does not fit keeps its first pages pinned (a prefix is still a prefix hit).
+        pages = min(pages, self.max_pages - self.pinned_pages)
+        key = (namespace, tuple(token_ids[: pages * self.page_size]))
         if key in self._pins:
             self._drop(key)
-        while self.pinned_pages + pages > self.max_pages:
-            soonest = min(self._pins, key=lambda k: self._pins[k].until)
-            self._drop(soonest)
-            self.counts["displaced"] += 1
-        pinned = self.radix.pin(namespace, path, ttl_s)
+        pinned = self.radix.pin(namespace, key[1], ttl_s) if pages else 0
         if not pinned:
-            self.counts["refused"] += 1  # not cached (evicted already, or prefix cache off)
+            # not a whole page, no room before pins back sooner, or not cached (evicted
+            # already, or prefix cache off)
+            self.counts["refused"] += 1
             return 0
-        self._pins[key] = _Pin(namespace, path, self.clock() + ttl_s, pinned // self.page_size)
+        self._pins[key] = _Pin(namespace, key[1], until, pinned // self.page_size)
         self.counts["made"] += 1
         return pinned
 
@@ -91,13 +99,14 @@ class ToolPins:
                 self.counts["expired_unused"] += 1
 
     def yield_one(self) -> bool:
-        """Drop the pin expiring soonest, for a running sequence that needs pages (it goes
+        """Drop the pin predicted back last, for a running sequence that needs pages (it goes
         before a waiting agent: dropping a pin costs that agent a prefill later, preempting
         costs the running one its progress now); False when no pin is held."""
         self.expire()
-        if not self._pins:
+        last = self._back_last()
+        if last is None:
             return False
-        self._drop(min(self._pins, key=lambda k: self._pins[k].until))
+        self._drop(last)
         self.counts["yielded"] += 1
         return True
 
@@ -106,8 +115,9 @@ class ToolPins:
         self._pins.clear()
 
     def stats(self) -> dict[str, object]:
-        """Pins made, hit, expired unused, displaced (by another pin), refused, yielded (to a
-        running sequence short of pages); active pins and pool share."""
+        """Pins made, hit, expired unused, displaced (by a pin predicted back sooner), refused
+        (not cached, or no room left before pins predicted back sooner), yielded (to a running
+        sequence short of pages); active pins and pool share."""
         self.expire()
         return {
             **self.counts,
@@ -115,6 +125,10 @@ class ToolPins:
             "pinned_pages": self.pinned_pages,
             "max_pages": self.max_pages,
         }
+
+    def _back_last(self) -> tuple[str, tuple[int, ...]] | None:
+        """The held pin whose agent is predicted back last (latest expiry), if any."""
+        return max(self._pins, key=lambda k: self._pins[k].until, default=None)
 
     def _drop(self, key: tuple[str, tuple[int, ...]]) -> None:
         pin = self._pins.pop(key)

@@ -1,5 +1,5 @@
-"""Tool-aware pins on a real radix tree: bounded share, displacement of the soonest-expiring,
-a hit when the follow-up arrives, expiry that lets the pages go."""
+"""Tool-aware pins on a real radix tree: bounded share, the pin predicted back last goes first
+(Belady), a hit when the follow-up arrives, expiry that lets the pages go."""
 
 from __future__ import annotations
 
@@ -34,20 +34,38 @@ def setup(pool_pages: int = 64, share: float = 0.25):
     return clock, radix, ToolPins(radix, pool_pages, PAGE, share), cache
 
 
-def test_pins_never_pass_their_share_and_displace_the_soonest_expiring() -> None:
+def test_pins_never_pass_their_share_and_keep_the_agents_back_soonest() -> None:
     clock, radix, pins, cache = setup()
-    for index in range(10):  # 10 agents waiting on tools, 4 pages each; the share is 16 pages
+    ttls = [50.0, 20.0, 40.0, 10.0, 30.0, 60.0, 5.0, 45.0, 15.0, 35.0]
+    for index, ttl in enumerate(ttls):  # 10 agents on tools, 4 pages each; the share is 16
         cache(conversation(index))
-        assert pins.pin("ns", conversation(index) + [7], ttl_s=30.0 + index) == 4 * PAGE
+        pinned = pins.pin("ns", conversation(index) + [7], ttl_s=ttl)
+        assert pinned in (0, 4 * PAGE)
         assert pins.pinned_pages <= 16
         assert radix.size_info().pinned_pages <= 16
     stats = pins.stats()
-    assert (stats["made"], stats["active"], stats["displaced"]) == (10, 4, 6)
-    # the survivors are the four with the longest TTLs (36-39 s): all alive at 35.5 s
-    clock.now += 35.5
-    assert pins.stats()["active"] == 4
-    clock.now += 4.0
-    assert (pins.stats()["active"], pins.stats()["expired_unused"]) == (0, 4)
+    # 50, 20, 40, 10 fill the share; 30 displaces 50; 60 is back last: refused; 5 displaces
+    # 40; 45 refused; 15 displaces 30; 35 refused
+    assert (stats["made"], stats["active"], stats["displaced"], stats["refused"]) == (7, 4, 3, 3)
+    # the survivors are the four back soonest (5, 10, 15, 20 s), expiring in that order
+    for expired, at in enumerate((5.5, 10.5, 15.5, 20.5), start=1):
+        clock.now = 1000.0 + at
+        assert pins.stats()["expired_unused"] == expired
+    assert pins.stats()["active"] == 0
+
+
+def test_a_pin_back_after_the_others_keeps_the_first_pages_that_fit() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
+    for index in range(3):
+        cache(conversation(index))
+        pins.pin("ns", conversation(index), ttl_s=10.0)  # 12 pages, back in 10 s
+    cache(conversation(5, pages=8))
+    assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0) == 4 * PAGE  # 4 of 8 fit
+    assert pins.pinned_pages == 16 and radix.size_info().pinned_pages == 16
+    assert pins.yield_one()  # a running sequence needs pages: the one back last goes
+    assert pins.pinned_pages == 12 and pins.stats()["yielded"] == 1
+    pins.on_admit("ns", conversation(0) + [1])  # the agents back soonest were kept
+    assert pins.stats()["hit"] == 1
 
 
 def test_the_follow_up_hits_and_releases_its_pin() -> None:
