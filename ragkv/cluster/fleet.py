@@ -172,10 +172,13 @@ class EngineFleet:
                     responses.cancel()
         raise Overloaded("no engine replica could serve the request; retry", retry_after_s=2)
 
-    async def pin_tool_turn(self, tenant: str, token_ids: list[int], ttl_s: float) -> int:
+    async def pin_tool_turn(
+        self, tenant: str, token_ids: list[int], ttl_s: float, due_s: float | None = None
+    ) -> int:
         """Pin the conversation on the replica its prefix routes to (where it ran)."""
         hint = RouteHint(tenant, prompt_pages(token_ids, self.page_size))
-        return await self.handle.admin.remote(hint, "pin_tool_turn", tenant, token_ids, ttl_s)
+        admin = self.handle.admin
+        return await admin.remote(hint, "pin_tool_turn", tenant, token_ids, ttl_s, due_s)
 
     async def flush_prefix(self, tenant: str | None = None) -> int:
         """Drop the prefix cache of one tenant (or all) on every replica; pages released."""

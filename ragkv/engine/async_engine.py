@@ -85,10 +85,13 @@ class AsyncEngine:
         """Chunk-level statistics; None when the chunk cache is off."""
         return await asyncio.to_thread(self._engine.chunk_stats)
 
-    async def pin_tool_turn(self, tenant: str, token_ids: list[int], ttl_s: float) -> int:
+    async def pin_tool_turn(
+        self, tenant: str, token_ids: list[int], ttl_s: float, due_s: float | None = None
+    ) -> int:
         """Pin a conversation waiting on tool results (see `engine/tool_pins.py`); tokens
         pinned."""
-        return await asyncio.to_thread(self._engine.pin_tool_turn, tenant, token_ids, ttl_s)
+        pin = self._engine.pin_tool_turn
+        return await asyncio.to_thread(pin, tenant, token_ids, ttl_s, due_s)
 
     async def flush_prefix(self, tenant: str | None = None) -> int:
         """Drop the prefix cache of one tenant (or all); pages released."""

@@ -303,10 +303,13 @@ class LLMEngine:
             report = cache_report(self.radix, self.fingerprint, store, max_pages, max_chunks)
         return {**report, "load": self.load_info()}
 
-    def pin_tool_turn(self, tenant: str, token_ids: list[int], ttl_s: float) -> int:
-        """Pin a conversation waiting on its tool calls' results; tokens pinned."""
+    def pin_tool_turn(
+        self, tenant: str, token_ids: list[int], ttl_s: float, due_s: float | None = None
+    ) -> int:
+        """Pin a conversation waiting on its tool calls' results (see `ToolPins.pin`); tokens
+        pinned."""
         with self._step_lock:
-            return self.scheduler.tool_pins.pin(self.namespace(tenant), token_ids, ttl_s)
+            return self.scheduler.tool_pins.pin(self.namespace(tenant), token_ids, ttl_s, due_s)
 
     def flush_prefix(self, tenant: str | None = None) -> int:
         """Drop the prefix cache of one tenant (or all); returns pages released.

@@ -7,12 +7,12 @@ needed. The follow-up turn starts with the same tokens; when it is admitted the 
 released (the follow-up's own lock keeps the pages while it runs). A pin whose TTL passes
 first is counted as expired unused. Pins never hold more than `max_share` of the pool.
 
-Which pin goes when room is short follows Belady: the one whose agent is predicted back last
-(the latest expiry: TTLs are predicted from each tool's round trips) is given up first, since
-its pages would sit idle longest. A new pin displaces held pins predicted back after it; when
-the ones left come back sooner, it pins only its first pages that still fit (a prefix is
-still a prefix hit), or nothing. A running sequence short of pages takes them from pins, the
-one predicted back last first, before the scheduler preempts anything.
+Which pin goes when room is short: a pin whose agent is overdue (past its due time, the high
+percentile of its tools' round trips: later than most trips, maybe never coming back) goes
+first, the most overdue first; then, Belady-like, the one due last, since its pages would sit
+idle longest. A new pin displaces held pins in that order while they are overdue or due
+after it, and is refused when the ones left are all due sooner. A running sequence short of
+pages takes them from pins in the same order before the scheduler preempts anything.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from ragkv.cache.kv.radix import RadixCache
 class _Pin:
     namespace: str
     path: tuple[int, ...]
-    until: float
+    until: float  # expiry (the TTL)
+    due: float  # when the agent is expected back at the latest (see the module docstring)
     pages: int
 
 
@@ -54,32 +55,36 @@ class ToolPins:
         """Pages under tool pins now (overlapping pins counted once each)."""
         return sum(pin.pages for pin in self._pins.values())
 
-    def pin(self, namespace: str, token_ids: Sequence[int], ttl_s: float) -> int:
-        """Pin the cached whole pages of `token_ids` for `ttl_s`; returns tokens pinned."""
+    def pin(
+        self, namespace: str, token_ids: Sequence[int], ttl_s: float, due_s: float | None = None
+    ) -> int:
+        """Pin the cached whole pages of `token_ids` for `ttl_s`, the agent due back within
+        `due_s` (default `ttl_s`); returns tokens pinned."""
         self.expire()
+        # A conversation longer than the whole share keeps its first pages pinned (a prefix
+        # is still a prefix hit).
         pages = min(len(token_ids) // self.page_size, self.max_pages)
         key = (namespace, tuple(token_ids[: pages * self.page_size]))
         if key in self._pins:
             self._drop(key)  # the same conversation pinned again: a fresh TTL
-        until = self.clock() + ttl_s
-        while self.pinned_pages + pages > self.max_pages:
-            last = self._back_last()
-            if last is None or self._pins[last].until <= until:
-                break  # every held pin comes back sooner than this one
-            self._drop(last)
+        now = self.clock()
+        until, due = now + ttl_s, now + min(ttl_s, ttl_s if due_s is None else due_s)
+        while pages and self.pinned_pages + pages > self.max_pages:
+            first = self._give_up_first()
+            held = self._pins[first]
+            if now < held.due <= due:
+                break  # every held pin is due back sooner than this one
+            self._drop(first)
             self.counts["displaced"] += 1
-        # What does not fit keeps its first pages pinned (a prefix is still a prefix hit).
-        pages = min(pages, self.max_pages - self.pinned_pages)
-        key = (namespace, tuple(token_ids[: pages * self.page_size]))
-        if key in self._pins:
-            self._drop(key)
-        pinned = self.radix.pin(namespace, key[1], ttl_s) if pages else 0
+        pinned = 0
+        if pages and self.pinned_pages + pages <= self.max_pages:
+            pinned = self.radix.pin(namespace, key[1], ttl_s)
         if not pinned:
-            # not a whole page, no room before pins back sooner, or not cached (evicted
+            # not a whole page, no room before pins due sooner, or not cached (evicted
             # already, or prefix cache off)
             self.counts["refused"] += 1
             return 0
-        self._pins[key] = _Pin(namespace, key[1], until, pinned // self.page_size)
+        self._pins[key] = _Pin(namespace, key[1], until, due, pinned // self.page_size)
         self.counts["made"] += 1
         return pinned
 
@@ -99,14 +104,15 @@ class ToolPins:
                 self.counts["expired_unused"] += 1
 
     def yield_one(self) -> bool:
-        """Drop the pin predicted back last, for a running sequence that needs pages (it goes
-        before a waiting agent: dropping a pin costs that agent a prefill later, preempting
-        costs the running one its progress now); False when no pin is held."""
+        """Give up one pin (overdue first, then the one due last), for a running sequence
+        that needs pages (it goes before a waiting agent: dropping a pin costs that agent a
+        prefill later, preempting costs the running one its progress now); False when no pin
+        is held."""
         self.expire()
-        last = self._back_last()
-        if last is None:
+        first = self._give_up_first()
+        if first is None:
             return False
-        self._drop(last)
+        self._drop(first)
         self.counts["yielded"] += 1
         return True
 
@@ -115,9 +121,9 @@ class ToolPins:
         self._pins.clear()
 
     def stats(self) -> dict[str, object]:
-        """Pins made, hit, expired unused, displaced (by a pin predicted back sooner), refused
-        (not cached, or no room left before pins predicted back sooner), yielded (to a running
-        sequence short of pages); active pins and pool share."""
+        """Pins made, hit, expired unused, displaced (by a pin due sooner, or overdue), refused
+        (not cached, or no room before pins due sooner), yielded (to a running sequence short
+        of pages); active pins and pool share."""
         self.expire()
         return {
             **self.counts,
@@ -126,9 +132,15 @@ class ToolPins:
             "max_pages": self.max_pages,
         }
 
-    def _back_last(self) -> tuple[str, tuple[int, ...]] | None:
-        """The held pin whose agent is predicted back last (latest expiry), if any."""
-        return max(self._pins, key=lambda k: self._pins[k].until, default=None)
+    def _give_up_first(self) -> tuple[str, tuple[int, ...]] | None:
+        """The pin to give up first: the most overdue, else the one due back last."""
+        now = self.clock()
+
+        def rank(key: tuple[str, tuple[int, ...]]) -> tuple[bool, float]:
+            due = self._pins[key].due
+            return (True, -due) if due <= now else (False, due)
+
+        return max(self._pins, key=rank, default=None)
 
     def _drop(self, key: tuple[str, tuple[int, ...]]) -> None:
         pin = self._pins.pop(key)

@@ -12,7 +12,7 @@ blocks in a user turn. The output constraint (grammar-constrained decoding in th
   false), each constrained to its tool's schema;
 - `auto`: unconstrained; a Hermes `<tool_call>` block or a bare `{"name", "arguments"}`
   object naming a known tool becomes a call, anything else (a parse failure included) text;
-- `none`: no tools rendered, text only.
+- `none`: the tools still rendered (the prompt prefix stays the same), text only.
 """
 
 from __future__ import annotations
@@ -83,8 +83,11 @@ class ToolUse:
 
     @property
     def rendered_tools(self) -> tuple[ToolSpec, ...]:
-        """The tools shown to the model (none for `tool_choice: none`)."""
-        return self.tools if self.choice != "none" else ()
+        """The tools shown to the model: every tool offered, under `tool_choice: none` too
+        (as vLLM does by default). An agent's last, text-only turn then starts with the same
+        tokens as its tool-calling turns, so their cached KV serves it; `none` only means the
+        output is unconstrained and never parsed into calls."""
+        return self.tools
 
     def tool(self, name: str) -> ToolSpec | None:
         """The tool called `name`, if offered."""

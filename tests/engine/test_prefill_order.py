@@ -23,9 +23,7 @@ def first_token_steps(engine: LLMEngine, requests) -> dict[str, int]:
     return first
 
 
-def test_a_cached_conversation_goes_before_a_long_prefill(
-    make_engine, smollm: LoadedModel
-) -> None:
+def test_a_cached_conversation_goes_before_a_long_prefill(make_engine, smollm: LoadedModel) -> None:
     conversation = text_prompt(smollm, 3, 6)  # the agent's turn so far
     back = conversation + smollm.tokenizer.encode(" Tool result: 42.")
     long = text_prompt(smollm, 9, 16)

@@ -1,5 +1,6 @@
-"""Tool-aware pins on a real radix tree: bounded share, the pin predicted back last goes first
-(Belady), a hit when the follow-up arrives, expiry that lets the pages go."""
+"""Tool-aware pins on a real radix tree: bounded share, overdue pins and then the pin due back
+last go first (Belady-like), a hit when the follow-up arrives, expiry that lets the pages
+go."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def setup(pool_pages: int = 64, share: float = 0.25):
     return clock, radix, ToolPins(radix, pool_pages, PAGE, share), cache
 
 
-def test_pins_never_pass_their_share_and_keep_the_agents_back_soonest() -> None:
+def test_pins_never_pass_their_share_and_keep_the_agents_due_soonest() -> None:
     clock, radix, pins, cache = setup()
     ttls = [50.0, 20.0, 40.0, 10.0, 30.0, 60.0, 5.0, 45.0, 15.0, 35.0]
     for index, ttl in enumerate(ttls):  # 10 agents on tools, 4 pages each; the share is 16
@@ -44,28 +45,34 @@ def test_pins_never_pass_their_share_and_keep_the_agents_back_soonest() -> None:
         assert pins.pinned_pages <= 16
         assert radix.size_info().pinned_pages <= 16
     stats = pins.stats()
-    # 50, 20, 40, 10 fill the share; 30 displaces 50; 60 is back last: refused; 5 displaces
+    # 50, 20, 40, 10 fill the share; 30 displaces 50; 60 is due last: refused; 5 displaces
     # 40; 45 refused; 15 displaces 30; 35 refused
     assert (stats["made"], stats["active"], stats["displaced"], stats["refused"]) == (7, 4, 3, 3)
-    # the survivors are the four back soonest (5, 10, 15, 20 s), expiring in that order
+    # the survivors are the four due soonest (5, 10, 15, 20 s), expiring in that order
     for expired, at in enumerate((5.5, 10.5, 15.5, 20.5), start=1):
         clock.now = 1000.0 + at
         assert pins.stats()["expired_unused"] == expired
     assert pins.stats()["active"] == 0
 
 
-def test_a_pin_back_after_the_others_keeps_the_first_pages_that_fit() -> None:
+def test_an_overdue_pin_goes_first_then_the_one_due_last() -> None:
     clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
-    for index in range(3):
+    for index, (ttl, due) in enumerate([(30.0, 10.0), (60.0, 40.0), (20.0, 20.0)]):
         cache(conversation(index))
-        pins.pin("ns", conversation(index), ttl_s=10.0)  # 12 pages, back in 10 s
+        assert pins.pin("ns", conversation(index), ttl_s=ttl, due_s=due) == 4 * PAGE
     cache(conversation(5, pages=8))
-    assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0) == 4 * PAGE  # 4 of 8 fit
+    # 8 more pages do not fit, and every held pin is due back before this one: refused
+    assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0, due_s=60.0) == 0
+    clock.now += 15.0  # the first agent is overdue (due at 10 s, its pin lasts to 30 s)
+    assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0, due_s=60.0) == 8 * PAGE
+    stats = pins.stats()
+    assert (stats["displaced"], stats["refused"], stats["active"]) == (1, 1, 3)
     assert pins.pinned_pages == 16 and radix.size_info().pinned_pages == 16
-    assert pins.yield_one()  # a running sequence needs pages: the one back last goes
-    assert pins.pinned_pages == 12 and pins.stats()["yielded"] == 1
-    pins.on_admit("ns", conversation(0) + [1])  # the agents back soonest were kept
-    assert pins.stats()["hit"] == 1
+    assert pins.yield_one()  # a running sequence needs pages: the pin due last (75 s) goes
+    assert pins.pinned_pages == 8 and pins.stats()["yielded"] == 1
+    pins.on_admit("ns", conversation(2) + [1])  # the agent due soonest was kept
+    pins.on_admit("ns", conversation(1) + [1])
+    assert pins.stats()["hit"] == 2 and pins.pinned_pages == 0
 
 
 def test_the_follow_up_hits_and_releases_its_pin() -> None:

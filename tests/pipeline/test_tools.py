@@ -140,6 +140,21 @@ def test_templates_that_render_tools_get_them_natively() -> None:
     assert tools is None and plain[1]["content"].startswith("<tool_call>")
 
 
+def test_a_text_only_last_turn_keeps_the_conversation_as_its_prefix() -> None:
+    """`tool_choice: none` still renders the tools, so an agent's last turn (text only)
+    starts with the tokens of its tool-calling turns and their cached KV serves it."""
+    plain = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Oslo?"}]
+    call = {"id": "c", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}  # fmt: skip
+    back = [*messages, {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c", "content": "4 C"}]  # fmt: skip
+    first, _ = chat_inputs(messages, ToolUse((WEATHER,), "required"), plain)
+    last, _ = chat_inputs(back, ToolUse((WEATHER,), "none"), plain)
+    assert last[: len(first)] == first and "<tools>" in last[0]["content"]
+    assert not ToolUse((WEATHER,), "none").calls_possible
+
+
 def test_tool_round_trips_predict_the_pin_ttl() -> None:
     now = [0.0]
     latency = ToolLatency(default_s=30.0, min_s=2.0, max_s=100.0, clock=lambda: now[0])
