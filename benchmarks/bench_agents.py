@@ -23,6 +23,8 @@ a table and JSON. Not a test: nothing is asserted.
         --max-tokens 40                                     # the old workload
     python benchmarks/bench_agents.py --pool-fraction 0.8 --tool-latency-scale 3
                                     # cache pressure: slower tools, a pool short of the agents
+    python benchmarks/bench_agents.py --tool-latency-scale 3 --abandon-share 0.25
+                                    # some agents never come back from a tool call
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: 
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": task})
     started, after_tool, tool_calls, cut = time.perf_counter(), [], 0, 0
+    abandoned = False
     totals = {"prompt": 0, "cached": 0, "after_prompt": 0, "after_cached": 0, "first": 0}
     came_back = False  # this turn's prompt ends with tool results
     for number in range(args.turns):
@@ -138,6 +141,9 @@ async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: 
             totals["after_cached"] += cached
         message = result["message"]
         messages.append(message)
+        if message.get("tool_calls") and args.abandon_share and rng.random() < args.abandon_share:
+            abandoned = True  # the tool failed or the user gave up: this agent never returns
+            break
         for call in message.get("tool_calls", []):
             tool_calls += 1
             wait = tool_latency_s(call["function"]["name"], rng) * args.tool_latency_scale
@@ -149,7 +155,8 @@ async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: 
             cut += 1  # no call (cut by max_tokens): the agent nudges, no tool wait
             messages.append({"role": "user", "content": "Please use a tool."})
     return {"seconds": time.perf_counter() - started, "after_tool_ttft": after_tool,
-            "tool_calls": tool_calls, "turns_without_call": cut, **totals}  # fmt: skip
+            "tool_calls": tool_calls, "turns_without_call": cut, "abandoned": abandoned,
+            **totals}  # fmt: skip
 
 
 async def background(
@@ -227,6 +234,7 @@ async def run_policy(url: str, args, systems: list[str]) -> dict:
         "first_prompt_tokens": [r["first"] for r in results],
         "tool_calls": total["tool_calls"],
         "turns_without_call": total["turns_without_call"],
+        "agents_abandoned": sum(r["abandoned"] for r in results),
         "pins": prefix["tool_pins"],
         "background_requests": sent,
     }
@@ -254,6 +262,10 @@ def main() -> None:
     parser.add_argument(
         "--tool-latency-scale", type=float, default=1.0,
         help="multiply the simulated tool round trips (medians 3 / 0.5 / 1.5 s at 1.0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--abandon-share", type=float, default=0.0,
+        help="chance that an agent never comes back from a tool call (its job ends there)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=RESULTS)
