@@ -68,7 +68,8 @@ class ToolPins:
         if key in self._pins:
             self._drop(key)  # the same conversation pinned again: a fresh TTL
         now = self.clock()
-        until, due = now + ttl_s, now + min(ttl_s, ttl_s if due_s is None else due_s)
+        until = now + ttl_s
+        due = until if due_s is None else min(until, now + due_s)
         while pages and self.pinned_pages + pages > self.max_pages:
             first = self._give_up_first()
             held = self._pins[first]

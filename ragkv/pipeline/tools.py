@@ -81,14 +81,6 @@ class ToolUse:
         """Whether the answer may be tool calls (tools given and not `none`)."""
         return bool(self.tools) and self.choice != "none"
 
-    @property
-    def rendered_tools(self) -> tuple[ToolSpec, ...]:
-        """The tools shown to the model: every tool offered, under `tool_choice: none` too
-        (as vLLM does by default). An agent's last, text-only turn then starts with the same
-        tokens as its tool-calling turns, so their cached KV serves it; `none` only means the
-        output is unconstrained and never parsed into calls."""
-        return self.tools
-
     def tool(self, name: str) -> ToolSpec | None:
         """The tool called `name`, if offered."""
         return next((t for t in self.tools if t.name == name), None)
@@ -162,8 +154,13 @@ def chat_inputs(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages and `tools` to render: unchanged without tools or tool turns; the
     template's own tool rendering when it has one (arguments as objects, as templates
-    expect); else the Hermes fallback (`fallback_messages`)."""
-    tools = use.rendered_tools
+    expect); else the Hermes fallback (`fallback_messages`).
+
+    Every tool offered is shown, under `tool_choice: none` too (as vLLM does by default): an
+    agent's last, text-only turn then starts with the same tokens as its tool-calling turns,
+    so their cached KV serves it; `none` only means the output is unconstrained and never
+    parsed into calls."""
+    tools = use.tools
     history = any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
     if not tools and not history:
         return messages, None
