@@ -100,20 +100,47 @@ def sse_event(line: str) -> dict[str, Any] | None:
     return event
 
 
-def delta_of(event: dict[str, Any]) -> ChatDelta | None:
-    """The SDK item of one chat-completion chunk (None for chunks without text)."""
-    choices = event.get("choices") or []
-    if not choices:
-        ragkv = event.get("ragkv")
-        return ChatDelta(
-            text="",
-            usage=Usage.of(event.get("usage")),
-            cache=CacheInfo.of(ragkv),
-            sources=_sources(ragkv),
-            final=True,
+class StreamReader:
+    """Turns a chat stream's chunks into SDK items, one `feed` per event: text deltas,
+    tool-call pieces as they arrive, and a final item carrying `usage`, `cache`, `sources`
+    and the whole tool calls assembled from their pieces (as `ChatResult.tool_calls`)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def feed(self, event: dict[str, Any]) -> ChatDelta | None:
+        """The item of one chat-completion chunk (None for a chunk with nothing in it)."""
+        choices = event.get("choices") or []
+        if not choices:
+            ragkv = event.get("ragkv")
+            return ChatDelta(
+                text="",
+                usage=Usage.of(event.get("usage")),
+                cache=CacheInfo.of(ragkv),
+                sources=_sources(ragkv),
+                final=True,
+                tool_calls=[self._calls[index] for index in sorted(self._calls)],
+            )
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        pieces = delta.get("tool_calls") or []
+        for piece in pieces:
+            self._add(piece)
+        if not text and not pieces and choice.get("finish_reason") is None:
+            return None
+        return ChatDelta(text=text, finish_reason=choice.get("finish_reason"), tool_calls=pieces)
+
+    def _add(self, piece: dict[str, Any]) -> None:
+        """Fold one streamed `tool_calls` entry into its call: id, type and name come with
+        the call's first piece, `arguments` arrive in parts that join in order."""
+        call = self._calls.setdefault(
+            piece.get("index", len(self._calls)),
+            {"id": None, "type": "function", "function": {"name": None, "arguments": ""}},
         )
-    choice = choices[0]
-    text = (choice.get("delta") or {}).get("content") or ""
-    if not text and choice.get("finish_reason") is None:
-        return None
-    return ChatDelta(text=text, finish_reason=choice.get("finish_reason"))
+        function = piece.get("function") or {}
+        if piece.get("id"):
+            call["id"] = piece["id"]
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        call["function"]["arguments"] += function.get("arguments") or ""

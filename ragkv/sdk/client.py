@@ -21,10 +21,10 @@ from ragkv.sdk._http import (
     DONE,
     NOT_SENT,
     Call,
+    StreamReader,
     backoff_s,
     checked,
     connection_error,
-    delta_of,
     should_retry,
     sse_event,
 )
@@ -87,16 +87,17 @@ class Client(API):
             raise connection_error(exc, self.base_url) from exc
 
     def chat_stream(self, messages: Messages, **params: Any) -> Iterator[ChatDelta]:
-        """Stream a chat answer: text deltas, then a final item with `usage`, `cache` and
-        `sources`. Takes the keywords of `chat`."""
+        """Stream a chat answer: text deltas and tool-call pieces, then a final item with
+        `usage`, `cache`, `sources` and the whole tool calls. Takes the keywords of `chat`."""
         body = chat_body(messages, model=params.pop("model", self.model), stream=True, **params)
         response = self._send(Call("POST", "/v1/chat/completions", json=body), stream=True)
+        reader = StreamReader()
         try:
             for line in response.iter_lines():
                 event = sse_event(line)
                 if event is DONE:
                     break
-                delta = delta_of(event) if event is not None else None
+                delta = reader.feed(event) if event is not None else None
                 if delta is not None:
                     yield delta
         except httpx.HTTPError as exc:
@@ -157,12 +158,13 @@ class AsyncClient(API):
         """Stream a chat answer (see `Client.chat_stream`)."""
         body = chat_body(messages, model=params.pop("model", self.model), stream=True, **params)
         response = await self._send(Call("POST", "/v1/chat/completions", json=body), stream=True)
+        reader = StreamReader()
         try:
             async for line in response.aiter_lines():
                 event = sse_event(line)
                 if event is DONE:
                     break
-                delta = delta_of(event) if event is not None else None
+                delta = reader.feed(event) if event is not None else None
                 if delta is not None:
                     yield delta
         except httpx.HTTPError as exc:

@@ -121,8 +121,10 @@ class ChatResult:
 
 @dataclass(frozen=True)
 class ChatDelta:
-    """One item of a streamed answer: a text delta; the last item (`final`) carries `usage`,
-    `cache` and `sources` instead."""
+    """One item of a streamed answer: a text delta, or pieces of tool calls (`tool_calls`,
+    OpenAI's streamed entries with their `index`); the last item (`final`) carries `usage`,
+    `cache` and `sources` instead, and in `tool_calls` the whole calls the answer made
+    (id, name, complete JSON `arguments`), as `ChatResult.tool_calls`."""
 
     text: str
     finish_reason: str | None = None
@@ -130,6 +132,7 @@ class ChatDelta:
     cache: CacheInfo | None = None
     sources: list[Source] = field(default_factory=list)
     final: bool = False
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

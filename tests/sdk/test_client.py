@@ -151,3 +151,65 @@ def test_errors_are_typed(live_server: LiveServer, client: ragkv.Client) -> None
     nobody = ragkv.Client(f"http://127.0.0.1:{free_port()}", max_retries=1, timeout=5)
     with nobody, pytest.raises(ragkv.APIConnectionError):
         nobody.collections.list()
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+
+
+def test_chat_stream_tool_calls(client: ragkv.Client) -> None:
+    """A streamed answer that calls a tool: the pieces arrive as items, and the final item
+    carries the whole call, equal to the one `chat` returns for the same request."""
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    params = {"tools": [WEATHER], "tool_choice": named, "max_tokens": 48, "temperature": 0}
+    whole = client.chat(messages, semantic_cache=False, **params)
+    deltas = list(client.chat_stream(messages, semantic_cache=False, **params))
+    assert whole.finish_reason == "tool_calls" and len(whole.tool_calls) == 1
+    assert any(d.tool_calls for d in deltas if not d.final)
+    assert deltas[-2].finish_reason == "tool_calls"
+    final = deltas[-1]
+    assert final.final and len(final.tool_calls) == 1
+    call, expected = final.tool_calls[0], whole.tool_calls[0]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"]["name"] == "get_weather"
+    arguments = json.loads(call["function"]["arguments"])
+    assert arguments == json.loads(expected["function"]["arguments"])
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+    assert "".join(d.text for d in deltas) == ""
+
+
+def test_chat_stream_reader_joins_pieces() -> None:
+    """Two calls streamed interleaved in parts (as OpenAI may send them) come out whole, in
+    index order, and a text-only stream ends with no calls."""
+    from ragkv.sdk._http import StreamReader
+
+    reader = StreamReader()
+    first = {"index": 0, "id": "call_a", "type": "function",
+             "function": {"name": "f", "arguments": '{"x": '}}  # fmt: skip
+    second = {"index": 1, "id": "call_b", "type": "function",
+              "function": {"name": "g", "arguments": "{}"}}  # fmt: skip
+    rest = {"index": 0, "function": {"arguments": "1}"}}
+    for pieces in ([first], [second], [rest]):
+        item = reader.feed({"choices": [{"index": 0, "delta": {"tool_calls": pieces}}]})
+        assert item is not None and item.tool_calls == pieces
+    final = reader.feed({"choices": [], "usage": None})
+    assert final.final
+    assert [c["id"] for c in final.tool_calls] == ["call_a", "call_b"]
+    assert [json.loads(c["function"]["arguments"]) for c in final.tool_calls] == [{"x": 1}, {}]
+    text_only = StreamReader()
+    assert text_only.feed({"choices": [{"index": 0, "delta": {"content": "hi"}}]}).text == "hi"
+    assert text_only.feed({"choices": []}).tool_calls == []
