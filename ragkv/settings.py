@@ -110,6 +110,13 @@ class EngineSettings(Section):
     kv_cache_mb: int = Field(1024, ge=1, description="KV pool size in MiB")
     max_num_seqs: int = Field(32, ge=1, description="sequences running at once")
     max_batch_tokens: int = Field(512, ge=16, description="token budget per step (chunked prefill)")
+    prefill_tokens_while_decoding: int = Field(
+        0,
+        ge=0,
+        description="prefill tokens per step while sequences decode, so that a long prompt "
+        "does not hold up their next tokens (0: auto, 128 on a CPU, max_batch_tokens on an "
+        "accelerator)",
+    )
     max_concurrent_blends: int = Field(
         2, ge=1, le=64, description="RAG prompts blended at once (each step advances them)"
     )

@@ -26,7 +26,7 @@ from ragkv.engine.output import OutputProcessor
 from ragkv.engine.postprocess import Postprocessor
 from ragkv.engine.runtime import Runtime, resolve_runtime
 from ragkv.engine.sampling import make_generator
-from ragkv.engine.scheduler import ScheduledBatch, Scheduler
+from ragkv.engine.scheduler import ScheduledBatch, Scheduler, prefill_while_decoding
 from ragkv.engine.sequence import Request, RequestOutput, Sequence, spans_valid
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.engine.weights import fingerprint, load_weights
@@ -63,7 +63,9 @@ class LLMEngine:
             self.config, settings.kv_cache_mb, settings.page_size, model.dtype, model.device
         )
         self.radix = RadixCache(settings.page_size, clock=clock)
-        self.scheduler = Scheduler(settings, self.pool, self.radix)
+        self.scheduler = Scheduler(
+            settings, self.pool, self.radix, prefill_while_decoding(settings, model.device.type)
+        )
         self.post = Postprocessor(
             OutputProcessor(tokenizer), self.grammar, self.scheduler, DrainRate(clock=clock)
         )
@@ -223,10 +225,9 @@ class LLMEngine:
             batch = self.scheduler.schedule()
             outputs = self._run_batch(batch) if batch else []
             if self.blends is not None and self.blends.jobs:
-                budget = self.settings.max_batch_tokens - sum(n for _, n in batch)
-                for seq, logits in self.blends.advance(
-                    max(budget, self.settings.max_batch_tokens // 4)
-                ):
+                step_budget = self.scheduler.step_budget
+                budget = step_budget - sum(n for _, n in batch)
+                for seq, logits in self.blends.advance(max(budget, step_budget // 4)):
                     outputs.append(self.post.first_token(seq, logits))
             return outputs
 

@@ -2,7 +2,9 @@
 
 Each step: decodes first; then prefills, running and waiting together, fewest tokens left to
 compute first (a waiting prompt's longest cached prefix counts as computed; arrival order when
-the queue is long), while the token budget and pages last. A running sequence short of pages
+the queue is long), while the token budget and pages last. While sequences decode, the step's
+prefill tokens are bounded (`prefill_tokens_while_decoding`): a step's time is the time
+between two tokens of every stream. A running sequence short of pages
 takes them from tool pins, then by preempting the newest; a waiting one that does not fit
 stops admission for the step.
 """
@@ -18,13 +20,35 @@ from ragkv.engine.tool_pins import ToolPins
 from ragkv.settings import EngineSettings
 
 ScheduledBatch = list[tuple[Sequence, int]]
+# Prefill tokens per step while sequences decode on a CPU (`prefill_tokens_while_decoding`
+# 0): about 0.3 s of prefill on 2 cores, where a `max_batch_tokens` step (512) took about
+# 1.2 s, which every decoding stream waited for its next token (benchmarks/README.md).
+CPU_PREFILL_TOKENS_WHILE_DECODING = 128
+
+
+def prefill_while_decoding(settings: EngineSettings, device_type: str) -> int | None:
+    """Prefill tokens per step while sequences decode: the setting, or by default
+    `CPU_PREFILL_TOKENS_WHILE_DECODING` on a CPU and no bound (None) on an accelerator,
+    where a `max_batch_tokens` step takes milliseconds."""
+    if settings.prefill_tokens_while_decoding:
+        return settings.prefill_tokens_while_decoding
+    return CPU_PREFILL_TOKENS_WHILE_DECODING if device_type == "cpu" else None
 
 
 class Scheduler:
     """Decides which sequences run each step and how many tokens each adds."""
 
-    def __init__(self, settings: EngineSettings, pool: KVPool, radix: RadixCache) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        pool: KVPool,
+        radix: RadixCache,
+        prefill_tokens_while_decoding: int | None = None,
+    ) -> None:
         self.settings = settings
+        # Prefill tokens a step takes while sequences decode (None: `max_batch_tokens`).
+        self.prefill_tokens_while_decoding = prefill_tokens_while_decoding
+        self.step_budget = settings.max_batch_tokens  # the budget of the last `schedule`
         self.pool = pool
         self.radix = radix
         self.waiting: deque[Sequence] = deque()
@@ -64,11 +88,16 @@ class Scheduler:
         compute first: an agent back from a tool whose conversation is cached (a few dozen
         new tokens) is not queued behind a 2,000-token prompt. A long prefill still gets
         whatever budget the shorter ones leave, every step, and its own remainder only
-        shrinks, so it moves up as it runs.
+        shrinks, so it moves up as it runs. With decodes in the step, the prefills share
+        `prefill_tokens_while_decoding` tokens (a returning agent then also waits less for
+        the step in flight).
         """
         budget = self.settings.max_batch_tokens
         batch: ScheduledBatch = []
         decodes = sorted((s for s in self.running if not s.in_prefill), key=lambda s: s.arrival_s)
+        if decodes and self.prefill_tokens_while_decoding is not None:
+            budget = min(budget, len(decodes) + self.prefill_tokens_while_decoding)
+        self.step_budget = budget
         preempted = False
         for seq in decodes:
             budget, preempted = self._run(seq, budget, batch, preempted)
