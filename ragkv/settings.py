@@ -114,7 +114,7 @@ class EngineSettings(Section):
         0,
         ge=0,
         description="prefill tokens per step while sequences decode, so that a long prompt "
-        "does not hold up their next tokens (0: auto, 128 on a CPU, max_batch_tokens on an "
+        "does not hold up their next tokens (0: auto, 256 on a CPU, max_batch_tokens on an "
         "accelerator)",
     )
     max_concurrent_blends: int = Field(

@@ -21,9 +21,11 @@ from ragkv.settings import EngineSettings
 
 ScheduledBatch = list[tuple[Sequence, int]]
 # Prefill tokens per step while sequences decode on a CPU (`prefill_tokens_while_decoding`
-# 0): about 0.3 s of prefill on 2 cores, where a `max_batch_tokens` step (512) took about
-# 1.2 s, which every decoding stream waited for its next token (benchmarks/README.md).
-CPU_PREFILL_TOKENS_WHILE_DECODING = 128
+# 0). On 2 cores with 4 streams decoding and a 1,536-token prompt arriving, a 512-token step
+# held every stream 1.2 s between tokens and a short prompt arriving then waited 1.3 s for its
+# first token; 256 halved both (0.66 s, 0.62 s) for 14% more TTFT of the long prompt (4.8 vs
+# 4.2 s); 128 cut them to 0.47 s / 0.38 s for 42% more (benchmarks/bench_step_budget.py).
+CPU_PREFILL_TOKENS_WHILE_DECODING = 256
 
 
 def prefill_while_decoding(settings: EngineSettings, device_type: str) -> int | None:
