@@ -111,12 +111,9 @@ class EngineSettings(Section):
     max_num_seqs: int = Field(32, ge=1, description="sequences running at once")
     max_batch_tokens: int = Field(512, ge=16, description="token budget per step (chunked prefill)")
     prefill_tokens_while_decoding: int = Field(
-        0,
-        ge=0,
-        description="prefill tokens per step while sequences decode, so that a long prompt "
-        "does not hold up their next tokens (0: auto, 256 on a CPU, max_batch_tokens on an "
-        "accelerator)",
-    )
+        0, ge=0, description="prefill tokens per step while sequences decode, so that they wait "
+        "less between tokens (0: auto, 256 on a CPU, unbounded on an accelerator)"
+    )  # fmt: skip
     max_concurrent_blends: int = Field(
         2, ge=1, le=64, description="RAG prompts blended at once (each step advances them)"
     )
