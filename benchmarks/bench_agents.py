@@ -49,6 +49,10 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TOOL_BLOCK_TOKENS = 260  # the tools' system block, the task and the chat template, per agent
 TURN_TOKENS = 70  # a turn's call (or nudge) and tool result in the next prompt
 BACKGROUND_TOKENS = 320  # one background prompt
+# An after-tool turn is a hit when at least this share of its prompt was cached. The p50 over
+# all turns sits between the hits (under ~2 s) and the misses (5-8 s on 2 cores), so one miss
+# more moves it ~2x; the hits' own median says how fast a hit is served.
+HIT_SHARE = 0.8
 SHARE = {"tool_pin_max_share": 0.6}
 POLICIES = {
     "none": {"tool_pin_max_share": 0.0},
@@ -220,6 +224,7 @@ async def run_policy(url: str, args, systems: list[str]) -> dict:
         "after_tool_ttft_p99_s": pct(ttfts, 0.99),
         # every after-tool turn: [TTFT s, prompt tokens, cached tokens]
         "after_tool_turn_detail": [[round(t, 3), p, c] for t, p, c in turns],
+        **hits_and_misses(turns),
         "pinned_pages_mean": statistics.fmean(pinned) if pinned else 0.0,
         "pinned_pages_max": max(pinned, default=0),
         "free_pages_mean": statistics.fmean(s["free"] for s in samples) if samples else 0.0,
@@ -237,6 +242,17 @@ async def run_policy(url: str, args, systems: list[str]) -> dict:
         "agents_abandoned": sum(r["abandoned"] for r in results),
         "pins": prefix["tool_pins"],
         "background_requests": sent,
+    }
+
+
+def hits_and_misses(turns: list[tuple[float, int, int]]) -> dict:
+    """After-tool turns (TTFT, prompt, cached) split at `HIT_SHARE` cached: counts, medians."""
+    hits = [ttft for ttft, prompt, cached in turns if cached >= HIT_SHARE * prompt]
+    misses = [ttft for ttft, prompt, cached in turns if cached < HIT_SHARE * prompt]
+    return {
+        "after_tool_hits": len(hits),
+        "after_tool_hit_ttft_p50_s": statistics.median(hits) if hits else None,
+        "after_tool_miss_ttft_p50_s": statistics.median(misses) if misses else None,
     }
 
 
