@@ -159,6 +159,7 @@ def main() -> None:
         "--decode-dtype", default="auto", choices=["auto", "same", "bfloat16", "float16"]
     )
     parser.add_argument("--gemm-layout", default="auto", choices=["auto", "blocked", "joined"])
+    parser.add_argument("--batched-gemm", default="auto", choices=["auto", "onednn", "blas"])
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--skip-http", action="store_true", help="no live-server stream row")
     parser.add_argument(
@@ -173,7 +174,10 @@ def main() -> None:
     path = generation_model_path()
     settings = EngineSettings(kv_cache_mb=2048, max_batch_tokens=2048, max_num_seqs=32)
     model_settings = ModelSettings(
-        dtype=args.dtype, decode_dtype=args.decode_dtype, gemm_layout=args.gemm_layout
+        dtype=args.dtype,
+        decode_dtype=args.decode_dtype,
+        gemm_layout=args.gemm_layout,
+        batched_gemm=args.batched_gemm,
     )
     engine = LLMEngine.from_path(path, model_settings, settings)
     engine_prefill_s(engine, token_ids(64))  # warm-up
@@ -217,6 +221,9 @@ def main() -> None:
     layout_env = {
         "RAGKV_MODEL__GEMM_LAYOUT": "joined" if blocks == 1 else "blocked",
         "RAGKV_MODEL__DECODE_DTYPE": decode_dtype_name(engine),
+        "RAGKV_MODEL__BATCHED_GEMM": "blas"
+        if engine.model.gemm.onednn_min_rows is None
+        else "onednn",
     }
     if not args.skip_http:  # a live `ragkv serve` in its own process, same threads
         rows["decode_http_stream_tok_per_s"] = {
@@ -265,6 +272,10 @@ def main() -> None:
         "decode_dtype_chosen": decode_dtype_name(engine),
         # the decode GEMV layout the start-up calibration chose (model.gemm_layout = auto)
         "column_blocks": engine.model.column_blocks,
+        # from how many rows products ran on oneDNN (None: torch's BLAS; batched_gemm = auto
+        # calibrates it at start)
+        "batched_gemm": args.batched_gemm,
+        "onednn_min_rows": engine.model.gemm.onednn_min_rows,
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
         "ratios": ratios,

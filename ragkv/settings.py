@@ -40,19 +40,13 @@ class ServerSettings(Section):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     shutdown_drain_s: float = Field(
-        30.0,
-        ge=0,
-        le=3600,
-        description="on SIGTERM/SIGINT: stop accepting, let running requests finish for at most "
-        "this long, then save the indexes and exit",
-    )
+        30.0, ge=0, le=3600, description="on SIGTERM/SIGINT: stop accepting, let running "
+        "requests finish for at most this long, then save the indexes and exit"
+    )  # fmt: skip
     demo_documents: int = Field(
-        300,
-        ge=0,
-        le=10_000,
-        description="Wikipedia leads ingested as collection 'demo' on a first start with auth "
-        "off, in the background (0: none)",
-    )
+        300, ge=0, le=10_000, description="Wikipedia leads ingested as collection 'demo' on a "
+        "first start with auth off, in the background (0: none)"
+    )  # fmt: skip
 
 
 class AuthSettings(Section):
@@ -91,6 +85,11 @@ class ModelSettings(Section):
         description="decode GEMV weight layout on CPU: auto (timed at start, fastest kept), "
         "blocked (one column block per thread), joined (one matrix)",
     )
+    batched_gemm: Literal["auto", "onednn", "blas"] = Field(
+        "auto", description="CPU library for products of several rows (batched decode, "
+        "prefill): auto (oneDNN from the row count where it times faster at start), onednn "
+        "(from 2 rows), blas (torch's matmul)"
+    )  # fmt: skip
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",

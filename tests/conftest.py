@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # the server stack is imported by the fixtures that start one
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Batches and prefills on oneDNN where torch has it, as `batched_gemm = auto` chose on the
+# machines measured.
+BATCHED_GEMM = "onednn" if torch.backends.mkldnn.is_available() else "blas"
 TENANT_KEYS = {"sk-tenant-a": "tenant-a", "sk-tenant-b": "tenant-b"}
 ADMIN_KEY = "sk-admin"
 
@@ -93,11 +96,12 @@ def secured_settings(data_dir: Path, **overrides: object) -> Settings:
     from ragkv.settings import Settings
 
     overrides.setdefault("engine", {"kv_cache_mb": 128})
-    # A fixed GEMV layout and exact decode: the start-up calibration may pick another layout
-    # or float16 decode weights on another machine, and tests compare greedy outputs across
-    # servers and with transformers.
+    # A fixed GEMV layout, GEMM library and exact decode: the start-up calibration may pick
+    # another layout or float16 decode weights on another machine, and tests compare greedy
+    # outputs across servers and with transformers.
     overrides["model"] = {
-        "gemm_layout": "blocked", "decode_dtype": "same", **overrides.get("model", {})
+        "gemm_layout": "blocked", "batched_gemm": BATCHED_GEMM, "decode_dtype": "same",
+        **overrides.get("model", {}),
     }  # fmt: skip
     return Settings.load(
         data_dir=str(data_dir),

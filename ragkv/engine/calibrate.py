@@ -13,6 +13,10 @@ the bytes a decode step streams, but how fast a CPU multiplies float16 depends o
 instruction set and BLAS, so they are kept only where they measure clearly faster here.
 Their quality was measured against fp32 (benchmarks/decode_precision.py: teacher-forced top-1
 agreement 99.6% on SmolLM2); `same` keeps decode exact.
+
+`model.batched_gemm = auto` times products of several rows (batched decode, prefill) in
+torch's BLAS and in oneDNN alike (`ragkv.engine.gemm`) and hands them to oneDNN from the
+smallest row count where it is as fast from there on.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import time
 import torch
 
 from ragkv.engine.config import ModelConfig
-from ragkv.engine.model import _column_blocks, _low_precision, _matmul
+from ragkv.engine.gemm import Gemm, onednn_available
+from ragkv.engine.model import _low_precision
 from ragkv.engine.runtime import DTYPES
 
 log = logging.getLogger("ragkv.engine")
@@ -33,6 +38,9 @@ STREAM_BYTES = 48 * 1024 * 1024  # weights streamed per timing: past any last-le
 # `decode_dtype = auto` keeps float16 decode weights only when their GEMVs are at least this
 # much faster than the float32 layout in use: a marginal gain is not worth inexact decode.
 AUTO_FP16_MIN_SPEEDUP = 1.15
+# Row counts at which `batched_gemm = auto` compares oneDNN with BLAS; `onednn` starts at the
+# first. One row stays on the GEMV layout (oneDNN was 1.8x slower there on an AMD EPYC).
+ONEDNN_ROW_CANDIDATES = (2, 4, 8, 16, 32)
 
 
 def candidate_blocks(threads: int) -> list[int]:
@@ -41,16 +49,15 @@ def candidate_blocks(threads: int) -> list[int]:
     return sorted({1, threads, 2 * threads} - {0})
 
 
-def gemv_weights(
-    config: ModelConfig, blocks: int, dtype: torch.dtype | None = None
-) -> list[torch.Tensor]:
-    """`STREAM_BYTES` of fp32 gate/up-shaped weights in `blocks` column blocks, or their
-    `dtype` decode copies (random values: the speed does not depend on them)."""
+def gemv_weights(config: ModelConfig, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """`STREAM_BYTES` of fp32 gate/up-shaped weights, transposed `[in, out]` as the model
+    stores them, or their `dtype` decode copies (random values: the speed does not depend
+    on them)."""
     in_features, out_features = config.hidden_size, 2 * config.intermediate_size
     count = max(2, STREAM_BYTES // (in_features * out_features * 4))
     generator = torch.Generator().manual_seed(0)
     weights = [
-        _column_blocks(torch.randn(out_features, in_features, generator=generator), blocks)
+        torch.randn(out_features, in_features, generator=generator).t().contiguous()
         for _ in range(count)
     ]
     if dtype is not None:
@@ -58,20 +65,20 @@ def gemv_weights(
     return weights
 
 
-def time_pass(weights: list[torch.Tensor]) -> float:
-    """Seconds of one one-row GEMV over each of `weights`."""
-    x = torch.ones(1, weights[0].shape[-2])
+def time_pass(weights: list[torch.Tensor], gemm: Gemm, rows: int = 1) -> float:
+    """Seconds of one product of `rows` rows with each of `weights`, run as `gemm` runs it."""
+    x = torch.ones(rows, weights[0].shape[0])
     started = time.perf_counter()
     for weight in weights:
-        _matmul(x, weight)
+        gemm.matmul(x, weight)
     return time.perf_counter() - started
 
 
 def time_layout(config: ModelConfig, blocks: int, reps: int = 3) -> float:
-    """Median seconds of one-row GEMVs over `gemv_weights(config, blocks)` (fp32)."""
-    weights = gemv_weights(config, blocks)
-    time_pass(weights[:2])  # warm-up: first-touch and BLAS set-up
-    return statistics.median(time_pass(weights) for _ in range(reps))
+    """Median seconds of one-row GEMVs over `gemv_weights(config)` in `blocks` column blocks."""
+    weights, gemm = gemv_weights(config), Gemm(blocks)
+    time_pass(weights[:2], gemm)  # warm-up: first-touch and BLAS set-up
+    return statistics.median(time_pass(weights, gemm) for _ in range(reps))
 
 
 def calibrate_column_blocks(config: ModelConfig, threads: int) -> tuple[int, dict[int, float]]:
@@ -119,10 +126,61 @@ def decode_dtype_for(
 def time_dtypes(config: ModelConfig, blocks: int, reps: int = 9) -> tuple[float, float]:
     """Median seconds of a GEMV pass in float32 (`blocks` layout) and in float16 copies,
     timed alternately so that a busy moment of the machine hits both alike."""
-    fp32, fp16 = gemv_weights(config, blocks), gemv_weights(config, blocks, torch.float16)
-    time_pass(fp32[:2]), time_pass(fp16[:2])  # warm-up
+    fp32, fp16 = gemv_weights(config), gemv_weights(config, torch.float16)
+    return alternate_medians(
+        (lambda: time_pass(fp32, Gemm(blocks))), lambda: time_pass(fp16, Gemm(blocks)), reps
+    )
+
+
+def alternate_medians(first, second, reps: int) -> tuple[float, float]:
+    """Median seconds of `first()` and of `second()` (each returns seconds), called
+    alternately after one warm-up call each."""
+    first(), second()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(reps):
-        times[0].append(time_pass(fp32))
-        times[1].append(time_pass(fp16))
+        times[0].append(first())
+        times[1].append(second())
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def calibrate_onednn_rows(
+    config: ModelConfig, blocks: int, reps: int = 5
+) -> tuple[int | None, dict[int, tuple[float, float]]]:
+    """The fewest rows from which oneDNN is at least as fast as BLAS (`blocks` layout) at
+    every candidate row count, None where it loses at the largest; with each candidate's
+    (BLAS, oneDNN) milliseconds per `STREAM_BYTES`. Takes well under a second."""
+    weights = gemv_weights(config)
+    blas, onednn = Gemm(blocks), Gemm(blocks, onednn_min_rows=1)
+    timings = {
+        rows: alternate_medians(
+            lambda rows=rows: time_pass(weights, blas, rows),
+            lambda rows=rows: time_pass(weights, onednn, rows),
+            reps,
+        )
+        for rows in ONEDNN_ROW_CANDIDATES
+    }
+    chosen = None
+    for rows in reversed(ONEDNN_ROW_CANDIDATES):
+        if timings[rows][1] > timings[rows][0]:
+            break
+        chosen = rows
+    shown = ", ".join(f"{r} rows {b * 1e3:.1f}/{o * 1e3:.1f} ms" for r, (b, o) in timings.items())
+    log.info("batched GEMM calibration (BLAS/oneDNN): %s -> oneDNN from %s rows", shown, chosen)
+    return chosen, {r: (b * 1e3, o * 1e3) for r, (b, o) in timings.items()}
+
+
+def onednn_rows_for(
+    setting: str, config: ModelConfig, dtype: torch.dtype, device: torch.device, blocks: int
+) -> int | None:
+    """oneDNN's first row count for the `model.batched_gemm` setting: `blas` None, `onednn`
+    the first candidate, `auto` calibrated here; None off a CPU, for weights oneDNN does not
+    serve, or (`auto`) where torch has no oneDNN."""
+    if setting == "blas" or torch.device(device).type != "cpu" or dtype != torch.float32:
+        return None
+    if not onednn_available():
+        if setting == "onednn":
+            raise ValueError("model.batched_gemm = onednn: this torch build has no oneDNN")
+        return None
+    if setting == "onednn":
+        return ONEDNN_ROW_CANDIDATES[0]
+    return calibrate_onednn_rows(config, blocks)[0]

@@ -15,9 +15,10 @@ from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.blending import BlendSteps
 from ragkv.engine.cache_report import cache_report
-from ragkv.engine.calibrate import column_blocks_for, decode_dtype_for
+from ragkv.engine.calibrate import column_blocks_for, decode_dtype_for, onednn_rows_for
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
+from ragkv.engine.gemm import Gemm
 from ragkv.engine.grammar import GrammarEngine
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.load import DrainRate
@@ -104,6 +105,9 @@ class LLMEngine:
         config, weights = load_weights(path)
         tokenizer = Tokenizer(path)
         blocks = column_blocks_for(model_settings.gemm_layout, config, runtime.device)
+        onednn_rows = onednn_rows_for(
+            model_settings.batched_gemm, config, runtime.dtype, runtime.device, blocks
+        )
         model = LlamaModel(
             config,
             weights,
@@ -113,7 +117,7 @@ class LLMEngine:
                 model_settings.decode_dtype, config, runtime.dtype, runtime.device, blocks
             ),
             backend=runtime.backend,
-            column_blocks=blocks,
+            gemm=Gemm(blocks, onednn_rows),
         )
         del weights
         model_fingerprint = fingerprint(path, tokenizer.serialization())

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ragkv.engine.config import ModelConfig
+from ragkv.engine.gemm import Gemm
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.rope import rope_inv_freq
 from ragkv.kernels.backend import ops_for
@@ -18,15 +19,10 @@ from ragkv.kernels.backend import ops_for
 # float32 at 1-2 rows (0.78x, 0.74x the time), tied at 3 and lost from 4 (1.10x, 1.8x at
 # 8), so larger batches keep dtype.
 LOW_PRECISION_MAX_ROWS = 2
-# Up to this many rows the LM head runs on its transposed column blocks (the GEMV layout);
-# larger batches use `F.linear` on `[vocab, hidden]`.
+# Up to this many rows (or wherever oneDNN serves the product) the LM head runs on its
+# transposed copy through `Gemm` (the GEMV layout); larger BLAS batches use `F.linear` on
+# `[vocab, hidden]`.
 LM_HEAD_GEMV_MAX_ROWS = 64
-# On CPU one BLAS GEMV streams its weight on one core, and a decode step is GEMVs: each
-# projection is stored as one column block per thread, `[blocks, in, out/blocks]`, and run as
-# a batched GEMM so every core streams its own block (benchmarks/README.md, "Engine").
-# Past this many rows a GEMM is compute-bound and one multi-threaded call on the joined
-# matrix is faster; joining copies the weight, about 1% of such a GEMM.
-BLOCKED_GEMM_MAX_ROWS = 512
 
 
 @dataclass
@@ -51,8 +47,8 @@ class ForwardBatch:
 @dataclass
 class LayerWeights:
     """One decoder layer. Projections are fused and stored transposed, `[in, out]`:
-    `wqkv [hidden, q+2kv]`, `wo [q, hidden]`, `w_gate_up [hidden, 2I]`, `w_down [I, hidden]`,
-    each split into column blocks `[blocks, in, out/blocks]` on a multi-threaded CPU.
+    `wqkv [hidden, q+2kv]`, `wo [q, hidden]`, `w_gate_up [hidden, 2I]`, `w_down [I, hidden]`
+    (read as column blocks or by oneDNN: `ragkv.engine.gemm`).
 
     `x @ w` on an `[in, out]` weight streams memory at twice the speed of `F.linear` on
     `[out, in]` for one-row (decode) inputs on CPU, and is as fast for prefill GEMMs.
@@ -78,7 +74,7 @@ class LlamaModel:
         device: str | torch.device = "cpu",
         decode_dtype: torch.dtype | None = None,
         backend: str = "torch",
-        column_blocks: int | None = None,
+        gemm: Gemm | None = None,
     ) -> None:
         self.config = config
         self.dtype = dtype
@@ -88,12 +84,13 @@ class LlamaModel:
         def take(name: str) -> torch.Tensor:
             return weights[name].to(device=self.device, dtype=dtype).contiguous()
 
-        # Column blocks per projection (1: one `[in, out]` matrix); default one per thread.
-        blocks = column_blocks or (torch.get_num_threads() if self.device.type == "cpu" else 1)
-        self.column_blocks = blocks
+        # Default: one column block per thread on CPU, torch's BLAS for batches.
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        self.gemm = gemm or Gemm(blocks=threads)
+        self.column_blocks = self.gemm.blocks
 
         def t(weight: torch.Tensor) -> torch.Tensor:
-            return _column_blocks(weight, blocks)
+            return weight.t().contiguous()
 
         self.embed = take("embed")
         self.lm_head = self.embed if weights["lm_head"] is weights["embed"] else take("lm_head")
@@ -121,8 +118,8 @@ class LlamaModel:
         self.decode_dtype = dtype
         self.low_precision_fallbacks = 0  # decode steps redone in `dtype` (an overflow)
         self.decode_lm_head = self.lm_head
-        # Decode-sized steps read the LM head transposed in column blocks, the fast GEMV
-        # layout; larger batches keep `F.linear` on [vocab, hidden], faster there (README).
+        # Decode-sized steps read the LM head transposed (column blocks: the fast GEMV
+        # layout); larger BLAS batches keep `F.linear` on [vocab, hidden], faster there.
         self.lm_head_t = t(self.lm_head)
         if decode_dtype is not None and decode_dtype != dtype:
             self.decode_layers = [_cast_projections(layer, decode_dtype) for layer in self.layers]
@@ -141,7 +138,7 @@ class LlamaModel:
         """Normed, projected, rotated `q [T, H, D]`, `k, v [T, KH, D]` of one layer."""
         c = self.config
         x = self.ops.rms_norm(hidden, layer.attn_norm, c.rms_norm_eps)
-        qkv = _matmul(x, layer.wqkv, layer.bqkv)
+        qkv = self.gemm.matmul(x, layer.wqkv, layer.bqkv)
         heads = qkv.view(-1, c.num_heads + 2 * c.num_kv_heads, c.head_dim)
         # q and k rotate in one call: a decode step is a few hundred elements per layer, where
         # the call overhead is the cost.
@@ -153,15 +150,19 @@ class LlamaModel:
         self, layer: LayerWeights, hidden: torch.Tensor, attn: torch.Tensor
     ) -> torch.Tensor:
         """`hidden + o_proj(attn)`, then the SwiGLU block with its residual."""
-        out = _matmul(attn.reshape(attn.shape[0], -1), layer.wo)
+        mm = self.gemm.matmul
+        out = mm(attn.reshape(attn.shape[0], -1), layer.wo)
         hidden, x = self.ops.add_rms_norm(hidden, out, layer.ffn_norm, self.config.rms_norm_eps)
-        return hidden + _matmul(self.ops.silu_mul(_matmul(x, layer.w_gate_up)), layer.w_down)
+        return hidden + mm(self.ops.silu_mul(mm(x, layer.w_gate_up)), layer.w_down)
 
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
         """Final norm and LM head: `[R, hidden]` -> fp32 `[R, vocab]`."""
         x = self.ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
-        if lm_head is None and x.shape[0] <= LM_HEAD_GEMV_MAX_ROWS:
-            return _matmul(x, self.lm_head_t).float()
+        rows = x.shape[0]
+        if lm_head is None and (
+            rows <= LM_HEAD_GEMV_MAX_ROWS or self.gemm.uses_onednn(rows, self.lm_head_t)
+        ):
+            return self.gemm.matmul(x, self.lm_head_t).float()
         return _linear(x, self.lm_head if lm_head is None else lm_head).float()
 
     @torch.inference_mode()
@@ -217,36 +218,6 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
 
-def _matmul(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None):
-    """`x @ weight_t (+ bias)` for a transposed `[in, out]` weight or its column blocks
-    `[blocks, in, out/blocks]`, computed in the weight's dtype."""
-    x_cast = x.to(weight_t.dtype)
-    if weight_t.dim() == 3 and x.shape[0] <= BLOCKED_GEMM_MAX_ROWS:
-        out = torch.bmm(x_cast.expand(weight_t.shape[0], -1, -1), weight_t)
-        out = out.transpose(0, 1).reshape(x.shape[0], -1)
-    else:
-        out = x_cast @ _joined(weight_t)
-    if bias is not None:
-        out += bias
-    return out.to(x.dtype)
-
-
-def _column_blocks(weight: torch.Tensor, blocks: int) -> torch.Tensor:
-    """`[out, in]` -> a contiguous transposed copy `[in, out]`, or with `blocks` > 1 dividing
-    `out`, its column blocks `[blocks, in, out/blocks]` (see `_matmul`)."""
-    out_features, in_features = weight.shape
-    if blocks <= 1 or out_features % blocks:
-        return weight.t().contiguous()
-    return weight.view(blocks, out_features // blocks, in_features).transpose(1, 2).contiguous()
-
-
-def _joined(weight_t: torch.Tensor) -> torch.Tensor:
-    """The `[in, out]` matrix of a weight stored whole or as column blocks."""
-    if weight_t.dim() == 2:
-        return weight_t
-    return weight_t.transpose(0, 1).reshape(weight_t.shape[1], -1)
-
-
 def _cast_projections(layer: LayerWeights, dtype: torch.dtype) -> LayerWeights:
     """A copy of `layer` whose projection weights are in `dtype` (norms stay as they are).
 
@@ -265,6 +236,6 @@ def _cast_projections(layer: LayerWeights, dtype: torch.dtype) -> LayerWeights:
 
 
 def _low_precision(weight_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A `dtype` copy of a transposed weight (whole or in column blocks), stored `[out, in]`
-    and handed out as its `[in, out]` view (see `_cast_projections`)."""
-    return _joined(weight_t).t().to(dtype).contiguous().t()
+    """A `dtype` copy of a transposed `[in, out]` weight, stored `[out, in]` and handed out
+    as its `[in, out]` view (see `_cast_projections`)."""
+    return weight_t.t().to(dtype).contiguous().t()

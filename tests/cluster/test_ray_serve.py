@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, LiveServer, free_port
+from tests.conftest import ADMIN_KEY, BATCHED_GEMM, LiveServer, free_port
 
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed: pip install 'ragkv[ray]'")
 serve = pytest.importorskip("ray.serve")
@@ -69,7 +69,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         data_dir=str(tmp_path_factory.mktemp("ragkv-cluster")),
         auth={"api_keys": TENANTS, "admin_key": ADMIN_KEY},
         engine={"kv_cache_mb": 128},
-        model={"gemm_layout": "blocked", "decode_dtype": "same"},  # as conftest's server
+        model={  # as conftest's server
+            "gemm_layout": "blocked",
+            "batched_gemm": BATCHED_GEMM,
+            "decode_dtype": "same",
+        },
         server={"port": free_port(), "demo_documents": 0},
         cluster={
             "replicas": 2,

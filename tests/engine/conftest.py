@@ -11,8 +11,10 @@ import torch
 
 from ragkv.assets import generation_model_path
 from ragkv.cache.kv.chunk_store import ChunkKVStore
+from ragkv.engine.calibrate import ONEDNN_ROW_CANDIDATES
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.engine import LLMEngine
+from ragkv.engine.gemm import Gemm, onednn_available
 from ragkv.engine.model import LlamaModel
 from ragkv.engine.tokenizer import Tokenizer
 from ragkv.engine.weights import fingerprint, load_weights
@@ -35,7 +37,10 @@ def smollm() -> LoadedModel:
     path = generation_model_path()
     config, weights = load_weights(path)
     tokenizer = Tokenizer(path)
-    model = LlamaModel(config, weights)
+    # Batches and prefills on oneDNN where torch has it, as `batched_gemm = auto` chose on
+    # the machines measured (one-row decodes stay on the column blocks).
+    gemm = Gemm(2, ONEDNN_ROW_CANDIDATES[0] if onednn_available() else None)
+    model = LlamaModel(config, weights, gemm=gemm)
     return LoadedModel(config, model, tokenizer, fingerprint(path, tokenizer.serialization()))
 
 

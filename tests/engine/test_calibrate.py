@@ -1,18 +1,23 @@
-"""The decode GEMV layout and decode dtype calibrations: every candidate is timed and the
-fastest kept, every layout computes the same products (close to float rounding), and fixed
-settings or a GPU skip the timing."""
+"""The decode GEMV layout, decode dtype and batched GEMM calibrations: every candidate is
+timed and the fastest kept, every layout computes the same products (close to float
+rounding), and fixed settings or a GPU skip the timing."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ragkv.engine.calibrate import (
+    ONEDNN_ROW_CANDIDATES,
     calibrate_column_blocks,
+    calibrate_onednn_rows,
     candidate_blocks,
     column_blocks_for,
     decode_dtype_for,
+    onednn_rows_for,
 )
-from ragkv.engine.model import _column_blocks, _low_precision, _matmul
+from ragkv.engine.gemm import Gemm, onednn_available
+from ragkv.engine.model import _low_precision
 from tests.engine.conftest import LoadedModel
 
 
@@ -42,7 +47,7 @@ def test_every_layout_computes_the_same_products() -> None:
         x = torch.randn(rows, 40, generator=generator)
         reference = x @ weight.t()
         for blocks in (1, 2, 4):
-            got = _matmul(x, _column_blocks(weight, blocks))
+            got = Gemm(blocks).matmul(x, weight.t().contiguous())
             torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -69,8 +74,33 @@ def test_float16_copies_compute_the_products_in_float16() -> None:
     generator = torch.Generator().manual_seed(4)
     weight = torch.randn(96, 40, generator=generator)
     x = torch.randn(1, 40, generator=generator)
+    copy = _low_precision(weight.t().contiguous(), torch.float16)
+    assert copy.dtype == torch.float16 and copy.shape == (40, 96)
+    expected = (x.half().float() @ weight.half().float().t()).half().float()
     for blocks in (1, 2):
-        copy = _low_precision(_column_blocks(weight, blocks), torch.float16)
-        assert copy.dtype == torch.float16 and copy.shape == (40, 96)
-        expected = (x.half().float() @ weight.half().float().t()).half().float()
-        torch.testing.assert_close(_matmul(x, copy), expected, rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(Gemm(blocks).matmul(x, copy), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_batched_gemm_calibration_times_both_libraries_at_each_row_count(
+    smollm: LoadedModel,
+) -> None:
+    if not onednn_available():
+        pytest.skip("torch built without oneDNN")
+    chosen, timings = calibrate_onednn_rows(smollm.config, blocks=2, reps=1)
+    assert set(timings) == set(ONEDNN_ROW_CANDIDATES)
+    assert all(blas > 0 and onednn > 0 for blas, onednn in timings.values())
+    # The choice is the fewest rows from which oneDNN never lost (this CPU's speed decides
+    # which; the rule is checked here).
+    later = [rows for rows in ONEDNN_ROW_CANDIDATES if chosen is not None and rows >= chosen]
+    assert all(timings[rows][1] <= timings[rows][0] for rows in later)
+    if chosen is None:
+        assert timings[ONEDNN_ROW_CANDIDATES[-1]][1] > timings[ONEDNN_ROW_CANDIDATES[-1]][0]
+
+
+def test_fixed_batched_gemm_settings_skip_the_calibration(smollm: LoadedModel) -> None:
+    cpu, fp32, config = torch.device("cpu"), torch.float32, smollm.config
+    assert onednn_rows_for("blas", config, fp32, cpu, 2) is None
+    assert onednn_rows_for("auto", config, fp32, torch.device("cuda"), 1) is None
+    assert onednn_rows_for("auto", config, torch.bfloat16, cpu, 2) is None
+    if onednn_available():
+        assert onednn_rows_for("onednn", config, fp32, cpu, 2) == ONEDNN_ROW_CANDIDATES[0]

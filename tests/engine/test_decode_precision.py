@@ -24,7 +24,7 @@ def first_two_steps(model: LlamaModel, smollm: LoadedModel, prompt: list[int]):
 
 def test_bf16_decode_keeps_prefill_exact_and_decode_close(smollm: LoadedModel) -> None:
     config, weights = load_weights(generation_model_path())
-    mixed = LlamaModel(config, weights, decode_dtype=torch.bfloat16)
+    mixed = LlamaModel(config, weights, decode_dtype=torch.bfloat16, gemm=smollm.model.gemm)
     assert mixed.decode_layers is not None
     assert mixed.decode_layers[0].wqkv.dtype == torch.bfloat16
     assert mixed.layers[0].wqkv.dtype == torch.float32
@@ -41,7 +41,7 @@ def test_bf16_decode_keeps_prefill_exact_and_decode_close(smollm: LoadedModel) -
 
 def test_a_float16_overflow_redoes_the_decode_step_in_float32(smollm: LoadedModel) -> None:
     config, weights = load_weights(generation_model_path())
-    mixed = LlamaModel(config, weights, decode_dtype=torch.float16)
+    mixed = LlamaModel(config, weights, decode_dtype=torch.float16, gemm=smollm.model.gemm)
     assert mixed.decode_layers is not None and mixed.decode_dtype == torch.float16
     mixed.decode_layers[3].w_down.mul_(1e9)  # every float16 product of this layer overflows
     prompt = smollm.tokenizer.apply_chat_template([{"role": "user", "content": "Name a color."}])

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
 
 TENANT = "crash"
 TENANT_KEY = "sk-crash"
@@ -61,15 +62,18 @@ def build_small_model(folder: Path) -> Path:
 
 def config_toml(data_dir: Path, model_dir: Path | None, threads: int) -> str:
     """The server's settings: auth on (one tenant, an admin key), quiet logs, no demo data,
-    a small KV pool, the fixed GEMV layout the tests use, `threads` torch threads (one keeps
-    a shared machine's cores from fighting over OpenMP teams); `model_dir` None: SmolLM2."""
+    a small KV pool, the fixed GEMV layout and GEMM library the tests use, `threads` torch
+    threads (one keeps a shared machine's cores from fighting over OpenMP teams);
+    `model_dir` None: SmolLM2."""
+    gemm = "onednn" if torch.backends.mkldnn.is_available() else "blas"  # as tests/conftest.py
     model = f'hf_dir = "{model_dir}"\n' if model_dir is not None else ""
     return (
         f'data_dir = "{data_dir}"\n'
         '[server]\ndemo_documents = 0\naccess_log = false\nlog_level = "warning"\n'
         f'[auth]\napi_keys = {{"{TENANT_KEY}" = "{TENANT}"}}\nadmin_key = "{ADMIN_KEY}"\n'
         "[engine]\nkv_cache_mb = 64\n"
-        f'[model]\ngemm_layout = "blocked"\ndecode_dtype = "same"\nnum_threads = {threads}\n{model}'
+        f'[model]\ngemm_layout = "blocked"\nbatched_gemm = "{gemm}"\ndecode_dtype = "same"\n'
+        f"num_threads = {threads}\n{model}"
     )
 
 

@@ -1,0 +1,80 @@
+"""How a projection `x @ W` runs on this machine: the GEMV layout of one-row products and the
+library of products with several rows.
+
+Every projection is stored once, transposed and contiguous, `[in, out]`. A decode step of one
+sequence is GEMVs, bound by how fast the cores stream weights: on a multi-threaded CPU the
+matrix is read as `blocks` column blocks (a strided view, no copy) multiplied as one batched
+GEMM, so that each core streams its own block. Products with more rows (batched decode,
+prefill) are compute-bound, and there torch's BLAS (MKL) was 1.3-2x slower on an AMD EPYC than
+oneDNN, the library torch's own compiler uses for CPU linear layers (16 rows: 0.32 vs 0.67 ms
+for a gate/up projection; a 16-row LM head 12 vs 20 ms; `benchmarks/README.md`, "oneDNN").
+oneDNN takes the `[out, in]` view of the same storage. Where it starts to pay is a property
+of the CPU, so `ragkv.engine.calibrate` times it at start (`model.batched_gemm = auto`).
+Every path computes the same products up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Past this many rows a GEMM is compute-bound and one multi-threaded call on the whole
+# matrix beats the column blocks (which each run on one core).
+BLOCKED_GEMM_MAX_ROWS = 512
+# oneDNN serves float32 weights here; float16 has no oneDNN matmul on CPUs without AVX512-FP16
+# (it raised "could not create a primitive descriptor" on an AMD EPYC).
+ONEDNN_DTYPES = (torch.float32,)
+
+
+def onednn_available() -> bool:
+    """True where torch was built with oneDNN and exposes its linear op (x86 and Arm wheels)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """The products of one model: `blocks` column blocks for GEMV-shaped products (1: the
+    whole matrix), oneDNN from `onednn_min_rows` rows on (None: never)."""
+
+    blocks: int = 1
+    onednn_min_rows: int | None = None
+
+    def uses_onednn(self, rows: int, weight_t: torch.Tensor) -> bool:
+        """Whether a product of `rows` rows with `weight_t` runs on oneDNN."""
+        return (
+            self.onednn_min_rows is not None
+            and rows >= self.onednn_min_rows
+            and weight_t.dtype in ONEDNN_DTYPES
+            and weight_t.device.type == "cpu"
+        )
+
+    def matmul(
+        self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`x @ weight_t (+ bias)` for an `[in, out]` weight (or a transposed view of an
+        `[out, in]` one), computed in the weight's dtype and answered in `x`'s."""
+        rows = x.shape[0]
+        x_cast = x.to(weight_t.dtype)
+        if self.uses_onednn(rows, weight_t):
+            out = torch.ops.mkldnn._linear_pointwise(
+                x_cast.contiguous(), weight_t.t(), bias, "none", [], ""
+            )
+            return out.to(x.dtype)
+        blocked = self.column_blocks(weight_t) if rows <= BLOCKED_GEMM_MAX_ROWS else None
+        if blocked is None:
+            out = x_cast @ weight_t
+        else:
+            out = torch.bmm(x_cast.expand(self.blocks, -1, -1), blocked)
+            out = out.transpose(0, 1).reshape(rows, -1)
+        if bias is not None:
+            out += bias
+        return out.to(x.dtype)
+
+    def column_blocks(self, weight_t: torch.Tensor) -> torch.Tensor | None:
+        """`weight_t [in, out]` viewed as `[blocks, in, out/blocks]` (no copy), or None where
+        it is kept whole: one block, columns that do not divide, or a transposed view."""
+        in_features, out_features = weight_t.shape
+        if self.blocks <= 1 or out_features % self.blocks or not weight_t.is_contiguous():
+            return None
+        return weight_t.view(in_features, self.blocks, -1).permute(1, 0, 2)
