@@ -229,9 +229,7 @@ class LLMEngine:
             batch = self.scheduler.schedule()
             outputs = self._run_batch(batch) if batch else []
             if self.blends is not None and self.blends.jobs:
-                step_budget = self.scheduler.step_budget
-                budget = step_budget - sum(n for _, n in batch)
-                for seq, logits in self.blends.advance(max(budget, step_budget // 4)):
+                for seq, logits in self.blends.advance(self.scheduler.blend_budget):
                     outputs.append(self.post.first_token(seq, logits))
             return outputs
 

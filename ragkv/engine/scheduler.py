@@ -4,7 +4,10 @@ Each step: decodes first; then prefills, running and waiting together, fewest to
 compute first (a waiting prompt's longest cached prefix counts as computed; arrival order when
 the queue is long), while the token budget and pages last. While sequences decode, the step's
 prefill tokens are bounded (`prefill_tokens_while_decoding`): a step's time is the time
-between two tokens of every stream. A running sequence short of pages
+between two tokens of every stream. A step that brings a prompt to its first token takes no
+partial chunk of a longer one (that would delay the first token by its own time), except
+right after a step that held one back, so that long prompts advance at least every other
+step. A running sequence short of pages
 takes them from tool pins, then by preempting the newest; a waiting one that does not fit
 stops admission for the step.
 """
@@ -51,6 +54,9 @@ class Scheduler:
         # Prefill tokens a step takes while sequences decode (None: `max_batch_tokens`).
         self.prefill_tokens_while_decoding = prefill_tokens_while_decoding
         self.step_budget = settings.max_batch_tokens  # the budget of the last `schedule`
+        # Tokens the blends in flight may take in the last scheduled step (`schedule`).
+        self.blend_budget = settings.max_batch_tokens
+        self.held_back = False  # the last step held a partial prefill chunk back
         self.pool = pool
         self.radix = radix
         self.waiting: deque[Sequence] = deque()
@@ -92,7 +98,9 @@ class Scheduler:
         whatever budget the shorter ones leave, every step, and its own remainder only
         shrinks, so it moves up as it runs. With decodes in the step, the prefills share
         `prefill_tokens_while_decoding` tokens (a returning agent then also waits less for
-        the step in flight).
+        the step in flight). Once a prefill in the step completes its prompt, a longer one's
+        partial chunk waits for the next step (not two steps in a row), and blends get only
+        their least share: the first token does not wait for other prompts' work.
         """
         budget = self.settings.max_batch_tokens
         batch: ScheduledBatch = []
@@ -103,14 +111,24 @@ class Scheduler:
         preempted = False
         for seq in decodes:
             budget, preempted = self._run(seq, budget, batch, preempted)
-        admitting = not preempted
-        for seq, waiting in self._prefill_order():
+        admitting, completes, held_back = not preempted, False, False
+        for seq, waiting, left in self._prefill_order():
             if budget <= 0:
                 break
+            if completes and left > budget and not self.held_back:
+                held_back = True  # a partial chunk would delay the first token in this step
+                continue
+            scheduled = len(batch)
             if not waiting:
                 budget, preempted = self._run(seq, budget, batch, preempted)
             elif admitting and not preempted:
                 budget, admitting = self._admit(seq, batch, budget)
+            if len(batch) > scheduled and batch[-1][1] == batch[-1][0].num_uncomputed:
+                completes = True
+        self.held_back = held_back
+        self.blend_budget = (
+            self.step_budget // 4 if held_back else max(budget, self.step_budget // 4)
+        )
         return batch
 
     def _run(
@@ -177,23 +195,27 @@ class Scheduler:
         batch.append((seq, num_tokens))
         return budget - num_tokens, True
 
-    def _prefill_order(self) -> list[tuple[Sequence, bool]]:
-        """Running prefills and waiting sequences, `(seq, waiting)`, fewest tokens left to
-        compute first (a waiting one counts its longest cached prefix as computed), ties by
-        arrival; with more than `lpm_queue_limit` waiting, the queue stays in arrival order
-        (matching each prompt against the tree every step would cost more than it saves)."""
-        running = [(s, False) for s in self.running if s.in_prefill]
+    def _prefill_order(self) -> list[tuple[Sequence, bool, int]]:
+        """Running prefills and waiting sequences, `(seq, waiting, tokens left)`, fewest
+        tokens left to compute first (a waiting one counts its longest cached prefix as
+        computed), ties by arrival; with more than `lpm_queue_limit` waiting, the queue stays
+        in arrival order (matching each prompt against the tree every step would cost more
+        than it saves) and a waiting prompt counts all its tokens."""
+        running = [(s, False, s.num_uncomputed) for s in self.running if s.in_prefill]
+        running.sort(key=lambda item: (item[2], item[0].arrival_s))
         if len(self.waiting) > self.settings.lpm_queue_limit:
-            running.sort(key=lambda item: (item[0].num_uncomputed, item[0].arrival_s))
-            return running + [(s, True) for s in self.waiting]
-        left = {id(s): s.num_uncomputed for s, _ in running}
-        for seq in self.waiting:
-            cached = 0
-            if seq.request.use_prefix_cache:
-                cached = self.radix.match_prefix(seq.namespace, seq.token_ids[:-1]).num_tokens
-            left[id(seq)] = len(seq.token_ids) - cached
-        candidates = running + [(s, True) for s in self.waiting]
-        return sorted(candidates, key=lambda item: (left[id(item[0])], item[0].arrival_s))
+            return running + [(s, True, len(s.token_ids)) for s in self.waiting]
+        candidates = running + [(s, True, self._uncached(s)) for s in self.waiting]
+        return sorted(candidates, key=lambda item: (item[2], item[0].arrival_s))
+
+    def _uncached(self, seq: Sequence) -> int:
+        """Tokens of a waiting prompt past its longest cached prefix."""
+        if not seq.request.use_prefix_cache:
+            return len(seq.token_ids)
+        return (
+            len(seq.token_ids)
+            - self.radix.match_prefix(seq.namespace, seq.token_ids[:-1]).num_tokens
+        )
 
     def _attach_prefix(self, seq: Sequence) -> None:
         """Point a waiting sequence at its longest cached prefix (at least one token left)."""

@@ -68,3 +68,52 @@ def test_the_default_bounds_prefill_on_a_cpu_only() -> None:
     assert prefill_while_decoding(settings, "cuda") is None
     chosen = EngineSettings(prefill_tokens_while_decoding=64)
     assert prefill_while_decoding(chosen, "cuda") == 64
+
+
+def test_a_step_that_completes_a_prompt_holds_a_longer_chunk_back(
+    make_engine, smollm: LoadedModel
+) -> None:
+    short, long = text_prompt(smollm, 1, 2), text_prompt(smollm, 8, 14)
+    assert len(short) < 64 and len(long) > 128
+    expected = {}
+    for name, prompt in (("short", short), ("long", long)):
+        ((tokens, _),) = run_greedy(make_engine(), [greedy_request(prompt, 3)]).values()
+        expected[name] = tokens
+    engine = make_engine(max_batch_tokens=64)
+    arriving_first = greedy_request(long, 3)
+    engine.add_request(arriving_first)
+    engine.step()  # the long prompt's first chunk
+    arriving_later = greedy_request(short, 3)
+    engine.add_request(arriving_later)
+    sizes, outputs = run_to_end(engine)
+    # The short prompt completes in the next step, which takes nothing of the long one (its
+    # chunk would delay the short prompt's first token); the step after takes a chunk again
+    # although the short request decodes: no chunk is held back two steps in a row.
+    assert sizes[0] == (0, len(short))
+    assert sizes[1][0] == 1 and sizes[1][1] > 0
+    assert engine.scheduler.num_preemptions == 0
+    check_pool(engine)
+    assert outputs[arriving_later.request_id] == expected["short"]
+    assert outputs[arriving_first.request_id] == expected["long"]
+
+
+def test_a_long_prompt_advances_at_least_every_other_step(make_engine, smollm: LoadedModel) -> None:
+    long = greedy_request(text_prompt(smollm, 8, 14), 1)
+    engine = make_engine(max_batch_tokens=64)
+    engine.add_request(long)
+
+    def computed() -> int:
+        seqs = list(engine.scheduler.running) + list(engine.scheduler.waiting)
+        # 0 before the engine takes the request in
+        return next((s.num_computed for s in seqs if s.request_id == long.request_id), 0)
+
+    progress, held = [], []
+    for i in range(6):  # a short prompt that completes in one step arrives before every step
+        engine.add_request(greedy_request(text_prompt(smollm, 1, 1 + i % 2), 1))
+        before = computed()
+        engine.step()
+        progress.append(computed() - before)
+        held.append(engine.scheduler.held_back)
+    assert not any(a and b for a, b in zip(held, held[1:], strict=False))
+    assert all(a or b for a, b in zip(progress, progress[1:], strict=False))
+    assert any(held)
