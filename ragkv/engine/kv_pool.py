@@ -6,6 +6,7 @@ a page returns to the free list when the last reference is dropped.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -39,7 +40,10 @@ class KVPool:
             device=device,
         )
         self.ref_counts = [0] * num_pages
-        self._free = list(range(num_pages - 1, -1, -1))
+        # A min-heap: pages are handed out lowest id first, so a sequence's pages tend to be
+        # consecutive, and attention reads consecutive pages as a view of the pool instead of
+        # gathering them (`plan_paged_attention`).
+        self._free = list(range(num_pages))
 
     @classmethod
     def of_size(
@@ -69,7 +73,7 @@ class KVPool:
         """Take `num_pages` free pages, each with ref count 1. Raises `OutOfPages`."""
         if num_pages > len(self._free):
             raise OutOfPages(f"need {num_pages} pages, {len(self._free)} free")
-        pages = [self._free.pop() for _ in range(num_pages)]
+        pages = [heapq.heappop(self._free) for _ in range(num_pages)]
         for page in pages:
             self.ref_counts[page] = 1
         return pages
@@ -88,7 +92,7 @@ class KVPool:
                 raise ModelError(f"page {page} is already free")
             self.ref_counts[page] -= 1
             if self.ref_counts[page] == 0:
-                self._free.append(page)
+                heapq.heappush(self._free, page)
 
     def slots(self, pages: Sequence[int], start: int, end: int) -> torch.Tensor:
         """Flat slot ids (page * page_size + offset) of token positions [start, end)."""

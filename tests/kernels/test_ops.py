@@ -115,3 +115,29 @@ def test_dense_attention_of_selected_queries(num_keys, positions, heads) -> None
     got = ops.attention(q, keys, values, q_positions, 0.25, num_heads // num_kv_heads)
     expected = brute_force_attention(q, keys, values, q_positions, 0.25)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("q_lens", "kv_lens"),
+    [([1], [300]), ([130, 1], [161, 60]), ([64, 90], [70, 100]), ([1, 1], [40, 50])],
+    ids=["long-decode", "prefill-and-decode", "masked-prefills", "two-decodes"],
+)
+def test_consecutive_pages_are_read_as_a_view(q_lens, kv_lens) -> None:
+    q, k_cache, v_cache, qo_indptr, kv_indptr, scattered, kv_lens, positions = make_case(
+        q_lens, kv_lens, (6, 2), 32, PAGE
+    )
+    # The same pages in allocation order (the pool hands out the lowest ids first).
+    consecutive = torch.arange(scattered.shape[0])
+    scale = 0.2
+    for kv_indices, views in ((consecutive, True), (scattered, False)):
+        expected = ops.paged_attention_ref(
+            q, k_cache, v_cache, qo_indptr, kv_indptr, kv_indices, kv_lens, positions, scale
+        )
+        plan = ops.plan_paged_attention(qo_indptr, kv_indptr, kv_indices, kv_lens, positions, PAGE)
+        single = [group for group in plan if group.kv_slots.shape[0] == 1]
+        # Every one-sequence group reads a view exactly when its pages are consecutive (a
+        # group of several decodes always gathers).
+        assert all((group.kv_start is not None) == views for group in single)
+        assert all(group.kv_start is None for group in plan if group.kv_slots.shape[0] > 1)
+        got = ops.paged_attention_grouped(q, k_cache, v_cache, plan, scale)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
