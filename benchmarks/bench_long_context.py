@@ -1,5 +1,6 @@
-"""Single-stream decode speed by context length, attention reading consecutive KV pages as a
-view of the pool against gathering them (the path before), side by side in one process.
+"""Decode speed by context length (one stream, or `--streams` together), attention reading
+consecutive KV pages as a view of the pool against gathering them (the path before), side by
+side in one process.
 
 One engine; per context length (`--contexts`), rounds alternate between the two paths (the
 gather path is the plan with its consecutive-page check switched off); medians over
@@ -32,10 +33,13 @@ RESULTS = Path(__file__).parent / "results" / "long_context.json"
 CONSECUTIVE_START = ops._consecutive_start
 
 
-def decode_tps(engine: LLMEngine, context: int, tokens: int) -> float:
-    """Decode tokens/s of one request with a `context`-token prompt (its prefill excluded)."""
+def decode_tps(engine: LLMEngine, context: int, tokens: int, streams: int = 1) -> float:
+    """Aggregate decode tokens/s of `streams` requests with `context`-token prompts (their
+    prefill excluded)."""
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-    engine.add_request(Request(f"c{time.perf_counter_ns()}", token_ids(context, context), params))
+    for i in range(streams):
+        prompt = token_ids(context, context + i)
+        engine.add_request(Request(f"c{i}-{time.perf_counter_ns()}", prompt, params))
     while engine.scheduler.waiting or any(s.in_prefill for s in engine.scheduler.running):
         engine.step()
     started, produced = time.perf_counter(), 0
@@ -50,6 +54,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[64, 1024, 2048, 4000])
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=1, help="requests decoding together")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,12 +67,15 @@ def main() -> None:
         for context in args.contexts:
             for name, check in paths.items():
                 ops._consecutive_start = check
-                runs[context][name].append(decode_tps(engine, context, args.decode_tokens))
+                runs[context][name].append(
+                    decode_tps(engine, context, args.decode_tokens, args.streams)
+                )
     ops._consecutive_start = CONSECUTIVE_START
     medians = {c: {p: statistics.median(v) for p, v in r.items()} for c, r in runs.items()}
     report = {
         "machine": machine(),
         "threads": args.threads,
+        "streams": args.streams,
         "decode_dtype": str(engine.model.decode_dtype),
         "date": time.strftime("%Y-%m-%d"),
         "medians_tok_per_s": medians,

@@ -152,6 +152,10 @@ PREFILL_QUERY_BLOCKS = 4
 # Blocks of the blended prefill's scattered queries (`attention_dense`).
 DENSE_QUERY_BLOCKS = 8
 MIN_BLOCKED_QUERIES = 64
+# A decode batched with others attends on its own, reading its keys as a view of the cache,
+# from this many consecutive keys: copying them into the padded batch costs more there than
+# the extra call (at 4,000 keys the gather was 44% of a decode step).
+VIEW_MIN_KEYS = 256
 # A prefill after a cached prefix at most this share of its new tokens runs as square causal
 # attention with dummy queries for the prefix: the unmasked causal kernel skips the upper
 # triangle, so the few wasted rows cost less than a masked call.
@@ -190,26 +194,15 @@ def plan_paged_attention(
 ) -> list[AttentionGroup]:
     """Group a step's sequences for batched attention, once per forward (not per layer).
 
-    All single-query sequences (decodes) form one padded group; each longer query run is a
-    group of its own, so padding never multiplies prefill work.
+    Single-query sequences (decodes) form one padded group, but for a decode over at least
+    `VIEW_MIN_KEYS` consecutive keys, which attends on its own to a view of the cache; each
+    longer query run is a group of its own, so padding never multiplies prefill work.
     """
     device = q_positions.device
-    groups: list[AttentionGroup] = []
     decode = [b for b in range(len(kv_lens)) if qo_indptr[b + 1] - qo_indptr[b] == 1]
-    if decode:
-        max_kv = max(kv_lens[b] for b in decode)
-        slots = torch.zeros((len(decode), max_kv), dtype=torch.long, device=device)
-        mask = torch.zeros((len(decode), 1, 1, max_kv), dtype=torch.bool, device=device)
-        key_pos = torch.arange(max_kv, device=device)
-        for row, b in enumerate(decode):
-            slots[row, : kv_lens[b]] = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)
-            visible = key_pos <= q_positions[qo_indptr[b]]
-            mask[row, 0, 0] = visible & (key_pos < kv_lens[b])
-        rows = torch.tensor([qo_indptr[b] for b in decode], device=device)
-        # Decodes of equal length at their last position see every key: no mask to apply.
-        start = _consecutive_start(slots[0]) if len(decode) == 1 else None
-        group = AttentionGroup(rows, slots, None if bool(mask.all()) else mask, 1, False)
-        groups.append(replace(group, kv_start=start))
+    groups = _decode_groups(
+        decode, qo_indptr, kv_indptr, kv_indices, kv_lens, q_positions, page_size
+    )
     for b in range(len(kv_lens)):
         q_start, q_end = qo_indptr[b], qo_indptr[b + 1]
         if q_end - q_start <= 1:
@@ -233,6 +226,45 @@ def plan_paged_attention(
             rows = torch.arange(block_start, end, device=device)
             group = AttentionGroup(rows, slots[:visible][None], mask, end - block_start, False)
             groups.append(replace(group, kv_start=start))
+    return groups
+
+
+def _decode_groups(
+    decode: list[int],
+    qo_indptr: list[int],
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_lens: list[int],
+    q_positions: torch.Tensor,
+    page_size: int,
+) -> list[AttentionGroup]:
+    """The decodes `decode` (sequence indices): each one with at least `VIEW_MIN_KEYS`
+    consecutive keys on its own (read as a view), the rest as one padded group."""
+    device = q_positions.device
+    groups, padded = [], []
+    for b in decode:
+        slots = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)
+        start = _consecutive_start(slots)
+        last = int(q_positions[qo_indptr[b]]) == kv_lens[b] - 1  # sees every key: no mask
+        if start is not None and last and (kv_lens[b] >= VIEW_MIN_KEYS or len(decode) == 1):
+            rows = torch.tensor([qo_indptr[b]], device=device)
+            groups.append(AttentionGroup(rows, slots[None], None, 1, False, 0, start))
+        else:
+            padded.append(b)
+    if padded:
+        max_kv = max(kv_lens[b] for b in padded)
+        slots = torch.zeros((len(padded), max_kv), dtype=torch.long, device=device)
+        mask = torch.zeros((len(padded), 1, 1, max_kv), dtype=torch.bool, device=device)
+        key_pos = torch.arange(max_kv, device=device)
+        for row, b in enumerate(padded):
+            slots[row, : kv_lens[b]] = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)
+            visible = key_pos <= q_positions[qo_indptr[b]]
+            mask[row, 0, 0] = visible & (key_pos < kv_lens[b])
+        rows = torch.tensor([qo_indptr[b] for b in padded], device=device)
+        # Decodes of equal length at their last position see every key: no mask to apply.
+        start = _consecutive_start(slots[0]) if len(padded) == 1 else None
+        group = AttentionGroup(rows, slots, None if bool(mask.all()) else mask, 1, False)
+        groups.append(replace(group, kv_start=start))
     return groups
 
 

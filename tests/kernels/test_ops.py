@@ -119,8 +119,14 @@ def test_dense_attention_of_selected_queries(num_keys, positions, heads) -> None
 
 @pytest.mark.parametrize(
     ("q_lens", "kv_lens"),
-    [([1], [300]), ([130, 1], [161, 60]), ([64, 90], [70, 100]), ([1, 1], [40, 50])],
-    ids=["long-decode", "prefill-and-decode", "masked-prefills", "two-decodes"],
+    [
+        ([1], [300]),
+        ([130, 1], [161, 60]),
+        ([64, 90], [70, 100]),
+        ([1, 1], [40, 50]),
+        ([1, 1, 1], [300, 400, 20]),
+    ],
+    ids=["long-decode", "prefill-and-decode", "masked-prefills", "two-decodes", "long-decodes"],
 )
 def test_consecutive_pages_are_read_as_a_view(q_lens, kv_lens) -> None:
     q, k_cache, v_cache, qo_indptr, kv_indptr, scattered, kv_lens, positions = make_case(
@@ -136,8 +142,12 @@ def test_consecutive_pages_are_read_as_a_view(q_lens, kv_lens) -> None:
         plan = ops.plan_paged_attention(qo_indptr, kv_indptr, kv_indices, kv_lens, positions, PAGE)
         single = [group for group in plan if group.kv_slots.shape[0] == 1]
         # Every one-sequence group reads a view exactly when its pages are consecutive (a
-        # group of several decodes always gathers).
+        # group of several decodes always gathers; a decode over at least VIEW_MIN_KEYS
+        # consecutive keys leaves the batch for a group of its own).
         assert all((group.kv_start is not None) == views for group in single)
         assert all(group.kv_start is None for group in plan if group.kv_slots.shape[0] > 1)
+        long_decodes = [g for g in single if g.q_len == 1 and g.kv_start is not None]
+        long_decodes = [g for g in long_decodes if g.kv_slots.shape[1] >= ops.VIEW_MIN_KEYS]
+        assert len(long_decodes) == (sum(n >= ops.VIEW_MIN_KEYS for n in kv_lens) if views else 0)
         got = ops.paged_attention_grouped(q, k_cache, v_cache, plan, scale)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
