@@ -250,19 +250,19 @@ def _decode_groups(
             rows = torch.tensor([qo_indptr[b]], device=device)
             groups.append(AttentionGroup(rows, slots[None], None, 1, False, 0, start))
         else:
-            padded.append(b)
+            padded.append((b, slots, start))
     if padded:
-        max_kv = max(kv_lens[b] for b in padded)
+        max_kv = max(kv_lens[b] for b, _, _ in padded)
         slots = torch.zeros((len(padded), max_kv), dtype=torch.long, device=device)
         mask = torch.zeros((len(padded), 1, 1, max_kv), dtype=torch.bool, device=device)
         key_pos = torch.arange(max_kv, device=device)
-        for row, b in enumerate(padded):
-            slots[row, : kv_lens[b]] = _slots(kv_indptr, kv_indices, b, kv_lens[b], page_size)
+        for row, (b, row_slots, _) in enumerate(padded):
+            slots[row, : kv_lens[b]] = row_slots
             visible = key_pos <= q_positions[qo_indptr[b]]
             mask[row, 0, 0] = visible & (key_pos < kv_lens[b])
-        rows = torch.tensor([qo_indptr[b] for b in padded], device=device)
+        rows = torch.tensor([qo_indptr[b] for b, _, _ in padded], device=device)
         # Decodes of equal length at their last position see every key: no mask to apply.
-        start = _consecutive_start(slots[0]) if len(padded) == 1 else None
+        start = padded[0][2] if len(padded) == 1 else None
         group = AttentionGroup(rows, slots, None if bool(mask.all()) else mask, 1, False)
         groups.append(replace(group, kv_start=start))
     return groups

@@ -87,7 +87,6 @@ class LlamaModel:
         # Default: one column block per thread on CPU, torch's BLAS for batches.
         threads = torch.get_num_threads() if self.device.type == "cpu" else 1
         self.gemm = gemm or Gemm(blocks=threads)
-        self.column_blocks = self.gemm.blocks
 
         def t(weight: torch.Tensor) -> torch.Tensor:
             return weight.t().contiguous()
@@ -127,6 +126,11 @@ class LlamaModel:
             self.decode_dtype = decode_dtype
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
+
+    @property
+    def column_blocks(self) -> int:
+        """Column blocks of the one-row GEMV layout (1: the whole matrix)."""
+        return self.gemm.blocks
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin `[T, head_dim]` for `positions: [T]`."""

@@ -201,12 +201,16 @@ class Scheduler:
         computed), ties by arrival; with more than `lpm_queue_limit` waiting, the queue stays
         in arrival order (matching each prompt against the tree every step would cost more
         than it saves) and a waiting prompt counts all its tokens."""
+
+        def fewest_left(item: tuple[Sequence, bool, int]) -> tuple[int, float]:
+            return item[2], item[0].arrival_s
+
         running = [(s, False, s.num_uncomputed) for s in self.running if s.in_prefill]
-        running.sort(key=lambda item: (item[2], item[0].arrival_s))
         if len(self.waiting) > self.settings.lpm_queue_limit:
+            running.sort(key=fewest_left)
             return running + [(s, True, len(s.token_ids)) for s in self.waiting]
         candidates = running + [(s, True, self._uncached(s)) for s in self.waiting]
-        return sorted(candidates, key=lambda item: (item[2], item[0].arrival_s))
+        return sorted(candidates, key=fewest_left)
 
     def _uncached(self, seq: Sequence) -> int:
         """Tokens of a waiting prompt past its longest cached prefix."""
