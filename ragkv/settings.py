@@ -74,11 +74,15 @@ class ModelSettings(Section):
         "float32", description="weights and KV precision (float32 is the exact reference)"
     )
     decode_dtype: Literal["auto", "same", "bfloat16", "float16"] = Field(
-        "auto",
-        description="precision of the weights read by decode-only steps: auto (float16 on a "
-        "CPU where it times faster at start, else exact), same (dtype: exact), float16, "
-        "bfloat16",
-    )
+        "auto", description="precision of the weights read by one-row decode steps: auto "
+        "(float16 on a CPU where it times faster at start, else exact), same (dtype: exact), "
+        "float16, bfloat16"
+    )  # fmt: skip
+    batch_dtype: Literal["auto", "same", "bfloat16"] = Field(
+        "auto", description="precision of the projections in batched decode steps (the LM "
+        "head stays dtype): auto (bfloat16 on a CPU whose oneDNN times it faster at start, "
+        "else exact), same (dtype: exact), bfloat16"
+    )  # fmt: skip
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     gemm_layout: Literal["auto", "blocked", "joined"] = Field(
         "auto",
@@ -96,10 +100,9 @@ class ModelSettings(Section):
         description="where weights and KV live: auto (CUDA when available), cpu, cuda[:N]",
     )
     backend: Literal["auto", "torch", "triton"] = Field(
-        "auto",
-        description="ops backend: auto (Triton kernels on CUDA, torch references on CPU); "
-        "triton on a CPU only under TRITON_INTERPRET=1",
-    )
+        "auto", description="ops backend: auto (Triton kernels on CUDA, torch references on "
+        "CPU); triton on a CPU only under TRITON_INTERPRET=1"
+    )  # fmt: skip
 
 
 class EngineSettings(Section):
@@ -118,10 +121,9 @@ class EngineSettings(Section):
     )
     max_waiting: int = Field(256, ge=1, description="queue bound; beyond it requests get 503")
     lpm_queue_limit: int = Field(
-        128,
-        ge=0,
-        description="waiting queue length up to which prefills go fewest-tokens-left first",
-    )
+        128, ge=0, description="waiting queue length up to which prefills go fewest-tokens-left "
+        "first"
+    )  # fmt: skip
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     retry_after_s: int = Field(
         2,

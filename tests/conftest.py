@@ -97,11 +97,11 @@ def secured_settings(data_dir: Path, **overrides: object) -> Settings:
 
     overrides.setdefault("engine", {"kv_cache_mb": 128})
     # A fixed GEMV layout, GEMM library and exact decode: the start-up calibration may pick
-    # another layout or float16 decode weights on another machine, and tests compare greedy
+    # another layout or float16/bfloat16 decode weights on another machine, and tests compare greedy
     # outputs across servers and with transformers.
     overrides["model"] = {
         "gemm_layout": "blocked", "batched_gemm": BATCHED_GEMM, "decode_dtype": "same",
-        **overrides.get("model", {}),
+        "batch_dtype": "same", **overrides.get("model", {}),
     }  # fmt: skip
     return Settings.load(
         data_dir=str(data_dir),

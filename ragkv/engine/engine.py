@@ -15,7 +15,12 @@ from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.blending import BlendSteps
 from ragkv.engine.cache_report import cache_report
-from ragkv.engine.calibrate import column_blocks_for, decode_dtype_for, onednn_rows_for
+from ragkv.engine.calibrate import (
+    batch_dtype_for,
+    column_blocks_for,
+    decode_dtype_for,
+    onednn_rows_for,
+)
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.gemm import Gemm
@@ -108,6 +113,7 @@ class LLMEngine:
         onednn_rows = onednn_rows_for(
             model_settings.batched_gemm, config, runtime.dtype, runtime.device, blocks
         )
+        gemm = Gemm(blocks, onednn_rows)
         model = LlamaModel(
             config,
             weights,
@@ -117,7 +123,10 @@ class LLMEngine:
                 model_settings.decode_dtype, config, runtime.dtype, runtime.device, blocks
             ),
             backend=runtime.backend,
-            gemm=Gemm(blocks, onednn_rows),
+            gemm=gemm,
+            batch_dtype=batch_dtype_for(
+                model_settings.batch_dtype, runtime.dtype, runtime.device, gemm, config
+            ),
         )
         del weights
         model_fingerprint = fingerprint(path, tokenizer.serialization())

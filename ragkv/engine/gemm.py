@@ -22,14 +22,22 @@ import torch
 # Past this many rows a GEMM is compute-bound and one multi-threaded call on the whole
 # matrix beats the column blocks (which each run on one core).
 BLOCKED_GEMM_MAX_ROWS = 512
-# oneDNN serves float32 weights here; float16 has no oneDNN matmul on CPUs without AVX512-FP16
-# (it raised "could not create a primitive descriptor" on an AMD EPYC).
-ONEDNN_DTYPES = (torch.float32,)
 
 
 def onednn_available() -> bool:
     """True where torch was built with oneDNN and exposes its linear op (x86 and Arm wheels)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def onednn_bf16_available() -> bool:
+    """True where oneDNN runs bfloat16 products natively (AVX512-BF16, AMX, or Arm's BF16)."""
+    return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# oneDNN serves float32 weights, and bfloat16 ones where the CPU has bfloat16 instructions;
+# float16 has no oneDNN matmul on CPUs without AVX512-FP16 (it raised "could not create a
+# primitive descriptor" on an AMD EPYC).
+ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if onednn_bf16_available() else (torch.float32,)
 
 
 @dataclass(frozen=True)

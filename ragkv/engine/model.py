@@ -75,6 +75,7 @@ class LlamaModel:
         decode_dtype: torch.dtype | None = None,
         backend: str = "torch",
         gemm: Gemm | None = None,
+        batch_dtype: torch.dtype | None = None,
     ) -> None:
         self.config = config
         self.dtype = dtype
@@ -124,6 +125,16 @@ class LlamaModel:
             self.decode_layers = [_cast_projections(layer, decode_dtype) for layer in self.layers]
             self.decode_lm_head = self.lm_head.to(decode_dtype)
             self.decode_dtype = decode_dtype
+        # Batched decode steps are compute-bound on a CPU: an optional copy of the projections
+        # (bfloat16, where oneDNN multiplies it natively) serves decode-only steps of as many
+        # rows as oneDNN takes. The LM head stays in `dtype`: rounding it was what cost
+        # bfloat16 decode its quality (teacher-forced agreement 98.2% with it, 99.5% without).
+        self.batch_layers: list[LayerWeights] | None = None
+        if batch_dtype is not None and batch_dtype != dtype:
+            same = self.decode_layers is not None and decode_dtype == batch_dtype
+            self.batch_layers = self.decode_layers if same else [
+                _cast_projections(layer, batch_dtype) for layer in self.layers
+            ]  # fmt: skip
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
 
@@ -185,13 +196,26 @@ class LlamaModel:
         num_tokens = batch.token_ids.shape[0]
         decode_only = num_tokens == len(batch.kv_lens)
         if decode_only and num_tokens <= LOW_PRECISION_MAX_ROWS and self.decode_layers is not None:
-            logits = self._layers(batch, pool, plan, hidden, cos, sin, self.decode_layers)
+            layers, lm_head = self.decode_layers, self.decode_lm_head
+            logits = self._layers(batch, pool, plan, hidden, cos, sin, layers, lm_head)
             if bool(torch.isfinite(logits).all()):
                 return logits
             # A low-precision product overflowed (fp16 ends at 65504): the step runs again
             # in `dtype`, writing the same KV slots over.
             self.low_precision_fallbacks += 1
+        elif decode_only and self.batched_decode_in_low_precision(num_tokens):
+            # bfloat16 keeps float32's range: no overflow to redo
+            return self._layers(batch, pool, plan, hidden, cos, sin, self.batch_layers)
         return self._layers(batch, pool, plan, hidden, cos, sin, self.layers)
+
+    def batched_decode_in_low_precision(self, rows: int) -> bool:
+        """Whether a decode-only step of `rows` rows runs on the `batch_layers` copies: the
+        rows the one-row decode copies do not take, from where oneDNN takes the product."""
+        if self.batch_layers is None:
+            return False
+        if self.decode_layers is not None and rows <= LOW_PRECISION_MAX_ROWS:
+            return False
+        return self.gemm.uses_onednn(rows, self.batch_layers[0].w_gate_up)
 
     def _layers(
         self,
@@ -202,16 +226,17 @@ class LlamaModel:
         cos: torch.Tensor,
         sin: torch.Tensor,
         layers: list[LayerWeights],
+        lm_head: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The decoder layers (`layers`: the weights in `dtype`, or the decode copies),
-        then the logits of `batch.logits_rows`."""
+        """The decoder layers (`layers`: the weights in `dtype`, or a low-precision copy),
+        then the logits of `batch.logits_rows` (`lm_head`: a low-precision head; None: the
+        head in `dtype`)."""
         for index, layer in enumerate(layers):
             q, k, v = self.qkv(layer, hidden, cos, sin)
             pool.write(index, batch.write_slots, k, v)
             k_cache, v_cache = pool.layer_caches(index)
             attn = self.ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
             hidden = self.mlp_residual(layer, hidden, attn)
-        lm_head = self.decode_lm_head if layers is self.decode_layers else None
         return self.logits(hidden.index_select(0, batch.logits_rows), lm_head)
 
 

@@ -73,6 +73,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "gemm_layout": "blocked",
             "batched_gemm": BATCHED_GEMM,
             "decode_dtype": "same",
+            "batch_dtype": "same",
         },
         server={"port": free_port(), "demo_documents": 0},
         cluster={

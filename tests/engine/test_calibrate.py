@@ -1,4 +1,4 @@
-"""The decode GEMV layout, decode dtype and batched GEMM calibrations: every candidate is
+"""The decode GEMV layout, decode dtypes and batched GEMM calibrations: every candidate is
 timed and the fastest kept, every layout computes the same products (close to float
 rounding), and fixed settings or a GPU skip the timing."""
 
@@ -9,14 +9,16 @@ import torch
 
 from ragkv.engine.calibrate import (
     ONEDNN_ROW_CANDIDATES,
+    batch_dtype_for,
     calibrate_column_blocks,
     calibrate_onednn_rows,
     candidate_blocks,
     column_blocks_for,
     decode_dtype_for,
     onednn_rows_for,
+    time_batch_dtypes,
 )
-from ragkv.engine.gemm import Gemm, onednn_available
+from ragkv.engine.gemm import Gemm, onednn_available, onednn_bf16_available
 from ragkv.engine.model import _low_precision
 from tests.engine.conftest import LoadedModel
 
@@ -104,3 +106,42 @@ def test_fixed_batched_gemm_settings_skip_the_calibration(smollm: LoadedModel) -
     assert onednn_rows_for("auto", config, torch.bfloat16, cpu, 2) is None
     if onednn_available():
         assert onednn_rows_for("onednn", config, fp32, cpu, 2) == ONEDNN_ROW_CANDIDATES[0]
+
+
+def test_fixed_batch_dtypes_skip_the_calibration(smollm: LoadedModel) -> None:
+    cpu, fp32, config = torch.device("cpu"), torch.float32, smollm.config
+    onednn = Gemm(2, ONEDNN_ROW_CANDIDATES[0])
+    assert batch_dtype_for("same", fp32, cpu, onednn, config) is None
+    # No timing off a float32 CPU model on oneDNN: exact batches.
+    assert batch_dtype_for("auto", fp32, torch.device("cuda"), onednn, config) is None
+    assert batch_dtype_for("auto", torch.bfloat16, cpu, onednn, config) is None
+    assert batch_dtype_for("auto", fp32, cpu, Gemm(2), config) is None
+    with pytest.raises(ValueError, match="batch_dtype = bfloat16"):
+        batch_dtype_for("bfloat16", fp32, cpu, Gemm(2), config)  # BLAS batches
+    if onednn_bf16_available():
+        assert batch_dtype_for("bfloat16", fp32, cpu, onednn, config) == torch.bfloat16
+
+
+def test_auto_batch_dtype_times_bfloat16_on_onednn(smollm: LoadedModel) -> None:
+    if not onednn_bf16_available():
+        pytest.skip("oneDNN here has no native bfloat16 products")
+    onednn = Gemm(2, ONEDNN_ROW_CANDIDATES[0])
+    fp32, bf16 = time_batch_dtypes(smollm.config, onednn, reps=1)
+    assert fp32 > 0 and bf16 > 0
+    chosen = batch_dtype_for("auto", torch.float32, torch.device("cpu"), onednn, smollm.config)
+    assert chosen in (None, torch.bfloat16)  # which one is this CPU's speed, not a property
+
+
+def test_bfloat16_copies_run_on_onednn_from_its_first_row_count() -> None:
+    if not onednn_bf16_available():
+        pytest.skip("oneDNN here has no native bfloat16 products")
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randn(96, 40, generator=generator)
+    copy = _low_precision(weight.t().contiguous(), torch.bfloat16)
+    gemm = Gemm(2, onednn_min_rows=4)
+    assert not gemm.uses_onednn(3, copy) and gemm.uses_onednn(4, copy)
+    x = torch.randn(8, 40, generator=generator)
+    expected = x.bfloat16().float() @ weight.bfloat16().float().t()
+    got = gemm.matmul(x, copy)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)

@@ -73,6 +73,7 @@ def config_toml(data_dir: Path, model_dir: Path | None, threads: int) -> str:
         f'[auth]\napi_keys = {{"{TENANT_KEY}" = "{TENANT}"}}\nadmin_key = "{ADMIN_KEY}"\n'
         "[engine]\nkv_cache_mb = 64\n"
         f'[model]\ngemm_layout = "blocked"\nbatched_gemm = "{gemm}"\ndecode_dtype = "same"\n'
+        'batch_dtype = "same"\n'
         f"num_threads = {threads}\n{model}"
     )
 
