@@ -247,11 +247,16 @@ class Scheduler:
         if needed <= 0:
             return True
         self._evict_until(needed, include_pinned=False)
-        while take_pins and self.pool.num_free < needed and self.tool_pins.yield_one():
+        pins = self.tool_pins
+        while (
+            take_pins
+            and self.pool.num_free < needed
+            and pins.yield_pages(needed - self.pool.num_free)
+        ):
             self._evict_until(needed, include_pinned=False)
         alone = all(other is seq for other in self.running)
         if self.pool.num_free < needed and alone:
-            while self.tool_pins.yield_one():  # counted, before the tree drops every pin
+            while pins.yield_pages(pins.max_pages):  # counted, before the tree drops every pin
                 pass
             self._evict_until(needed, include_pinned=True)  # pins must never deadlock the pool
         if self.pool.num_free < needed:

@@ -7,18 +7,22 @@ needed. The follow-up turn starts with the same tokens; when it is admitted the 
 released (the follow-up's own lock keeps the pages while it runs). A pin whose TTL passes
 first is counted as expired unused. Pins never hold more than `max_share` of the pool.
 
-Which pin goes when room is short: a pin whose agent is overdue (past its due time, the high
+Which pages go when room is short: a pin whose agent is overdue (past its due time, the high
 percentile of its tools' round trips: later than most trips, maybe never coming back) goes
-first, the most overdue first; then, Belady-like, the one due last, since its pages would sit
-idle longest. A new pin displaces held pins in that order while they are overdue or due
-after it, and is refused when the ones left are all due sooner. A running sequence short of
-pages takes them from pins in the same order before the scheduler preempts anything.
+first and whole, the most overdue first; then, Belady-like, the pin due last, since its pages
+would sit idle longest. That one is trimmed, not dropped: it gives up only the pages needed,
+from its end, and keeps its first pages (a prefix still saves its agent that much prefill:
+every pinned page saves one page of recompute, so the share is best filled by the agents due
+soonest, the last of them in part). A new pin takes room from held pins in that order while
+they are overdue or due after it; when the ones left are all due sooner it gets what room is
+left, its first pages, and is refused only when none is. A running sequence short of pages
+takes them from pins in the same order before the scheduler preempts anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ragkv.cache.kv.radix import RadixCache
 
@@ -26,7 +30,8 @@ from ragkv.cache.kv.radix import RadixCache
 @dataclass
 class _Pin:
     namespace: str
-    path: tuple[int, ...]
+    path: tuple[int, ...]  # the pinned prefix (all of `conversation`, or its first pages)
+    conversation: tuple[int, ...]  # what the agent comes back with: hits match all of it
     until: float  # expiry (the TTL)
     due: float  # when the agent is expected back at the latest (see the module docstring)
     pages: int
@@ -48,7 +53,7 @@ class ToolPins:
         self.clock = radix.clock  # the tree's clock: its pins lapse when ours do
         self._pins: dict[tuple[str, tuple[int, ...]], _Pin] = {}
         self.counts = {"made": 0, "hit": 0, "expired_unused": 0, "displaced": 0, "refused": 0,
-                       "yielded": 0}  # fmt: skip
+                       "yielded": 0, "partial": 0, "trimmed": 0}  # fmt: skip
 
     @property
     def pinned_pages(self) -> int:
@@ -59,14 +64,14 @@ class ToolPins:
         self, namespace: str, token_ids: Sequence[int], ttl_s: float, due_s: float | None = None
     ) -> int:
         """Pin the cached whole pages of `token_ids` for `ttl_s`, the agent due back within
-        `due_s` (default `ttl_s`); returns tokens pinned."""
+        `due_s` (default `ttl_s`); returns tokens pinned (its first pages only when the share
+        has no room for all of them)."""
         self.expire()
+        for key in [k for k in self._pins if _same_conversation(k, namespace, token_ids)]:
+            self._drop(key)  # the same conversation pinned again: a fresh TTL
         # A conversation longer than the whole share keeps its first pages pinned (a prefix
         # is still a prefix hit).
         pages = min(len(token_ids) // self.page_size, self.max_pages)
-        key = (namespace, tuple(token_ids[: pages * self.page_size]))
-        if key in self._pins:
-            self._drop(key)  # the same conversation pinned again: a fresh TTL
         now = self.clock()
         until = now + ttl_s
         due = until if due_s is None else min(until, now + due_s)
@@ -75,24 +80,30 @@ class ToolPins:
             held = self._pins[first]
             if now < held.due <= due:
                 break  # every held pin is due back sooner than this one
-            self._drop(first)
-            self.counts["displaced"] += 1
+            self._give_up(first, self.pinned_pages + pages - self.max_pages)
+        room = min(pages, self.max_pages - self.pinned_pages)
         pinned = 0
-        if pages and self.pinned_pages + pages <= self.max_pages:
-            pinned = self.radix.pin(namespace, key[1], ttl_s)
+        if room > 0:
+            pinned = self.radix.pin(namespace, token_ids[: room * self.page_size], ttl_s)
         if not pinned:
             # not a whole page, no room before pins due sooner, or not cached (evicted
             # already, or prefix cache off)
             self.counts["refused"] += 1
             return 0
-        self._pins[key] = _Pin(namespace, key[1], until, due, pinned // self.page_size)
+        conversation = tuple(token_ids[: pages * self.page_size])
+        pin = _Pin(
+            namespace, conversation[:pinned], conversation, until, due, pinned // self.page_size
+        )
+        self._pins[(namespace, conversation)] = pin
         self.counts["made"] += 1
+        self.counts["partial"] += room < pages
         return pinned
 
     def on_admit(self, namespace: str, token_ids: Sequence[int]) -> None:
-        """A request was admitted: a pin its prompt starts with is hit and released."""
-        for key, pin in list(self._pins.items()):
-            if pin.namespace == namespace and tuple(token_ids[: len(pin.path)]) == pin.path:
+        """A request was admitted: the pin of the conversation its prompt continues is hit
+        and released."""
+        for key in list(self._pins):
+            if _same_conversation(key, namespace, token_ids):
                 self._drop(key)
                 self.counts["hit"] += 1
 
@@ -104,16 +115,16 @@ class ToolPins:
                 del self._pins[key]
                 self.counts["expired_unused"] += 1
 
-    def yield_one(self) -> bool:
-        """Give up one pin (overdue first, then the one due last), for a running sequence
-        that needs pages (it goes before a waiting agent: dropping a pin costs that agent a
-        prefill later, preempting costs the running one its progress now); False when no pin
-        is held."""
+    def yield_pages(self, count: int) -> bool:
+        """Give up `count` pinned pages (the most overdue pin whole, else the end of the one due
+        last, see the module docstring) for a running sequence that needs pages: it goes
+        before a waiting agent, since unpinned pages cost that agent a prefill later and
+        preempting costs the running one its progress now. False when no pin is held."""
         self.expire()
         first = self._give_up_first()
         if first is None:
             return False
-        self._drop(first)
+        self._give_up(first, max(1, count))
         self.counts["yielded"] += 1
         return True
 
@@ -122,9 +133,10 @@ class ToolPins:
         self._pins.clear()
 
     def stats(self) -> dict[str, object]:
-        """Pins made, hit, expired unused, displaced (by a pin due sooner, or overdue), refused
-        (not cached, or no room before pins due sooner), yielded (to a running sequence short
-        of pages); active pins and pool share."""
+        """Pins made (partial: made with their first pages only), hit, expired unused,
+        displaced (dropped whole: overdue, or every page needed), trimmed (gave up their last
+        pages), refused (not cached, or no room before pins due sooner), yielded (to a running
+        sequence short of pages); active pins and pool share."""
         self.expire()
         return {
             **self.counts,
@@ -143,6 +155,38 @@ class ToolPins:
 
         return max(self._pins, key=rank, default=None)
 
+    def _give_up(self, key: tuple[str, tuple[int, ...]], count: int) -> None:
+        """Free `count` pages of pin `key`: the whole pin when it is overdue or has no more,
+        else its last `count` pages (its first ones stay pinned until its expiry)."""
+        pin = self._pins[key]
+        keep = pin.pages - count
+        if pin.due <= self.clock() or keep <= 0:
+            self._drop(key)
+            self.counts["displaced"] += 1
+            return
+        self._drop(key)
+        path = pin.path[: keep * self.page_size]
+        pinned = self.radix.pin(pin.namespace, path, pin.until - self.clock())
+        self._pins[key] = replace(pin, path=path, pages=pinned // self.page_size)
+        self.counts["trimmed"] += 1
+
     def _drop(self, key: tuple[str, tuple[int, ...]]) -> None:
         pin = self._pins.pop(key)
         self.radix.unpin(pin.namespace, pin.path)
+        # Unpinning clears the whole path in the tree: pins sharing its first pages (agents
+        # with one system prompt) are pinned again for what is left of their TTL.
+        now = self.clock()
+        for other in self._pins.values():
+            if (
+                other.namespace == pin.namespace
+                and other.path[: self.page_size] == pin.path[: self.page_size]
+            ):
+                self.radix.pin(other.namespace, other.path, other.until - now)
+
+
+def _same_conversation(key: tuple[str, tuple[int, ...]], namespace: str, tokens: Sequence[int]):
+    """Whether pin `key` is of a conversation `tokens` (in `namespace`) continues: the agent
+    back with its tool results, or its conversation pinned again. A pin holding only its first
+    pages still matches on the whole conversation: those pages may be a prefix that other
+    conversations share (a system prompt, the tools block)."""
+    return key[0] == namespace and tuple(tokens[: len(key[1])]) == key[1]

@@ -125,6 +125,9 @@ def test_a_running_request_takes_pages_from_tool_pins_before_preempting(
     ((tokens, _),) = run_greedy(engine, [greedy_request(other, max_tokens)]).values()
     assert tokens == expected
     stats = engine.scheduler.tool_pins.stats()
-    assert (stats["yielded"], stats["active"]) == (1, 0)
+    # the pin gave up pages from its end as the request grew, and keeps its first ones
+    assert stats["yielded"] >= 1 and stats["trimmed"] >= 1 and stats["active"] == 1
+    assert 0 < stats["pinned_pages"] < pinned
+    assert engine.radix.size_info().pinned_pages == stats["pinned_pages"]
     assert engine.scheduler.num_preemptions == 0
     check_pool(engine)

@@ -1,6 +1,6 @@
-"""Tool-aware pins on a real radix tree: bounded share, overdue pins and then the pin due back
-last go first (Belady-like), a hit when the follow-up arrives, expiry that lets the pages
-go."""
+"""Tool-aware pins on a real radix tree: bounded share, overdue pins and then the end of the
+pin due back last go first (Belady-like, fractional: a trimmed pin keeps its first pages), a
+hit when the follow-up arrives, expiry that lets the pages go."""
 
 from __future__ import annotations
 
@@ -55,24 +55,60 @@ def test_pins_never_pass_their_share_and_keep_the_agents_due_soonest() -> None:
     assert pins.stats()["active"] == 0
 
 
-def test_an_overdue_pin_goes_first_then_the_one_due_last() -> None:
+def test_an_overdue_pin_goes_first_then_the_end_of_the_one_due_last() -> None:
     clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
     for index, (ttl, due) in enumerate([(30.0, 10.0), (60.0, 40.0), (20.0, 20.0)]):
         cache(conversation(index))
         assert pins.pin("ns", conversation(index), ttl_s=ttl, due_s=due) == 4 * PAGE
     cache(conversation(5, pages=8))
-    # 8 more pages do not fit, and every held pin is due back before this one: refused
-    assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0, due_s=60.0) == 0
+    # 8 more pages do not fit, and every held pin is due back before this one: it gets the
+    # 4 pages left, its first ones
+    assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0, due_s=60.0) == 4 * PAGE
+    assert pins.stats()["partial"] == 1 and radix.size_info().pinned_pages == 16
     clock.now += 15.0  # the first agent is overdue (due at 10 s, its pin lasts to 30 s)
+    # pinned again (the older pin of the same conversation goes); the overdue pin goes whole
     assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0, due_s=60.0) == 8 * PAGE
     stats = pins.stats()
-    assert (stats["displaced"], stats["refused"], stats["active"]) == (1, 1, 3)
+    assert (stats["displaced"], stats["refused"], stats["active"]) == (1, 0, 3)
     assert pins.pinned_pages == 16 and radix.size_info().pinned_pages == 16
-    assert pins.yield_one()  # a running sequence needs pages: the pin due last (75 s) goes
-    assert pins.pinned_pages == 8 and pins.stats()["yielded"] == 1
-    pins.on_admit("ns", conversation(2) + [1])  # the agent due soonest was kept
+    # a running sequence needs 3 pages: the pin due last (75 s) gives up its last 3
+    assert pins.yield_pages(3)
+    assert pins.pinned_pages == 13 and radix.size_info().pinned_pages == 13
+    assert (pins.stats()["yielded"], pins.stats()["trimmed"]) == (1, 1)
+    # evictable now: the overdue agent's 4 pages and the trimmed end (pages 17-19), no more
+    assert sorted(radix.evict(16)) == [0, 1, 2, 3, 17, 18, 19]
+    pins.on_admit("ns", conversation(5, pages=8) + [1])  # back: its first 5 pages were kept
+    pins.on_admit("ns", conversation(2) + [1])
     pins.on_admit("ns", conversation(1) + [1])
-    assert pins.stats()["hit"] == 2 and pins.pinned_pages == 0
+    assert pins.stats()["hit"] == 3 and pins.pinned_pages == 0
+
+
+def test_a_new_pin_due_sooner_trims_the_pin_due_last_instead_of_dropping_it() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
+    cache(conversation(1, pages=12))
+    assert pins.pin("ns", conversation(1, pages=12), ttl_s=60.0) == 12 * PAGE
+    cache(conversation(2, pages=6))
+    assert pins.pin("ns", conversation(2, pages=6), ttl_s=10.0) == 6 * PAGE
+    stats = pins.stats()
+    assert (stats["trimmed"], stats["displaced"], stats["active"]) == (1, 0, 2)
+    # the agent due last keeps its first 10 pages: a prefix hit of 160 tokens when it is back
+    assert pins.pinned_pages == 16 and radix.size_info().pinned_pages == 16
+    assert radix.match_prefix("ns", conversation(1, pages=12)).num_tokens == 12 * PAGE
+    assert len(radix.evict(16)) == 2  # only its last two pages became evictable
+    assert radix.match_prefix("ns", conversation(1, pages=12)).num_tokens == 10 * PAGE
+
+
+def test_pins_sharing_first_pages_stay_pinned_when_one_goes() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.5)  # 32 pages
+    shared = conversation(7, pages=2)
+    first, second = shared + conversation(1, pages=2), shared + conversation(2, pages=2)
+    cache(first)
+    radix.insert_prefix("ns", second, [100, 101, 102, 103])  # the same system prompt pages
+    assert pins.pin("ns", first, ttl_s=30.0) == 4 * PAGE
+    assert pins.pin("ns", second, ttl_s=60.0) == 4 * PAGE
+    pins.on_admit("ns", first + [1])  # the first agent is back: its pin goes
+    assert radix.size_info().pinned_pages == 4  # the second's, shared pages included
+    assert sorted(radix.evict(8)) == [2, 3]  # only the first agent's own pages
 
 
 def test_the_follow_up_hits_and_releases_its_pin() -> None:
@@ -104,3 +140,19 @@ def test_a_pin_longer_than_the_share_keeps_its_first_pages_and_uncached_is_refus
     assert pins.pin("ns", conversation(9, pages=1), 30.0) == 0  # never cached
     assert pins.pin("ns", [1, 2, 3], 30.0) == 0  # not a whole page
     assert (pins.stats()["refused"], pins.stats()["made"]) == (2, 1)
+
+
+def test_a_partial_pin_is_hit_only_by_its_own_conversation() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
+    cache(conversation(3, pages=14))
+    assert pins.pin("ns", conversation(3, pages=14), ttl_s=10.0) == 14 * PAGE
+    shared = conversation(7, pages=2)  # a system prompt other agents start with too
+    mine = shared + conversation(1, pages=14)
+    cache(mine)
+    # the agent due soonest keeps its pin; this one gets the two pages left, its first
+    assert pins.pin("ns", mine, ttl_s=60.0) == 2 * PAGE
+    assert pins.stats()["partial"] == 1
+    pins.on_admit("ns", shared + conversation(2, pages=3) + [1])  # another agent: not a hit
+    assert (pins.stats()["hit"], pins.stats()["active"]) == (0, 2)
+    pins.on_admit("ns", mine + [1])  # this agent is back
+    assert (pins.stats()["hit"], pins.stats()["active"]) == (1, 1)
