@@ -116,9 +116,7 @@ class EngineSettings(Section):
         0, ge=0, description="prefill tokens per step while sequences decode, so that they wait "
         "less between tokens (0: auto, 256 on a CPU, unbounded on an accelerator)"
     )  # fmt: skip
-    max_concurrent_blends: int = Field(
-        2, ge=1, le=64, description="RAG prompts blended at once (each step advances them)"
-    )
+    max_concurrent_blends: int = Field(2, ge=1, le=64, description="RAG prompts blended at once")
     max_waiting: int = Field(256, ge=1, description="queue bound; beyond it requests get 503")
     lpm_queue_limit: int = Field(
         128, ge=0, description="waiting queue length up to which prefills go fewest-tokens-left "
@@ -126,22 +124,22 @@ class EngineSettings(Section):
     )  # fmt: skip
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request has none")
     retry_after_s: int = Field(
-        2,
-        ge=1,
-        description="least Retry-After of a 503 (s); above it, the time the queue takes to "
-        "drain at the measured finish rate",
-    )
+        2, ge=1, description="least Retry-After of a 503 (s); above it, the time the queue "
+        "takes to drain at the measured finish rate"
+    )  # fmt: skip
     session_pin_ttl_s: float = Field(
         60.0, gt=0, description="KV pin of an agent turn with session_id and no pin_ttl_s"
     )
-    tool_pin_max_share: float = Field(
-        0.25, ge=0.0, le=1.0, description="share of the KV pool tool-call pins may hold"
-    )
+    tool_pin_max_share: float = Field(0.25, ge=0, le=1, description="pool share tool pins may hold")
     tool_pin_ttl_s: float = Field(
         30.0, gt=0, description="tool-call pin TTL until a tool's round trips are known"
     )
     tool_pin_min_ttl_s: float = Field(2.0, gt=0, description="shortest predicted tool-call pin")
     tool_pin_max_ttl_s: float = Field(600.0, gt=0, description="longest predicted tool-call pin")
+    tool_pin_retention_window_s: float = Field(
+        30.0, ge=0, description="no tool pin where evictions of this window show the cache "
+        "keeps unused pages over twice as long as the agent is due back (0: always pin)"
+    )  # fmt: skip
 
 
 class ChunkCacheSettings(Section):

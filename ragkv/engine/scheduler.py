@@ -65,7 +65,11 @@ class Scheduler:
         # (namespace, session id) -> the token path pinned for that agent session
         self.session_pins: dict[tuple[str, str], list[int]] = {}
         self.tool_pins = ToolPins(
-            radix, pool.num_pages, pool.page_size, settings.tool_pin_max_share
+            radix,
+            pool.num_pages,
+            pool.page_size,
+            settings.tool_pin_max_share,
+            settings.tool_pin_retention_window_s,
         )
 
     def has_work(self) -> bool:

@@ -17,6 +17,13 @@ soonest, the last of them in part). A new pin takes room from held pins in that 
 they are overdue or due after it; when the ones left are all due sooner it gets what room is
 left, its first pages, and is refused only when none is. A running sequence short of pages
 takes them from pins in the same order before the scheduler preempts anything.
+
+A pin is made only where it is needed: when the cache has recently kept unused pages for
+longer than twice the time the agent is due back in (the shortest survival among the
+evictions of the last `retention_window_s`), its conversation would still be cached without
+a pin, and pinning it would only hold pages that others may need (Continuum pins by the same
+reasoning: a pin is worth its pages only when the tool call outlasts what the cache keeps).
+With no eviction in that window the pressure is unknown and the pin is made.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ragkv.cache.kv.radix import RadixCache
+
+RETENTION_SHARE = 0.5  # pin unless the agent is due back within this share of that survival
 
 
 @dataclass
@@ -46,14 +55,16 @@ class ToolPins:
         pool_pages: int,
         page_size: int,
         max_share: float,
+        retention_window_s: float = 0.0,
     ) -> None:
         self.radix = radix
         self.page_size = page_size
         self.max_pages = int(max_share * pool_pages)
+        self.retention_window_s = retention_window_s  # 0: always pin
         self.clock = radix.clock  # the tree's clock: its pins lapse when ours do
         self._pins: dict[tuple[str, tuple[int, ...]], _Pin] = {}
         self.counts = {"made": 0, "hit": 0, "expired_unused": 0, "displaced": 0, "refused": 0,
-                       "yielded": 0, "partial": 0, "trimmed": 0}  # fmt: skip
+                       "yielded": 0, "partial": 0, "trimmed": 0, "not_needed": 0}  # fmt: skip
 
     @property
     def pinned_pages(self) -> int:
@@ -75,6 +86,12 @@ class ToolPins:
         now = self.clock()
         until = now + ttl_s
         due = until if due_s is None else min(until, now + due_s)
+        retention = None
+        if self.retention_window_s > 0:
+            retention = self.radix.retention_s(self.retention_window_s)
+        if retention is not None and due - now <= RETENTION_SHARE * retention:
+            self.counts["not_needed"] += 1  # the cache keeps it that long unpinned
+            return 0
         while pages and self.pinned_pages + pages > self.max_pages:
             first = self._give_up_first()
             held = self._pins[first]
@@ -133,9 +150,10 @@ class ToolPins:
         self._pins.clear()
 
     def stats(self) -> dict[str, object]:
-        """Pins made (partial: made with their first pages only), hit, expired unused,
-        displaced (dropped whole: overdue, or every page needed), trimmed (gave up their last
-        pages), refused (not cached, or no room before pins due sooner), yielded (to a running
+        """Pins made (partial: made with their first pages only), not needed (the cache keeps
+        unused pages longer than the agent is due back in), hit, expired unused, displaced
+        (dropped whole: overdue, or every page needed), trimmed (gave up their last pages),
+        refused (not cached, or no room before pins due sooner), yielded (to a running
         sequence short of pages); active pins and pool share."""
         self.expire()
         return {

@@ -16,7 +16,6 @@ from ragkv.engine.weights import load_weights
 from ragkv.settings import EngineSettings
 from tests.engine.conftest import LoadedModel
 
-
 QUESTIONS = ("Name a color.", "What is 2 + 2?", "Who wrote Hamlet?", "Say hello.",
              "Name a fruit.", "What is the capital of Italy?", "Count to three.",
              "What is water made of?")  # fmt: skip

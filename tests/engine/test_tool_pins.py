@@ -24,7 +24,7 @@ def conversation(index: int, pages: int = 4) -> list[int]:
     return [index * 10_000 + i for i in range(pages * PAGE)]
 
 
-def setup(pool_pages: int = 64, share: float = 0.25):
+def setup(pool_pages: int = 64, share: float = 0.25, retention_window_s: float = 0.0):
     clock = Clock()
     radix = RadixCache(PAGE, clock=clock)
     next_page = iter(range(10_000))
@@ -32,7 +32,7 @@ def setup(pool_pages: int = 64, share: float = 0.25):
     def cache(tokens: list[int]) -> None:
         radix.insert_prefix("ns", tokens, [next(next_page) for _ in range(len(tokens) // PAGE)])
 
-    return clock, radix, ToolPins(radix, pool_pages, PAGE, share), cache
+    return clock, radix, ToolPins(radix, pool_pages, PAGE, share, retention_window_s), cache
 
 
 def test_pins_never_pass_their_share_and_keep_the_agents_due_soonest() -> None:
@@ -156,3 +156,34 @@ def test_a_partial_pin_is_hit_only_by_its_own_conversation() -> None:
     assert (pins.stats()["hit"], pins.stats()["active"]) == (0, 2)
     pins.on_admit("ns", mine + [1])  # this agent is back
     assert (pins.stats()["hit"], pins.stats()["active"]) == (1, 1)
+
+
+def test_no_pin_where_the_cache_keeps_unused_pages_longer_than_the_agent_is_away() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.5, retention_window_s=30.0)
+    cache(conversation(1))
+    assert pins.pin("ns", conversation(1), ttl_s=60.0, due_s=5.0) == 4 * PAGE  # no evictions
+    pins.on_admit("ns", conversation(1) + [1])
+    cache(conversation(2))
+    clock.now += 40.0
+    assert len(radix.evict(4)) == 4  # pages unused for 40 s (conversations 1 and 2) go first
+    assert radix.retention_s(30.0) == 40.0
+    cache(conversation(3))
+    # due back in 10 s, and the cache kept unused pages 40 s: it stays cached unpinned
+    assert pins.pin("ns", conversation(3), ttl_s=60.0, due_s=10.0) == 0
+    assert pins.stats()["not_needed"] == 1 and radix.size_info().pinned_pages == 0
+    # due back in 30 s: longer than half of what the cache keeps, pinned
+    assert pins.pin("ns", conversation(3), ttl_s=60.0, due_s=30.0) == 4 * PAGE
+    assert pins.stats()["made"] == 2
+    clock.now += 31.0  # the evictions leave the window: pressure unknown, pins made again
+    assert radix.retention_s(30.0) is None
+    cache(conversation(4))
+    assert pins.pin("ns", conversation(4), ttl_s=60.0, due_s=10.0) == 4 * PAGE
+
+
+def test_with_no_retention_window_every_pin_is_made() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.5)
+    cache(conversation(2))
+    clock.now += 40.0
+    assert len(radix.evict(4)) == 4
+    cache(conversation(3))
+    assert pins.pin("ns", conversation(3), ttl_s=60.0, due_s=1.0) == 4 * PAGE

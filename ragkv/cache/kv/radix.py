@@ -12,10 +12,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ragkv.cache.kv.digest import ROOT_DIGEST, chain_digest
+
+EVICTION_SAMPLES = 1024  # recent evictions kept for `RadixCache.retention_s`
 
 
 class RadixNode:
@@ -74,6 +77,9 @@ class RadixCache:
         self.clock = clock
         self._roots: dict[str, RadixNode] = {}
         self._num_pages = 0
+        # Recent evictions, (when, seconds since the page was last used): how long an unused
+        # page survives under the current load (see `retention_s`).
+        self._evictions: deque[tuple[float, float]] = deque(maxlen=EVICTION_SAMPLES)
 
     def namespaces(self) -> list[str]:
         """Namespaces that have (or had) a tree."""
@@ -208,9 +214,18 @@ class RadixCache:
             del parent.children[node.key]
             self._num_pages -= 1
             freed.append(node.page_id)
+            self._evictions.append((now, now - node.last_access))
             if parent.parent is not None and self._evictable(parent, now):
                 heapq.heappush(heap, (parent.last_access, next(counter), parent))
         return freed
+
+    def retention_s(self, window_s: float) -> float | None:
+        """How long an unused page survived before eviction, at the least, among the
+        evictions of the last `window_s` seconds; None when nothing was evicted then (no
+        pressure seen: how long a page would survive is unknown)."""
+        since = self.clock() - window_s
+        ages = [age for when, age in self._evictions if when >= since]
+        return min(ages) if ages else None
 
     def flush(self, namespace: str | None = None) -> list[int]:
         """Drop every unlocked node (pins included) of `namespace`, or of all namespaces."""
