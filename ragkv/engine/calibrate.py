@@ -37,6 +37,7 @@ from ragkv.engine.config import ModelConfig
 from ragkv.engine.gemm import Gemm, onednn_available, onednn_bf16_available
 from ragkv.engine.model import _low_precision
 from ragkv.engine.runtime import DTYPES
+from ragkv.settings import ModelSettings
 
 log = logging.getLogger("ragkv.engine")
 
@@ -237,3 +238,14 @@ def time_batch_dtypes(config: ModelConfig, gemm: Gemm, reps: int = 5) -> tuple[f
     return alternate_medians(
         lambda: time_pass(fp32, gemm, rows), lambda: time_pass(bf16, gemm, rows), reps
     )
+
+
+def calibrated_products(
+    settings: ModelSettings, config: ModelConfig, dtype: torch.dtype, device: torch.device
+) -> tuple[Gemm, torch.dtype | None, torch.dtype | None]:
+    """The products of a model for its `model.*` settings, each `auto` one timed here:
+    (the GEMM layout and library, the one-row decode dtype, the batched decode dtype)."""
+    blocks = column_blocks_for(settings.gemm_layout, config, device)
+    gemm = Gemm(blocks, onednn_rows_for(settings.batched_gemm, config, dtype, device, blocks))
+    decode_dtype = decode_dtype_for(settings.decode_dtype, config, dtype, device, blocks)
+    return gemm, decode_dtype, batch_dtype_for(settings.batch_dtype, dtype, device, gemm, config)

@@ -15,15 +15,9 @@ from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.blending import BlendSteps
 from ragkv.engine.cache_report import cache_report
-from ragkv.engine.calibrate import (
-    batch_dtype_for,
-    column_blocks_for,
-    decode_dtype_for,
-    onednn_rows_for,
-)
+from ragkv.engine.calibrate import calibrated_products
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
-from ragkv.engine.gemm import Gemm
 from ragkv.engine.grammar import GrammarEngine
 from ragkv.engine.kv_pool import KVPool
 from ragkv.engine.load import DrainRate
@@ -109,24 +103,18 @@ class LLMEngine:
         started = time.perf_counter()
         config, weights = load_weights(path)
         tokenizer = Tokenizer(path)
-        blocks = column_blocks_for(model_settings.gemm_layout, config, runtime.device)
-        onednn_rows = onednn_rows_for(
-            model_settings.batched_gemm, config, runtime.dtype, runtime.device, blocks
+        gemm, decode_dtype, batch_dtype = calibrated_products(
+            model_settings, config, runtime.dtype, runtime.device
         )
-        gemm = Gemm(blocks, onednn_rows)
         model = LlamaModel(
             config,
             weights,
             dtype=runtime.dtype,
             device=runtime.device,
-            decode_dtype=decode_dtype_for(
-                model_settings.decode_dtype, config, runtime.dtype, runtime.device, blocks
-            ),
+            decode_dtype=decode_dtype,
             backend=runtime.backend,
             gemm=gemm,
-            batch_dtype=batch_dtype_for(
-                model_settings.batch_dtype, runtime.dtype, runtime.device, gemm, config
-            ),
+            batch_dtype=batch_dtype,
         )
         del weights
         model_fingerprint = fingerprint(path, tokenizer.serialization())
