@@ -24,6 +24,11 @@ evictions of the last `retention_window_s`), its conversation would still be cac
 a pin, and pinning it would only hold pages that others may need (Continuum pins by the same
 reasoning: a pin is worth its pages only when the tool call outlasts what the cache keeps).
 With no eviction in that window the pressure is unknown and the pin is made.
+
+Whatever part of a conversation is not pinned (no room in the share, trimmed, or not needed)
+is still ranked for eviction as if used when its agent is due back: pages nobody is coming
+back for (one-shot prompts, older turns) are evicted before it. That is an order, not a
+hold: those pages stay evictable, so other traffic is never refused for them.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ class ToolPins:
         now = self.clock()
         until = now + ttl_s
         due = until if due_s is None else min(until, now + due_s)
+        if self.max_pages > 0:
+            self.radix.keep_until(namespace, token_ids, due)  # unpinned pages: evicted late
         retention = None
         if self.retention_window_s > 0:
             retention = self.radix.retention_s(self.retention_window_s)

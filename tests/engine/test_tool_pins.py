@@ -187,3 +187,33 @@ def test_with_no_retention_window_every_pin_is_made() -> None:
     assert len(radix.evict(4)) == 4
     cache(conversation(3))
     assert pins.pin("ns", conversation(3), ttl_s=60.0, due_s=1.0) == 4 * PAGE
+
+
+def test_pages_of_an_agent_due_back_are_evicted_after_other_unused_pages() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
+    cache(conversation(1, pages=16))
+    assert pins.pin("ns", conversation(1, pages=16), ttl_s=10.0) == 16 * PAGE  # the share
+    cache(conversation(2))  # an agent now waiting on a tool: no room left to pin it
+    assert pins.pin("ns", conversation(2), ttl_s=60.0, due_s=30.0) == 0
+    clock.now += 1.0
+    cache(conversation(3))  # a one-shot prompt, used after the agent's turn
+    # the one-shot prompt's pages go first, though the agent's were used before them
+    assert sorted(radix.evict(4)) == list(range(20, 24))
+    assert radix.size_info().pinned_pages == 16
+    # still evictable (an order, not a hold), once nothing else is
+    assert sorted(radix.evict(4)) == list(range(16, 20))
+
+
+def test_a_hint_orders_eviction_until_the_next_use() -> None:
+    clock = Clock()
+    radix = RadixCache(PAGE, clock=clock)
+    radix.insert_prefix("ns", conversation(1, pages=2), [0, 1])
+    clock.now += 1.0
+    radix.insert_prefix("ns", conversation(2, pages=2), [2, 3])
+    assert radix.keep_until("ns", conversation(1, pages=2), clock.now + 50.0) == 2 * PAGE
+    assert sorted(radix.evict(2)) == [2, 3]  # the later-used but unhinted pages go first
+    radix.insert_prefix("ns", conversation(2, pages=2), [2, 3])
+    radix.match_prefix("ns", conversation(1, pages=2))  # used again: a plain stamp, now
+    clock.now += 1.0
+    radix.match_prefix("ns", conversation(2, pages=2))
+    assert sorted(radix.evict(2)) == [0, 1]

@@ -178,6 +178,18 @@ class RadixCache:
             node = node.parent
         return match.num_tokens
 
+    def keep_until(self, namespace: str, token_ids: Sequence[int], until: float) -> int:
+        """Rank the cached prefix of `token_ids` for eviction as if it were used at `until`
+        (later than now: a hint that it will be used again by then). Its pages stay
+        evictable; only pages without such a hint, or with an earlier one, go before them.
+        The next match resets the stamps to that time. Returns the tokens covered."""
+        match = self.match_prefix(namespace, token_ids)
+        node = match.node
+        while node.parent is not None:
+            node.last_access = max(node.last_access, until)
+            node = node.parent
+        return match.num_tokens
+
     def unpin(self, namespace: str, token_ids: Sequence[int]) -> None:
         """End a pin early (e.g. the agent session closed)."""
         node = self.match_prefix(namespace, token_ids).node
@@ -214,7 +226,7 @@ class RadixCache:
             del parent.children[node.key]
             self._num_pages -= 1
             freed.append(node.page_id)
-            self._evictions.append((now, now - node.last_access))
+            self._evictions.append((now, max(0.0, now - node.last_access)))
             if parent.parent is not None and self._evictable(parent, now):
                 heapq.heappush(heap, (parent.last_access, next(counter), parent))
         return freed
