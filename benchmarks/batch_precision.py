@@ -38,6 +38,7 @@ from decode_precision import (
     PROMPTS,
     compare_forced,
     greedy_agreement,
+    sequence_step,
     teacher_forced_logprobs,
     teacher_forced_summary,
 )
@@ -105,18 +106,7 @@ def teacher_forced_batched(
     tables = [pool.alloc(pool.pages_for(total)) for total in totals]
     rows: list[list[torch.Tensor]] = []
     for prompt, table in zip(prompts, tables, strict=True):
-        kv_indptr, kv_indices = page_table_csr([table[: pool.pages_for(len(prompt))]])
-        one = ForwardBatch(
-            token_ids=torch.tensor(prompt, dtype=torch.long),
-            positions=torch.arange(len(prompt)),
-            write_slots=pool.slots(table, 0, len(prompt)),
-            qo_indptr=[0, len(prompt)],
-            kv_indptr=kv_indptr,
-            kv_indices=kv_indices,
-            kv_lens=[len(prompt)],
-            logits_rows=torch.tensor([len(prompt) - 1]),
-        )
-        rows.append([model.forward(one, pool)])
+        rows.append([model.forward(sequence_step(pool, table, prompt, 0), pool)])
     for index in range(len(forced[0]) - 1):
         tokens = [f[index] for f in forced]
         starts = [len(p) + index for p in prompts]

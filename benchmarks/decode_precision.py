@@ -114,7 +114,7 @@ def greedy(engine: LLMEngine, prompt: list[int], num_tokens: int, tag: str):
     return tokens, logprobs
 
 
-def _step(pool: KVPool, pages: list[int], token_ids: list[int], start: int) -> ForwardBatch:
+def sequence_step(pool: KVPool, pages: list[int], token_ids: list[int], start: int) -> ForwardBatch:
     """One sequence adding `token_ids` at positions `start...`; logits of its last token.
 
     The page table holds the pages its KV fills, as the engine's does."""
@@ -141,9 +141,9 @@ def teacher_forced_logprobs(
     total = len(prompt) + len(forced)
     pool = KVPool(model.config, -(-total // PAGE_SIZE), PAGE_SIZE, model.dtype)
     pages = pool.alloc(pool.pages_for(total))
-    rows = [model.forward(_step(pool, pages, prompt, 0), pool)]
+    rows = [model.forward(sequence_step(pool, pages, prompt, 0), pool)]
     for index, token in enumerate(forced[:-1]):
-        rows.append(model.forward(_step(pool, pages, [token], len(prompt) + index), pool))
+        rows.append(model.forward(sequence_step(pool, pages, [token], len(prompt) + index), pool))
     return torch.log_softmax(torch.cat(rows), dim=-1)
 
 

@@ -185,11 +185,10 @@ class ToolPins:
         else its last `count` pages (its first ones stay pinned until its expiry)."""
         pin = self._pins[key]
         keep = pin.pages - count
+        self._drop(key)
         if pin.due <= self.clock() or keep <= 0:
-            self._drop(key)
             self.counts["displaced"] += 1
             return
-        self._drop(key)
         path = pin.path[: keep * self.page_size]
         pinned = self.radix.pin(pin.namespace, path, pin.until - self.clock())
         self._pins[key] = replace(pin, path=path, pages=pinned // self.page_size)
