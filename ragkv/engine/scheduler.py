@@ -175,6 +175,7 @@ class Scheduler:
                 if seq.blend_pending:
                     return None  # no pages yet: wait for decodes to finish
                 continue
+            self._hit_tool_pin(seq)
             self.waiting.remove(seq)
             seq.status = SeqStatus.BLENDING
             self.running.append(seq)
@@ -191,8 +192,9 @@ class Scheduler:
         self._attach_prefix(seq)
         num_tokens = min(seq.num_uncomputed, budget)
         if not self._reserve(seq, num_tokens):
-            self.release(seq)
+            self.release(seq)  # its tool pin, if any, holds on until it is admitted
             return budget, False
+        self._hit_tool_pin(seq)
         self.waiting.remove(seq)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
@@ -229,7 +231,6 @@ class Scheduler:
         """Point a waiting sequence at its longest cached prefix (at least one token left)."""
         if not seq.request.use_prefix_cache:
             return
-        self.tool_pins.on_admit(seq.namespace, seq.token_ids)
         # `prefix` asks for exact reuse: blended (approximate) pages are not served to it.
         exact_only = seq.request.kv_reuse is KVReuse.PREFIX
         match = self.radix.match_prefix(seq.namespace, seq.token_ids[:-1], exact_only)
@@ -243,6 +244,13 @@ class Scheduler:
             seq.num_cached_prompt = match.num_tokens
             approx = 0 if match.approx_from is None else match.num_tokens - match.approx_from
             seq.num_approx_cached = approx
+
+    def _hit_tool_pin(self, seq: Sequence) -> None:
+        """`seq` is admitted: the tool pin of the conversation it continues is released (its
+        own lock keeps the pages now). Not before: a follow-up that waits for pages keeps its
+        pin, or other prompts' reservations would evict the conversation it came back for."""
+        if seq.request.use_prefix_cache:
+            self.tool_pins.on_admit(seq.namespace, seq.token_ids)
 
     def _reserve(self, seq: Sequence, num_tokens: int, take_pins: bool = False) -> bool:
         """Make sure `seq` has pages for `num_tokens` more tokens, evicting cache if needed;

@@ -131,3 +131,36 @@ def test_a_running_request_takes_pages_from_tool_pins_before_preempting(
     assert engine.radix.size_info().pinned_pages == stats["pinned_pages"]
     assert engine.scheduler.num_preemptions == 0
     check_pool(engine)
+
+
+def test_a_follow_up_waiting_for_pages_keeps_its_tool_pin(make_engine, smollm: LoadedModel) -> None:
+    """The agent is back but the pool is busy: its pin holds until it is admitted (released
+    at a failed admission, the conversation would be evictable while the agent queues)."""
+    engine = make_engine(kv_cache_mb=32, tool_pin_max_share=0.5)
+    page, pool = engine.pool.page_size, engine.pool.num_pages
+    agent = text_prompt(smollm, 7, 6)
+    run_greedy(engine, [greedy_request(agent, 1)])  # its KV is now in the radix tree
+    pinned = engine.pin_tool_turn("default", agent, ttl_s=600.0) // page
+    assert pinned == len(agent) // page
+    cached = engine.radix.size_info().total_pages
+    # another request holds all but one of the pages left, and never needs more
+    filler = text_prompt(smollm, 8, 40)[: (pool - cached - 1) * page - 8]
+    engine.add_request(greedy_request(filler, 8))
+    engine.step()
+    while engine.scheduler.running[0].in_prefill:
+        engine.step()
+    follow_up = greedy_request(agent + smollm.tokenizer.encode(" The tool said: 42. " * 6), 2)
+    assert engine.pool.pages_for(len(follow_up.prompt_ids)) - pinned > engine.pool.num_free
+    engine.add_request(follow_up)
+    engine.step()  # no room: the follow-up waits
+    assert follow_up.request_id in [s.request_id for s in engine.scheduler.waiting]
+    stats = engine.scheduler.tool_pins.stats()
+    assert (stats["hit"], stats["active"], stats["pinned_pages"]) == (0, 1, pinned)
+    results: dict[str, list] = {}
+    while engine.has_work():
+        for output in engine.step():
+            results.setdefault(output.request_id, []).append(output)
+    assert results[follow_up.request_id][-1].cached_tokens == pinned * page
+    stats = engine.scheduler.tool_pins.stats()
+    assert (stats["hit"], stats["active"]) == (1, 0)
+    check_pool(engine)
