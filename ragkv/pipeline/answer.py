@@ -162,6 +162,7 @@ class Answer:
         self.report: CacheReport | None = None
         self.finish_reason: str | None = None
         self.call_text: str | None = None  # what a constrained call answer wrote, whole
+        self.collected = False  # read whole by `collect` (a non-stream response), not streamed
         self._deltas = deltas(self)
 
     def finish(self, usage: Usage, report: CacheReport, finish_reason: str | None) -> None:
@@ -178,6 +179,7 @@ class Answer:
     async def collect(self) -> Delta:
         """The whole answer as one delta: text, every logprob, finish reason, tool calls
         (for non-stream responses)."""
+        self.collected = True
         text: list[str] = []
         logprobs: list[TokenLogprob] = []
         calls: list[ToolCall] = []

@@ -11,9 +11,10 @@ answer, so it can stream before it is complete:
 
 The finish reason is `tool_calls` when the calls parse, else the engine's (`length` when
 max_tokens cut them short); a whole (non-stream) answer then returns what was written as
-text (`Answer.collect`), never a malformed call. `auto` is not streamed this way: the model
-may be writing prose, and a call that fails to parse must come back as text, so it is held
-until it parses (`tools.with_tool_calls`).
+text (`Answer.collect`), never a malformed call. A stream cut short has already handed out
+the calls written before the cut: those whole ones still pin the turn's KV (`on_calls`).
+`auto` is not streamed this way: the model may be writing prose, and a call that fails to
+parse must come back as text, so it is held until it parses (`tools.with_tool_calls`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class CallReader:
         self.arguments: list[list[str]] = []  # every call's argument characters
         self.in_arguments = False
         self.value_depth = 0  # nesting inside the arguments value
+        self.closed = 0  # calls whose object has closed (the first `closed` of `calls`)
 
     def feed(self, text: str) -> list[CallPiece]:
         """Read `text`; the pieces it completes, in order."""
@@ -64,6 +66,10 @@ class CallReader:
             ToolCall(call.id, call.name, "".join(self.arguments[index]))
             for index, call in enumerate(self.calls)
         ]
+
+    def closed_calls(self) -> list[ToolCall]:
+        """The calls written whole so far (their object closed), with their arguments."""
+        return self.whole_calls()[: self.closed]
 
     def _string_char(self, char: str) -> bool:
         """Advance through a JSON string; True when `char` is its closing quote."""
@@ -111,6 +117,8 @@ class CallReader:
                 self.arguments.append([])
         elif char in "]}":
             self.depth -= 1
+            if self.depth == 1 and len(self.calls) > self.index >= 0:
+                self.closed = self.index + 1
         elif char == ":" and self.depth == 2:
             self.after_colon = True
             if self.key == "arguments":
@@ -166,8 +174,13 @@ def streamed_calls(
             if parse(text):
                 whole = [ToolCall(named.id, named.name, text)]
                 calls = reader.whole_calls() if reader is not None else whole
-            if calls and on_calls is not None:
-                await on_calls(calls)
+            # A stream hands out the calls written whole before max_tokens cut it (finish
+            # reason `length`): the agent runs them and comes back. A whole answer returns
+            # a cut one as text (`Answer.collect`): no call went out.
+            cut_short = reader is not None and not outer.collected
+            sent = calls or (reader.closed_calls() if cut_short else [])
+            if sent and on_calls is not None:
+                await on_calls(sent)
             reason = "tool_calls" if calls else answer.finish_reason
             outer.call_text = text
             if answer.usage is not None and answer.report is not None:

@@ -101,6 +101,29 @@ def test_a_required_answer_cut_short_is_its_text_when_whole() -> None:
     assert whole.finish_reason == "length"
 
 
+def test_calls_streamed_whole_before_a_cut_still_pin_the_turn() -> None:
+    use = ToolUse((WEATHER, TIME), "required")
+    pinned: list[list[ToolCall]] = []
+
+    async def pin(calls: list[ToolCall]) -> None:
+        pinned.append(calls)
+
+    cut = TWO_CALLS.index("get_time") + 3  # max_tokens ends the answer in the second call
+    text = [TWO_CALLS[i : min(cut, i + 5)] for i in range(0, cut, 5)]
+    deltas = asyncio.run(_deltas(with_tool_calls(written(text, "length"), use, pin)))
+    assert deltas[-1].finish_reason == "length"
+    (calls,) = pinned  # the whole first call: the client runs it and comes back
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", {"city": 'Par"is {x}', "days": [1, {"a": "]}"}]})
+    ]
+    inside = TWO_CALLS.index('"days"')  # cut inside the first call: nothing whole to run
+    asyncio.run(_deltas(with_tool_calls(written([TWO_CALLS[:inside]], "length"), use, pin)))
+    assert len(pinned) == 1
+    # a non-stream answer cut short is text: no call reached the client, nothing to pin
+    whole = asyncio.run(with_tool_calls(written(text, "length"), use, pin).collect())
+    assert whole.tool_calls == () and len(pinned) == 1
+
+
 def test_every_tokens_logprob_goes_out_even_before_the_call_is_announced() -> None:
     use = ToolUse((WEATHER, TIME), "required")
     text = ['[{"na', 'me": "get_ti', 'me", "arguments": {', "}}", "]"]

@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, LiveServer
 
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
 SCHEMAS = {
     "nested": {
         "type": "object",
@@ -212,6 +214,12 @@ def test_agent_loop_reuses_the_first_turn_through_a_tool_pin(client, live_server
     weather = tool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}},
                                    "required": ["city"]})  # fmt: skip
     messages = [{"role": "user", "content": "What is the weather in Lisbon right now?"}]
+    # Earlier tests' agents never came back: their pins may hold the whole share, due back
+    # sooner or later than this one depending on how long those tests took. Start empty.
+    flushed = httpx.post(
+        f"{live_server.url}/admin/cache/flush", json={"level": "prefix"}, headers=ADMIN
+    )
+    assert flushed.status_code == 200 and pins(live_server)["active"] == 0
     before = pins(live_server)
     first = client.chat.completions.create(
         model="default", messages=messages, tools=[weather], tool_choice="required",
@@ -230,9 +238,7 @@ def test_agent_loop_reuses_the_first_turn_through_a_tool_pin(client, live_server
 
 
 def pins(live_server: LiveServer) -> dict:
-    stats = httpx.get(
-        f"{live_server.url}/admin/cache/stats", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-    ).json()
+    stats = httpx.get(f"{live_server.url}/admin/cache/stats", headers=ADMIN).json()
     return stats["prefix"]["tool_pins"]
 
 
