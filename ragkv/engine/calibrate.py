@@ -34,7 +34,7 @@ import time
 import torch
 
 from ragkv.engine.config import ModelConfig
-from ragkv.engine.gemm import Gemm, onednn_available, onednn_bf16_available
+from ragkv.engine.gemm import Gemm, OneDNNPacks, onednn_available, onednn_bf16_available
 from ragkv.engine.model import _low_precision
 from ragkv.engine.runtime import DTYPES
 from ragkv.settings import ModelSettings
@@ -76,13 +76,24 @@ def gemv_weights(config: ModelConfig, dtype: torch.dtype | None = None) -> list[
     return weights
 
 
-def time_pass(weights: list[torch.Tensor], gemm: Gemm, rows: int = 1) -> float:
-    """Seconds of one product of `rows` rows with each of `weights`, run as `gemm` runs it."""
+def time_pass(
+    weights: list[torch.Tensor], gemm: Gemm, rows: int = 1, packs: OneDNNPacks | None = None
+) -> float:
+    """Seconds of one product of `rows` rows with each of `weights`, run as `gemm` runs it
+    (on their `packs` where oneDNN takes it, as the model does)."""
     x = torch.ones(rows, weights[0].shape[0])
     started = time.perf_counter()
     for weight in weights:
-        gemm.matmul(x, weight)
+        gemm.matmul(x, weight, None, None if packs is None else packs.get(weight))
     return time.perf_counter() - started
+
+
+def packed(weights: list[torch.Tensor]) -> OneDNNPacks:
+    """oneDNN packs of `weights` (`gemm.OneDNNPacks`)."""
+    packs = OneDNNPacks()
+    for weight in weights:
+        packs.add(weight)
+    return packs
 
 
 def time_layout(config: ModelConfig, blocks: int, reps: int = 3) -> float:
@@ -161,11 +172,11 @@ def calibrate_onednn_rows(
     every candidate row count, None where it loses at the largest; with each candidate's
     (BLAS, oneDNN) milliseconds per `STREAM_BYTES`. Takes well under a second."""
     weights = gemv_weights(config)
-    blas, onednn = Gemm(blocks), Gemm(blocks, onednn_min_rows=1)
+    blas, onednn, packs = Gemm(blocks), Gemm(blocks, onednn_min_rows=1), packed(weights)
     timings = {
         rows: alternate_medians(
             lambda rows=rows: time_pass(weights, blas, rows),
-            lambda rows=rows: time_pass(weights, onednn, rows),
+            lambda rows=rows: time_pass(weights, onednn, rows, packs),
             reps,
         )
         for rows in ONEDNN_ROW_CANDIDATES
@@ -235,8 +246,11 @@ def time_batch_dtypes(config: ModelConfig, gemm: Gemm, reps: int = 5) -> tuple[f
     in float32 and in bfloat16 copies, as `gemm` runs them, timed alternately."""
     rows = max(BATCH_CALIBRATION_ROWS, gemm.onednn_min_rows or 1)
     fp32, bf16 = gemv_weights(config), gemv_weights(config, torch.bfloat16)
+    fp32_packs, bf16_packs = packed(fp32), packed(bf16)
     return alternate_medians(
-        lambda: time_pass(fp32, gemm, rows), lambda: time_pass(bf16, gemm, rows), reps
+        lambda: time_pass(fp32, gemm, rows, fp32_packs),
+        lambda: time_pass(bf16, gemm, rows, bf16_packs),
+        reps,
     )
 
 

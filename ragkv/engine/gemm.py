@@ -25,8 +25,14 @@ BLOCKED_GEMM_MAX_ROWS = 512
 
 
 def onednn_available() -> bool:
-    """True where torch was built with oneDNN and exposes its linear op (x86 and Arm wheels)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """True where torch was built with oneDNN and exposes its linear op and weight packing (x86
+    and Arm wheels)."""
+    mkldnn = torch.ops.mkldnn
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(mkldnn, "_linear_pointwise")
+        and hasattr(mkldnn, "_reorder_linear_weight")
+    )
 
 
 def onednn_bf16_available() -> bool:
@@ -58,15 +64,21 @@ class Gemm:
         )
 
     def matmul(
-        self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        weight_t: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        packed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`x @ weight_t (+ bias)` for an `[in, out]` weight (or a transposed view of an
-        `[out, in]` one), computed in the weight's dtype and answered in `x`'s."""
+        `[out, in]` one), computed in the weight's dtype and answered in `x`'s. `packed`:
+        oneDNN's own copy of the weight (`OneDNNPacks`), used where oneDNN takes the product."""
         rows = x.shape[0]
         x_cast = x.to(weight_t.dtype)
         if self.uses_onednn(rows, weight_t):
+            weight = weight_t.t() if packed is None else packed
             out = torch.ops.mkldnn._linear_pointwise(
-                x_cast.contiguous(), weight_t.t(), bias, "none", [], ""
+                x_cast.contiguous(), weight, bias, "none", [], ""
             )
             return out.to(x.dtype)
         blocked = self.column_blocks(weight_t) if rows <= BLOCKED_GEMM_MAX_ROWS else None
@@ -86,3 +98,33 @@ class Gemm:
         if self.blocks <= 1 or out_features % self.blocks or not weight_t.is_contiguous():
             return None
         return weight_t.view(in_features, self.blocks, -1).permute(1, 0, 2)
+
+
+# The row count oneDNN lays packed weights out for: a batched decode step. Other counts use
+# the same copy (prefill gained too, by less).
+PACK_ROWS = 16
+
+
+class OneDNNPacks:
+    """oneDNN's blocked copies of a model's weights (`torch.ops.mkldnn._reorder_linear_weight`,
+    as torch's compiler packs linear layers), by weight. Given a plain `[out, in]` matrix,
+    oneDNN lays it out again on every call: on an AMD EPYC, 16-row products ran 1.3-2.5x
+    faster on the packed copy (bfloat16 gate/up 0.24 -> 0.16 ms, float32 LM head 10.8 ->
+    6.3 ms) with identical results. A pack costs the weight's size in memory again."""
+
+    def __init__(self) -> None:
+        # id -> (the weight, its pack); holding the weight keeps its id from being reused
+        self._packs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, weight_t: torch.Tensor) -> None:
+        """Pack `weight_t` (`[in, out]`, or the transposed view of an `[out, in]` copy)."""
+        pack = torch.ops.mkldnn._reorder_linear_weight(weight_t.t().contiguous(), PACK_ROWS)
+        self._packs[id(weight_t)] = (weight_t, pack)
+
+    def get(self, weight_t: torch.Tensor) -> torch.Tensor | None:
+        """The pack of `weight_t`, None when it has none."""
+        entry = self._packs.get(id(weight_t))
+        return entry[1] if entry is not None and entry[0] is weight_t else None
+
+    def __len__(self) -> int:
+        return len(self._packs)

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragkv.engine.gemm import BLOCKED_GEMM_MAX_ROWS, Gemm, onednn_available
+from ragkv.engine.gemm import (
+    BLOCKED_GEMM_MAX_ROWS,
+    ONEDNN_DTYPES,
+    Gemm,
+    OneDNNPacks,
+    onednn_available,
+)
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 
@@ -59,3 +65,37 @@ def test_onednn_serves_only_float32_cpu_weights() -> None:
     half = weight.t().half().contiguous().t()  # a float16 decode copy, `[in, out]` view
     expected = (x.half().float() @ weight.half().float()).half().float()
     torch.testing.assert_close(gemm.matmul(x, half), expected, rtol=2e-3, atol=2e-3)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", ONEDNN_DTYPES)
+@pytest.mark.parametrize("rows", [2, 16, 600])
+def test_a_packed_weight_gives_the_plain_product(dtype: torch.dtype, rows: int) -> None:
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(96, 48, generator=generator).to(dtype)
+    bias = torch.randn(96, generator=generator).to(dtype)
+    x = torch.randn(rows, 48, generator=generator)
+    gemm = Gemm(2, onednn_min_rows=2)
+    stored = weight.t().contiguous() if dtype == torch.float32 else weight.t()  # as the model
+    packs = OneDNNPacks()
+    packs.add(stored)
+    packed = packs.get(stored)
+    assert packed is not None and packs.get(weight) is None and len(packs) == 1
+    for b in (bias, None):
+        plain = gemm.matmul(x, stored, b)
+        torch.testing.assert_close(gemm.matmul(x, stored, b, packed), plain, rtol=1e-4, atol=1e-4)
+    expected = x.to(dtype).float() @ weight.float().t()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.05  # bfloat16: its output is rounded
+    torch.testing.assert_close(gemm.matmul(x, stored, None, packed), expected,
+                               rtol=tolerance, atol=tolerance)  # fmt: skip
+
+
+@needs_onednn
+def test_the_model_packs_what_onednn_multiplies(smollm) -> None:
+    model = smollm.model
+    if model.gemm.onednn_min_rows is None:
+        pytest.skip("this model runs without oneDNN")
+    layers = model.batch_layers or model.layers  # the weights of batched decode steps
+    assert len(model.packs) == 4 * len(layers) + 1  # four projections a layer, the head
+    assert model.packs.get(layers[0].w_gate_up) is not None
+    assert model.packs.get(model.lm_head_t) is not None
