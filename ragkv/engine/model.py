@@ -125,10 +125,9 @@ class LlamaModel:
             self.decode_layers = [_cast_projections(layer, decode_dtype) for layer in self.layers]
             self.decode_lm_head = self.lm_head.to(decode_dtype)
             self.decode_dtype = decode_dtype
-        # Batched decode steps are compute-bound on a CPU: an optional copy of the projections
-        # (bfloat16, where oneDNN multiplies it natively) serves decode-only steps of as many
-        # rows as oneDNN takes. The LM head stays in `dtype`: rounding it was what cost
-        # bfloat16 decode its quality (teacher-forced agreement 98.2% with it, 99.5% without).
+        # Batched decode steps are compute-bound on a CPU: an optional bfloat16 copy of the
+        # projections serves decode-only steps of as many rows as oneDNN takes. The LM head
+        # stays in `dtype` (rounding it cost bfloat16 decode its quality: 98.2%, not 99.5%).
         self.batch_layers: list[LayerWeights] | None = None
         if batch_dtype is not None and batch_dtype != dtype:
             same = self.decode_layers is not None and decode_dtype == batch_dtype
@@ -137,23 +136,25 @@ class LlamaModel:
             ]  # fmt: skip
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        self.packs = OneDNNPacks()
-        if self.device.type == "cpu" and self.gemm.onednn_min_rows is not None:
-            self._pack_for_onednn()
+        self.packs = self._pack_for_onednn()
 
-    def _pack_for_onednn(self) -> None:
-        """Pack the weights of batched decode steps for oneDNN (`OneDNNPacks`): the batch
-        copies, else the projections in `dtype`, and the head. The `dtype` projections
-        are left as they are next to batch copies: they serve prefill there, where a pack
-        gained ~8% on a 512-row product, not worth their size again in memory and ~1 s of
-        packing at start."""
+    def _pack_for_onednn(self) -> OneDNNPacks:
+        """oneDNN packs (`OneDNNPacks`) of the weights of batched decode steps: the batch
+        copies, else the projections in `dtype`, and the head; none off a CPU or without
+        oneDNN. The `dtype` projections are left as they are next to batch copies: they
+        serve prefill there, where a pack gained ~8% on a 512-row product, not worth their
+        size again in memory and ~1 s of packing at start."""
+        packs = OneDNNPacks()
+        if self.device.type != "cpu" or self.gemm.onednn_min_rows is None:
+            return packs
         weights = [self.lm_head_t]
         for layer in self.batch_layers or self.layers:
             weights += [layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down]
         # (a batch copy shared with the one-row decode copies may be float16: not oneDNN's)
         for weight in [w for w in weights if w.dtype in ONEDNN_DTYPES]:
-            if self.packs.get(weight) is None:
-                self.packs.add(weight)
+            if packs.get(weight) is None:
+                packs.add(weight)
+        return packs
 
     def _mm(
         self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None
