@@ -88,14 +88,6 @@ def time_pass(
     return time.perf_counter() - started
 
 
-def packed(weights: list[torch.Tensor]) -> OneDNNPacks:
-    """oneDNN packs of `weights` (`gemm.OneDNNPacks`)."""
-    packs = OneDNNPacks()
-    for weight in weights:
-        packs.add(weight)
-    return packs
-
-
 def time_layout(config: ModelConfig, blocks: int, reps: int = 3) -> float:
     """Median seconds of one-row GEMVs over `gemv_weights(config)` in `blocks` column blocks."""
     weights, gemm = gemv_weights(config), Gemm(blocks)
@@ -172,7 +164,7 @@ def calibrate_onednn_rows(
     every candidate row count, None where it loses at the largest; with each candidate's
     (BLAS, oneDNN) milliseconds per `STREAM_BYTES`. Takes well under a second."""
     weights = gemv_weights(config)
-    blas, onednn, packs = Gemm(blocks), Gemm(blocks, onednn_min_rows=1), packed(weights)
+    blas, onednn, packs = Gemm(blocks), Gemm(blocks, onednn_min_rows=1), OneDNNPacks(weights)
     timings = {
         rows: alternate_medians(
             lambda rows=rows: time_pass(weights, blas, rows),
@@ -246,7 +238,7 @@ def time_batch_dtypes(config: ModelConfig, gemm: Gemm, reps: int = 5) -> tuple[f
     in float32 and in bfloat16 copies, as `gemm` runs them, timed alternately."""
     rows = max(BATCH_CALIBRATION_ROWS, gemm.onednn_min_rows or 1)
     fp32, bf16 = gemv_weights(config), gemv_weights(config, torch.bfloat16)
-    fp32_packs, bf16_packs = packed(fp32), packed(bf16)
+    fp32_packs, bf16_packs = OneDNNPacks(fp32), OneDNNPacks(bf16)
     return alternate_medians(
         lambda: time_pass(fp32, gemm, rows, fp32_packs),
         lambda: time_pass(bf16, gemm, rows, bf16_packs),

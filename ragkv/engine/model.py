@@ -144,17 +144,13 @@ class LlamaModel:
         oneDNN. The `dtype` projections are left as they are next to batch copies: they
         serve prefill there, where a pack gained ~8% on a 512-row product, not worth their
         size again in memory and ~1 s of packing at start."""
-        packs = OneDNNPacks()
         if self.device.type != "cpu" or self.gemm.onednn_min_rows is None:
-            return packs
+            return OneDNNPacks()
         weights = [self.lm_head_t]
         for layer in self.batch_layers or self.layers:
             weights += [layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down]
-        # (a batch copy shared with the one-row decode copies may be float16: not oneDNN's)
-        for weight in [w for w in weights if w.dtype in ONEDNN_DTYPES]:
-            if packs.get(weight) is None:
-                packs.add(weight)
-        return packs
+        # weights in a dtype oneDNN does not multiply (float16) take the plain product
+        return OneDNNPacks(w for w in weights if w.dtype in ONEDNN_DTYPES)
 
     def _mm(
         self, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None

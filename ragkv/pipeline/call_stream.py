@@ -177,8 +177,8 @@ def streamed_calls(
             # A stream hands out the calls written whole before max_tokens cut it (finish
             # reason `length`): the agent runs them and comes back. A whole answer returns
             # a cut one as text (`Answer.collect`): no call went out.
-            cut_short = reader is not None and not outer.collected
-            sent = calls or (reader.closed_calls() if cut_short else [])
+            streamed = reader is not None and not outer.collected
+            sent = calls or (reader.closed_calls() if streamed else [])
             if sent and on_calls is not None:
                 await on_calls(sent)
             reason = "tool_calls" if calls else answer.finish_reason
