@@ -29,6 +29,7 @@ from ragkv.settings import EngineSettings, ModelSettings
 
 RESULTS = Path(__file__).parent / "results" / "engine.json"
 PREFILL_RUNS = 3  # prefill timings per side and length (medians)
+DECODE_RUNS = 5  # single-stream decode runs (medians), alternating with llama.cpp's
 
 
 def token_ids(count: int, offset: int = 0) -> list[int]:
@@ -205,15 +206,22 @@ def main() -> None:
             "transformers": length / statistics.median(refs) if refs else None,
         }
 
-    single = statistics.median(engine_decode_tps(engine, 1, args.decode_tokens) for _ in range(3))
+    # Our runs and llama.cpp's alternate, medians: on a shared host one run of each, minutes
+    # apart, moved the ratio by more than 10%.
+    ours, theirs = [], []
+    for _ in range(DECODE_RUNS):
+        ours.append(engine_decode_tps(engine, 1, args.decode_tokens))
+        if args.llama_cpp_python is not None:
+            theirs.append(llama_cpp_decode(args.llama_cpp_python, path, args))
+    single = statistics.median(ours)
     ref_decode = None
     if hf is not None:
         ref_decode = transformers_decode_tps(hf, args.decode_tokens)
     rows["decode_1_stream_tok_per_s"] = {"ragkv": single, "transformers": ref_decode}
-    if args.llama_cpp_python is not None:
+    if theirs:
         rows["decode_1_stream_vs_llama_cpp"] = {
             "ragkv": single,
-            "llama.cpp": llama_cpp_decode(args.llama_cpp_python, path, args),
+            "llama.cpp": statistics.median(theirs),
         }
     # The server gets the layout and decode dtype the engine row ran with (its own start-up
     # calibration could choose differently).

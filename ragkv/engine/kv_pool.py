@@ -39,6 +39,13 @@ class KVPool:
             dtype=dtype,
             device=device,
         )
+        # Per layer: the K and V caches `[pages, page_size, KH, D]` and their flat slot
+        # views `[slots, KH, D]`, made once (a decode step asks for them in every layer,
+        # where a view made per call costs as much as the one-token write itself).
+        self._layer_views = [
+            (layer[0], layer[1], layer[0].flatten(0, 1), layer[1].flatten(0, 1))
+            for layer in self.kv
+        ]
         self.ref_counts = [0] * num_pages
         # A min-heap: pages are handed out lowest id first, so a sequence's pages tend to be
         # consecutive, and attention reads consecutive pages as a view of the pool instead of
@@ -102,9 +109,9 @@ class KVPool:
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store `k, v: [T, num_kv_heads, head_dim]` of one layer at `slots: [T]`."""
-        flat = self.kv[layer].view(2, -1, *self.kv.shape[-2:])
-        flat[0].index_copy_(0, slots, k)
-        flat[1].index_copy_(0, slots, v)
+        _, _, k_flat, v_flat = self._layer_views[layer]
+        k_flat.index_copy_(0, slots, k)
+        v_flat.index_copy_(0, slots, v)
 
     def write_all(self, slots: torch.Tensor, kv: torch.Tensor) -> None:
         """Store every layer's K and V at once: `kv: [layers, 2, T, num_kv_heads, head_dim]`."""
@@ -118,7 +125,8 @@ class KVPool:
 
     def layer_caches(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`(k_cache, v_cache)`, each `[num_pages, page_size, num_kv_heads, head_dim]`."""
-        return self.kv[layer, 0], self.kv[layer, 1]
+        k_cache, v_cache, _, _ = self._layer_views[layer]
+        return k_cache, v_cache
 
 
 def page_table_csr(tables: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
