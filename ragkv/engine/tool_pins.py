@@ -25,10 +25,13 @@ a pin, and pinning it would only hold pages that others may need (Continuum pins
 reasoning: a pin is worth its pages only when the tool call outlasts what the cache keeps).
 With no eviction in that window the pressure is unknown and the pin is made.
 
-Whatever part of a conversation is not pinned (no room in the share, trimmed, or not needed)
-is still ranked for eviction as if used when its agent is due back: pages nobody is coming
-back for (one-shot prompts, older turns) are evicted before it. That is an order, not a
-hold: those pages stay evictable, so other traffic is never refused for them.
+Whatever part of a conversation is not pinned (no room in the share, or not needed) is still
+ranked for eviction as if used when its agent is due back, and what a pin gives up (trimmed,
+displaced) as if used when it would have expired: pages nobody is coming back for (one-shot
+prompts, older turns) are evicted before them. That is an order, not a hold: those pages
+stay evictable, so other traffic is never refused for them. Pinning is not a use: it leaves
+those ranks as they are (a pin that stamped its pages "used now" sent them, once given up,
+to the front of the eviction order, behind every page used since).
 """
 
 from __future__ import annotations
@@ -185,6 +188,9 @@ class ToolPins:
         else its last `count` pages (its first ones stay pinned until its expiry)."""
         pin = self._pins[key]
         keep = pin.pages - count
+        # The pages it lets go of stay ranked as used at its expiry: an agent past its due
+        # time may still come back until then (a late round trip, not an abandoned one).
+        self.radix.keep_until(pin.namespace, pin.path, pin.until)
         self._drop(key)
         if pin.due <= self.clock() or keep <= 0:
             self.counts["displaced"] += 1

@@ -204,6 +204,34 @@ def test_pages_of_an_agent_due_back_are_evicted_after_other_unused_pages() -> No
     assert sorted(radix.evict(4)) == list(range(16, 20))
 
 
+def test_pages_a_pin_gives_up_are_evicted_after_pages_used_since_it_was_made() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
+    cache(conversation(1, pages=12))
+    assert pins.pin("ns", conversation(1, pages=12), ttl_s=90.0, due_s=60.0) == 12 * PAGE
+    clock.now += 1.0
+    cache(conversation(3))  # a one-shot prompt, used after the pin was made
+    clock.now += 1.0
+    cache(conversation(2, pages=6))
+    # due sooner: the first pin gives up its last two pages (12, 13 ... ids 10, 11)
+    assert pins.pin("ns", conversation(2, pages=6), ttl_s=10.0) == 6 * PAGE
+    assert pins.stats()["trimmed"] == 1
+    # the one-shot prompt goes first: the trimmed end is ranked as used when its pin would
+    # have expired, not when it was pinned (which is before the one-shot prompt's use)
+    assert sorted(radix.evict(4)) == list(range(12, 16))
+    cached = radix.match_prefix("ns", conversation(1, pages=12), touch=False)  # not a use
+    assert cached.num_tokens == 12 * PAGE
+    # an overdue pin given up whole: its pages too outlast pages used since it was made
+    clock.now += 70.0  # the first agent is overdue (due at 60 s, its pin lasts to 90 s)
+    cache(conversation(4))
+    cache(conversation(5, pages=14))
+    assert pins.pin("ns", conversation(5, pages=14), ttl_s=30.0) == 14 * PAGE
+    assert pins.stats()["displaced"] == 1
+    # first the expired pin's pages (ranked at its due time, 12 s) and the later one-shot
+    # prompt; the overdue agent's pages, ranked at its expiry (90 s), are all still cached
+    assert sorted(radix.evict(10)) == list(range(16, 26))
+    assert radix.match_prefix("ns", conversation(1, pages=12)).num_tokens == 12 * PAGE
+
+
 def test_a_hint_orders_eviction_until_the_next_use() -> None:
     clock = Clock()
     radix = RadixCache(PAGE, clock=clock)

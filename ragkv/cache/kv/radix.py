@@ -97,10 +97,15 @@ class RadixCache:
         return [tuple(token_ids[i : i + size]) for i in range(0, full, size)]
 
     def match_prefix(
-        self, namespace: str, token_ids: Sequence[int], exact_only: bool = False
+        self,
+        namespace: str,
+        token_ids: Sequence[int],
+        exact_only: bool = False,
+        touch: bool = True,
     ) -> MatchResult:
         """Longest cached prefix of `token_ids` in whole pages (with `exact_only`, it stops
-        before the first approximate page). Touches LRU stamps only.
+        before the first approximate page). Touches LRU stamps only, and only with `touch`
+        (a use; pins and hints look pages up without using them).
 
         The page ids are safe to read only while the caller holds them (a lock on `node`
         or its own pool references).
@@ -115,7 +120,8 @@ class RadixCache:
                 break
             if child.approx and approx_from is None:
                 approx_from = len(page_ids) * self.page_size
-            child.last_access = now
+            if touch:
+                child.last_access = now
             page_ids.append(child.page_id)
             node = child
         return MatchResult(page_ids, len(page_ids) * self.page_size, node, approx_from)
@@ -168,9 +174,11 @@ class RadixCache:
     def pin(self, namespace: str, token_ids: Sequence[int], ttl_s: float) -> int:
         """Keep the cached prefix of `token_ids` from eviction for `ttl_s` seconds.
 
-        Returns the number of tokens pinned (whole pages already cached).
+        Returns the number of tokens pinned (whole pages already cached). A pin is not a use:
+        the pages' LRU stamps (and `keep_until` hints) stay as they were, so pages a pin
+        lets go of are ranked by their last use, not by when they were pinned.
         """
-        match = self.match_prefix(namespace, token_ids)
+        match = self.match_prefix(namespace, token_ids, touch=False)
         until = self.clock() + ttl_s
         node = match.node
         while node.parent is not None:
@@ -183,7 +191,7 @@ class RadixCache:
         (later than now: a hint that it will be used again by then). Its pages stay
         evictable; only pages without such a hint, or with an earlier one, go before them.
         The next match resets the stamps to that time. Returns the tokens covered."""
-        match = self.match_prefix(namespace, token_ids)
+        match = self.match_prefix(namespace, token_ids, touch=False)
         node = match.node
         while node.parent is not None:
             node.last_access = max(node.last_access, until)
@@ -192,7 +200,7 @@ class RadixCache:
 
     def unpin(self, namespace: str, token_ids: Sequence[int]) -> None:
         """End a pin early (e.g. the agent session closed)."""
-        node = self.match_prefix(namespace, token_ids).node
+        node = self.match_prefix(namespace, token_ids, touch=False).node
         while node.parent is not None:
             node.pin_until = 0.0
             node = node.parent

@@ -97,6 +97,25 @@ def test_pin_survives_until_ttl(cache: RadixCache, clock: Clock) -> None:
     assert sorted(cache.evict(10)) == [1, 2]
 
 
+def test_a_pin_is_not_a_use_its_pages_keep_their_lru_rank(
+    cache: RadixCache, clock: Clock
+) -> None:
+    cache.insert_prefix("t", tokens(0, 8), [1, 2])
+    clock.now = 1
+    cache.insert_prefix("t", tokens(100, 8), [3, 4])
+    clock.now = 2
+    assert cache.pin("t", tokens(0, 8), ttl_s=5) == 8  # pinned after the 100.. branch's use
+    clock.now = 8  # the pin has lapsed
+    # ranked by their last use (0), not the pin (2): they go before the 100.. branch
+    assert cache.evict(2) == [2, 1]
+    cache.insert_prefix("t", tokens(0, 8), [1, 2])
+    clock.now = 9
+    assert cache.keep_until("t", tokens(100, 8), 50.0) == 8
+    cache.pin("t", tokens(100, 8), ttl_s=1)
+    clock.now = 11
+    assert cache.evict(2) == [2, 1]  # the hint survived the pin
+
+
 def test_unpin_and_flush(cache: RadixCache) -> None:
     cache.insert_prefix("a", tokens(0, 8), [1, 2])
     cache.insert_prefix("b", tokens(0, 8), [3, 4])
