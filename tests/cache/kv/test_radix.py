@@ -97,9 +97,7 @@ def test_pin_survives_until_ttl(cache: RadixCache, clock: Clock) -> None:
     assert sorted(cache.evict(10)) == [1, 2]
 
 
-def test_a_pin_is_not_a_use_its_pages_keep_their_lru_rank(
-    cache: RadixCache, clock: Clock
-) -> None:
+def test_a_pin_is_not_a_use_its_pages_keep_their_lru_rank(cache: RadixCache, clock: Clock) -> None:
     cache.insert_prefix("t", tokens(0, 8), [1, 2])
     clock.now = 1
     cache.insert_prefix("t", tokens(100, 8), [3, 4])
