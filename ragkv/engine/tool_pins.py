@@ -25,13 +25,14 @@ a pin, and pinning it would only hold pages that others may need (Continuum pins
 reasoning: a pin is worth its pages only when the tool call outlasts what the cache keeps).
 With no eviction in that window the pressure is unknown and the pin is made.
 
-Whatever part of a conversation is not pinned (no room in the share, or not needed) is still
-ranked for eviction as if used when its agent is due back, and what a pin gives up (trimmed,
-displaced) as if used when it would have expired: pages nobody is coming back for (one-shot
-prompts, older turns) are evicted before them. That is an order, not a hold: those pages
-stay evictable, so other traffic is never refused for them. Pinning is not a use: it leaves
-those ranks as they are (a pin that stamped its pages "used now" sent them, once given up,
-to the front of the eviction order, behind every page used since).
+Every page of the conversation, pinned or not (no room in the share, trimmed, displaced, not
+needed), is ranked for eviction as if used when the pin expires: its agent may come back
+until then (past its due time too: a late round trip is not an abandoned one), and pages
+nobody is coming back for (one-shot prompts, older turns) are evicted before it. That is an
+order, not a hold: those pages stay evictable, so other traffic is never refused for them.
+Pinning is not a use and leaves that rank as it is. (Ranked at the due time instead, the
+unpinned end of a partial pin whose agent came back a few seconds late had gone behind every
+page used in between: a miss that fixed 60 s pins, hinting 60 s ahead, did not have.)
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class ToolPins:
         until = now + ttl_s
         due = until if due_s is None else min(until, now + due_s)
         if self.max_pages > 0:
-            self.radix.keep_until(namespace, token_ids, due)  # unpinned pages: evicted late
+            self.radix.keep_until(namespace, token_ids, until)  # unpinned: evicted late
         retention = None
         if self.retention_window_s > 0:
             retention = self.radix.retention_s(self.retention_window_s)
@@ -188,9 +189,6 @@ class ToolPins:
         else its last `count` pages (its first ones stay pinned until its expiry)."""
         pin = self._pins[key]
         keep = pin.pages - count
-        # The pages it lets go of stay ranked as used at its expiry: an agent past its due
-        # time may still come back until then (a late round trip, not an abandoned one).
-        self.radix.keep_until(pin.namespace, pin.path, pin.until)
         self._drop(key)
         if pin.due <= self.clock() or keep <= 0:
             self.counts["displaced"] += 1

@@ -232,6 +232,20 @@ def test_pages_a_pin_gives_up_are_evicted_after_pages_used_since_it_was_made() -
     assert radix.match_prefix("ns", conversation(1, pages=12)).num_tokens == 12 * PAGE
 
 
+def test_an_agent_back_late_finds_the_unpinned_end_of_its_conversation() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
+    cache(conversation(1, pages=16))
+    assert pins.pin("ns", conversation(1, pages=16), ttl_s=10.0) == 16 * PAGE  # the share
+    cache(conversation(2))
+    # due after the held pin: no room, not pinned, but ranked as used when its pin would end
+    assert pins.pin("ns", conversation(2), ttl_s=30.0, due_s=20.0) == 0
+    clock.now += 25.0  # past its due time (20 s), before its TTL (30 s): back late
+    cache(conversation(3))  # a one-shot prompt, used after the agent was due
+    # the expired pin's pages and the one-shot prompt go; the late agent's stay
+    assert sorted(radix.evict(20)) == list(range(0, 16)) + list(range(20, 24))
+    assert radix.match_prefix("ns", conversation(2), touch=False).num_tokens == 4 * PAGE
+
+
 def test_a_hint_orders_eviction_until_the_next_use() -> None:
     clock = Clock()
     radix = RadixCache(PAGE, clock=clock)
