@@ -212,7 +212,7 @@ def test_pages_a_pin_gives_up_are_evicted_after_pages_used_since_it_was_made() -
     cache(conversation(3))  # a one-shot prompt, used after the pin was made
     clock.now += 1.0
     cache(conversation(2, pages=6))
-    # due sooner: the first pin gives up its last two pages (12, 13 ... ids 10, 11)
+    # due sooner: the first pin gives up its last two pages (page ids 10, 11)
     assert pins.pin("ns", conversation(2, pages=6), ttl_s=10.0) == 6 * PAGE
     assert pins.stats()["trimmed"] == 1
     # the one-shot prompt goes first: the trimmed end is ranked as used when its pin would
@@ -226,7 +226,7 @@ def test_pages_a_pin_gives_up_are_evicted_after_pages_used_since_it_was_made() -
     cache(conversation(5, pages=14))
     assert pins.pin("ns", conversation(5, pages=14), ttl_s=30.0) == 14 * PAGE
     assert pins.stats()["displaced"] == 1
-    # first the expired pin's pages (ranked at its due time, 12 s) and the later one-shot
+    # first the expired pin's pages (ranked at its expiry, 12 s) and the later one-shot
     # prompt; the overdue agent's pages, ranked at its expiry (90 s), are all still cached
     assert sorted(radix.evict(10)) == list(range(16, 26))
     assert radix.match_prefix("ns", conversation(1, pages=12)).num_tokens == 12 * PAGE
