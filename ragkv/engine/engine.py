@@ -115,7 +115,10 @@ class LLMEngine:
             backend=runtime.backend,
             gemm=gemm,
             batch_dtype=batch_dtype,
+            native_decode=model_settings.native_decode == "auto",
         )
+        if model.native_decode_off is not None and model_settings.native_decode == "auto":
+            log.info("native decode off: %s", model.native_decode_off)
         del weights
         model_fingerprint = fingerprint(path, tokenizer.serialization())
         store = None

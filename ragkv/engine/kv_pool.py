@@ -128,6 +128,12 @@ class KVPool:
         k_cache, v_cache, _, _ = self._layer_views[layer]
         return k_cache, v_cache
 
+    def flat_caches(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(k_flat, v_flat)`: the layer's caches by slot, each `[slots, num_kv_heads, head_dim]`
+        (views of the pool: writes through them land in it)."""
+        _, _, k_flat, v_flat = self._layer_views[layer]
+        return k_flat, v_flat
+
 
 def page_table_csr(tables: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR form (`kv_indptr [B+1]`, `kv_indices [sum pages]`) of per-sequence page lists."""

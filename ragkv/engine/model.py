@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.gemm import ONEDNN_DTYPES, Gemm, OneDNNPacks
 from ragkv.engine.kv_pool import KVPool
+from ragkv.engine.native_decode import NativeDecode
+from ragkv.engine.native_decode import supported as native_supported
 from ragkv.engine.rope import rope_inv_freq
 from ragkv.kernels.backend import ops_for
 
@@ -76,6 +78,7 @@ class LlamaModel:
         backend: str = "torch",
         gemm: Gemm | None = None,
         batch_dtype: torch.dtype | None = None,
+        native_decode: bool = False,
     ) -> None:
         self.config = config
         self.dtype = dtype
@@ -95,23 +98,7 @@ class LlamaModel:
         self.embed = take("embed")
         self.lm_head = self.embed if weights["lm_head"] is weights["embed"] else take("lm_head")
         self.final_norm = take("final_norm")
-        self.layers: list[LayerWeights] = []
-        for i in range(config.num_layers):
-            p = f"layers.{i}."
-            bias = None
-            if config.attention_bias:
-                bias = torch.cat([take(p + "bq"), take(p + "bk"), take(p + "bv")])
-            self.layers.append(
-                LayerWeights(
-                    attn_norm=take(p + "attn_norm"),
-                    wqkv=t(torch.cat([take(p + "wq"), take(p + "wk"), take(p + "wv")])),
-                    bqkv=bias,
-                    wo=t(take(p + "wo")),
-                    ffn_norm=take(p + "ffn_norm"),
-                    w_gate_up=t(torch.cat([take(p + "w_gate"), take(p + "w_up")])),
-                    w_down=t(take(p + "w_down")),
-                )
-            )
+        self.layers = [_layer_weights(config, i, take, t) for i in range(config.num_layers)]
         # Decode reads every weight once per token: on CPU that is memory-bound, so an optional
         # low-precision copy of the projections serves decode-only steps (prefill keeps dtype).
         self.decode_layers: list[LayerWeights] | None = None
@@ -137,6 +124,11 @@ class LlamaModel:
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self.packs = self._pack_for_onednn()
+        # One-sequence float16 decode steps as one native call (`ragkv.engine.native_decode`),
+        # bound to a pool on its first step; `native_decode_off` says why not, when asked for.
+        self.native_decode_off = native_supported(self) if native_decode else "not asked for"
+        self._native: NativeDecode | None = None
+        self.native_steps = 0
 
     def _pack_for_onednn(self) -> OneDNNPacks:
         """oneDNN packs (`OneDNNPacks`) of the weights of batched decode steps: the batch
@@ -216,6 +208,9 @@ class LlamaModel:
         num_tokens = batch.token_ids.shape[0]
         decode_only = num_tokens == len(batch.kv_lens)
         if decode_only and num_tokens <= LOW_PRECISION_MAX_ROWS and self.decode_layers is not None:
+            logits = self._native_step(batch, pool, plan, cos, sin)
+            if logits is not None and bool(torch.isfinite(logits).all()):
+                return logits
             layers, lm_head = self.decode_layers, self.decode_lm_head
             logits = self._layers(batch, pool, plan, hidden, cos, sin, layers, lm_head)
             if bool(torch.isfinite(logits).all()):
@@ -227,6 +222,22 @@ class LlamaModel:
             # bfloat16 keeps float32's range: no overflow to redo
             return self._layers(batch, pool, plan, hidden, cos, sin, self.batch_layers)
         return self._layers(batch, pool, plan, hidden, cos, sin, self.layers)
+
+    def _native_step(
+        self, batch: ForwardBatch, pool: KVPool, plan: object, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Logits of a one-sequence decode step taken natively, None where the step is not
+        one the native call serves (it then runs on the torch path)."""
+        if self.native_decode_off is not None or batch.token_ids.shape[0] != 1:
+            return None
+        (group,) = plan if len(plan) == 1 else (None,)
+        if group is None or group.mask is not None or group.q_len != 1 or group.pad:
+            return None
+        if self._native is None or self._native.pool is not pool:
+            self._native = NativeDecode(self, pool)
+        self.native_steps += 1
+        token, slot = int(batch.token_ids[0]), int(batch.write_slots[0])
+        return self._native.step(token, cos, sin, slot, group.kv_slots[0])
 
     def batched_decode_in_low_precision(self, rows: int) -> bool:
         """Whether a decode-only step of `rows` rows runs on the `batch_layers` copies: the
@@ -258,6 +269,24 @@ class LlamaModel:
             attn = self.ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
             hidden = self.mlp_residual(layer, hidden, attn)
         return self.logits(hidden.index_select(0, batch.logits_rows), lm_head)
+
+
+def _layer_weights(config: ModelConfig, index: int, take, t) -> LayerWeights:
+    """Layer `index` with fused, transposed projections (`take(name)`: a weight in the
+    model's dtype and device; `t(w)`: its contiguous transpose)."""
+    p = f"layers.{index}."
+    bias = None
+    if config.attention_bias:
+        bias = torch.cat([take(p + "bq"), take(p + "bk"), take(p + "bv")])
+    return LayerWeights(
+        attn_norm=take(p + "attn_norm"),
+        wqkv=t(torch.cat([take(p + "wq"), take(p + "wk"), take(p + "wv")])),
+        bqkv=bias,
+        wo=t(take(p + "wo")),
+        ffn_norm=take(p + "ffn_norm"),
+        w_gate_up=t(torch.cat([take(p + "w_gate"), take(p + "w_up")])),
+        w_down=t(take(p + "w_down")),
+    )
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):

@@ -1,0 +1,155 @@
+"""The native one-sequence decode step (`cpu_decode.c`): built with the system C compiler on
+first use, cached by source and compiler, loaded through ctypes.
+
+`load()` answers the library, or None with the reason in `why_unavailable()`: not x86-64, no C
+compiler, a failed build, a CPU without AVX2/FMA/F16C, or a second OpenMP runtime (the library
+must share torch's libgomp: two runtimes would each keep a team of spinning threads on the
+same cores). Nothing here is needed for correctness: the torch path computes the same step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch  # noqa: F401  (loads torch's libgomp first, so the library binds to it)
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_decode.c")
+BUILD_TIMEOUT_S = 120
+_why: list[str] = []
+
+
+class Shape(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in (
+            "hidden",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate",
+            "vocab",
+            "num_layers",
+            "threads",
+        )
+    ] + [("eps", ctypes.c_float), ("scale", ctypes.c_float)]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in (
+            "attn_norm",
+            "wqkv",
+            "bqkv",
+            "wo",
+            "ffn_norm",
+            "w_gate_up",
+            "w_down",
+            "k_cache",
+            "v_cache",
+        )
+    ]
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: `$RAGKV_NATIVE_CACHE`, else `$XDG_CACHE_HOME/ragkv`
+    (default `~/.cache/ragkv`) under `native/`."""
+    explicit = os.environ.get("RAGKV_NATIVE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ragkv" / "native"
+
+
+def why_unavailable() -> str | None:
+    """Why `load()` answered None (None when it has not, or loaded the library)."""
+    return _why[-1] if _why else None
+
+
+@cache
+def load() -> ctypes.CDLL | None:
+    """The built library (once per process), or None (see `why_unavailable`)."""
+    try:
+        lib = _load()
+    except (OSError, subprocess.SubprocessError) as exc:
+        _why.append(f"native decode library unavailable: {exc}")
+        lib = None
+    if lib is None:
+        log.info("%s; decode steps run on the torch path", why_unavailable())
+    return lib
+
+
+def _load() -> ctypes.CDLL | None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        _why.append(f"native decode is x86-64 only (this is {platform.machine()})")
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        _why.append("no C compiler (cc/gcc) on PATH to build the native decode step")
+        return None
+    path = _build(compiler)
+    gomp_before = _openmp_runtimes()
+    lib = ctypes.CDLL(str(path))
+    if len(_openmp_runtimes() - gomp_before) and gomp_before:
+        _why.append("the native decode library loaded a second OpenMP runtime")
+        return None
+    lib.ragkv_cpu_supported.restype = ctypes.c_int
+    if not lib.ragkv_cpu_supported():
+        _why.append("this CPU lacks AVX2/FMA/F16C, which the native decode step needs")
+        return None
+    lib.ragkv_work_floats.restype = ctypes.c_int64
+    lib.ragkv_work_floats.argtypes = [ctypes.POINTER(Shape)]
+    lib.ragkv_decode_step.restype = ctypes.c_int
+    lib.ragkv_decode_step.argtypes = (
+        [ctypes.POINTER(Shape), ctypes.POINTER(Layer)]
+        + [ctypes.c_void_p] * 5
+        + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+        + [ctypes.c_void_p] * 2
+    )
+    return lib
+
+
+def _build(compiler: str) -> Path:
+    """The library for this source and compiler, built unless already cached."""
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.splitlines()[0]
+    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
+    target = cache_dir() / f"ragkv_cpu_decode-{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("building the native decode step (%s, once per source and compiler)", compiler)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        command = [compiler, "-O3", "-fopenmp", "-shared", "-fPIC", "-o", str(built)]
+        result = subprocess.run(
+            [*command, str(SOURCE), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+        if result.returncode != 0:
+            raise OSError(f"building {SOURCE.name} failed: {result.stderr.strip()[-500:]}")
+        os.replace(built, target)  # atomic: a concurrent build or reader sees a whole file
+    return target
+
+
+def _openmp_runtimes() -> set[str]:
+    """Paths of the libgomp files mapped into this process (Linux; empty elsewhere)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in maps.splitlines() if "libgomp" in line}

@@ -1,0 +1,120 @@
+"""A model's one-sequence decode step as one native call (`kernels/cpu_decode.c`).
+
+`NativeDecode` binds a `LlamaModel`'s float16 decode weights and one `KVPool`'s caches to the
+library once (pointers, held alive here), then runs a step: embedding in, KV of the token
+written, logits out. It serves exactly the steps the torch path would run on the float16
+copies with one row and attention over every cached key; the model keeps the torch path for
+everything else (prefill, batches, float32 weights, a CPU without the library).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+
+from ragkv.engine.kv_pool import KVPool
+from ragkv.kernels import cpu_decode
+
+# `model` below is a `ragkv.engine.model.LlamaModel` (not imported: that module imports this one)
+LlamaModel = Any
+
+
+def supported(model: LlamaModel) -> str | None:
+    """Why `model` cannot take native decode steps (None: it can)."""
+    if model.device.type != "cpu":
+        return "native decode runs on CPU tensors only"
+    if model.dtype != torch.float32:
+        return "native decode needs float32 activations and KV (model.dtype float32)"
+    if model.decode_layers is None or model.decode_dtype != torch.float16:
+        return "native decode reads float16 decode weights (model.decode_dtype float16)"
+    if model.ops.name != "torch":
+        return "native decode replaces the torch ops path only"
+    if cpu_decode.load() is None:
+        return cpu_decode.why_unavailable()
+    return None
+
+
+class NativeDecode:
+    """The native step over `model`'s decode weights and `pool`'s caches."""
+
+    def __init__(self, model: LlamaModel, pool: KVPool) -> None:
+        self.lib = cpu_decode.load()
+        assert self.lib is not None, "check native_decode.supported(model) first"
+        c = model.config
+        self.shape = cpu_decode.Shape(
+            hidden=c.hidden_size,
+            num_heads=c.num_heads,
+            num_kv_heads=c.num_kv_heads,
+            head_dim=c.head_dim,
+            intermediate=c.intermediate_size,
+            vocab=model.decode_lm_head.shape[0],
+            num_layers=c.num_layers,
+            threads=torch.get_num_threads(),
+            eps=c.rms_norm_eps,
+            scale=model.scale,
+        )
+        self.pool = pool
+        self._alive: list[torch.Tensor] = []  # every tensor a pointer below points into
+        layers = (cpu_decode.Layer * c.num_layers)()
+        for index, (exact, low) in enumerate(zip(model.layers, model.decode_layers, strict=True)):
+            k_flat, v_flat = pool.flat_caches(index)
+            bias = None if exact.bqkv is None else exact.bqkv.float().contiguous()
+            layers[index] = cpu_decode.Layer(
+                attn_norm=self._ptr(low.attn_norm, torch.float32),
+                wqkv=self._ptr(low.wqkv.t(), torch.float16),
+                bqkv=None if bias is None else self._ptr(bias, torch.float32),
+                wo=self._ptr(low.wo.t(), torch.float16),
+                ffn_norm=self._ptr(low.ffn_norm, torch.float32),
+                w_gate_up=self._ptr(low.w_gate_up.t(), torch.float16),
+                w_down=self._ptr(low.w_down.t(), torch.float16),
+                k_cache=self._ptr(k_flat, torch.float32),
+                v_cache=self._ptr(v_flat, torch.float32),
+            )
+        self.layers = layers
+        self.final_norm = self._ptr(model.final_norm, torch.float32)
+        self.lm_head = self._ptr(model.decode_lm_head, torch.float16)
+        self.embed = model.embed
+        work = self.lib.ragkv_work_floats(ctypes.byref(self.shape))
+        self.work = torch.empty(work, dtype=torch.float32)
+        self.hidden = torch.empty(c.hidden_size, dtype=torch.float32)
+
+    def _ptr(self, tensor: torch.Tensor, dtype: torch.dtype) -> int:
+        if tensor.dtype != dtype or not tensor.is_contiguous() or tensor.device.type != "cpu":
+            raise ValueError(f"native decode needs contiguous {dtype} CPU tensors")
+        self._alive.append(tensor)
+        return tensor.data_ptr()
+
+    def step(
+        self,
+        token_id: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        write_slot: int,
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits `[1, vocab]` (float32, a new tensor) of the token `token_id`, whose K/V go to
+        `write_slot`, attending to the keys at `slots: [N]` (int64; the last is `write_slot`).
+        `cos, sin: [1, head_dim]` float32 at the token's position."""
+        self.hidden.copy_(self.embed[token_id])
+        cos, sin = cos.contiguous(), sin.contiguous()
+        slots = slots.contiguous()
+        logits = torch.empty((1, self.shape.vocab), dtype=torch.float32)
+        status = self.lib.ragkv_decode_step(
+            ctypes.byref(self.shape),
+            self.layers,
+            self.final_norm,
+            self.lm_head,
+            self.hidden.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            write_slot,
+            slots.data_ptr(),
+            slots.shape[0],
+            self.work.data_ptr(),
+            logits.data_ptr(),
+        )
+        if status != 0:
+            raise MemoryError("native decode step: out of scratch memory")
+        return logits

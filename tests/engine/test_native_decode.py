@@ -1,0 +1,173 @@
+"""The native one-sequence decode step (`kernels/cpu_decode.c` via `ragkv.engine.native_decode`)
+against the torch path: on weights that float16 holds exactly it is the float32 model's step,
+up to the order of float32 sums (tolerances, never bit equality)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from ragkv.assets import generation_model_path
+from ragkv.engine.engine import LLMEngine
+from ragkv.engine.kv_pool import KVPool, page_table_csr
+from ragkv.engine.model import ForwardBatch, LlamaModel
+from ragkv.engine.native_decode import supported
+from ragkv.engine.synthetic import random_weights
+from ragkv.engine.weights import load_weights
+from ragkv.kernels import cpu_decode
+from ragkv.settings import EngineSettings, ModelSettings
+from tests.engine.helpers import greedy_request, run_greedy
+from tests.engine.random_model import llama_config, qwen2_config
+
+if cpu_decode.load() is None:
+    pytest.skip(f"{cpu_decode.why_unavailable()}", allow_module_level=True)
+
+
+def odd_widths_config():
+    """Widths that are not multiples of 8 or 32: the GEMV's remainder loops run."""
+    return replace(llama_config(), hidden_size=196, intermediate_size=300)
+
+
+def float16_exact(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` rounded to float16 values (kept float32): a float16 copy of them is exact."""
+    return {name: w.half().float() for name, w in weights.items()}
+
+
+def pair(config, weights) -> tuple[LlamaModel, LlamaModel]:
+    """(native float16 decode, plain float32) models over the same float16-exact weights."""
+    native = LlamaModel(config, weights, decode_dtype=torch.float16, native_decode=True)
+    assert native.native_decode_off is None
+    return native, LlamaModel(config, weights)
+
+
+def teacher_forced(
+    model: LlamaModel, tokens: list[int], prompt_len: int, scatter: bool = False
+) -> tuple[torch.Tensor, KVPool]:
+    """Logits `[len(tokens) - prompt_len, vocab]` of one-row decode steps fed `tokens` after
+    a prefill of the first `prompt_len`, and the pool. `scatter`: the sequence's pages in
+    descending order (attention gathers its keys instead of viewing a run of the cache)."""
+    page_size = 4
+    pool = KVPool(model.config, -(-len(tokens) // page_size) + 1, page_size, model.dtype)
+    pages = pool.alloc(pool.pages_for(len(tokens)))
+    if scatter:
+        pages = pages[::-1]
+    kv_indptr, kv_indices = page_table_csr([pages])
+    rows = []
+    for start, end in [(0, prompt_len)] + [(i, i + 1) for i in range(prompt_len, len(tokens))]:
+        batch = ForwardBatch(
+            token_ids=torch.tensor(tokens[start:end]),
+            positions=torch.arange(start, end),
+            write_slots=pool.slots(pages, start, end),
+            qo_indptr=[0, end - start],
+            kv_indptr=kv_indptr,
+            kv_indices=kv_indices,
+            kv_lens=[end],
+            logits_rows=torch.tensor([end - start - 1]),
+        )
+        logits = model.forward(batch, pool)
+        if start >= prompt_len:
+            rows.append(logits[0])
+    return torch.stack(rows), pool
+
+
+@pytest.mark.parametrize("scatter", [False, True], ids=["consecutive-pages", "scattered-pages"])
+@pytest.mark.parametrize(
+    "make_config",
+    [llama_config, qwen2_config, odd_widths_config],
+    ids=["llama", "qwen2-bias", "odd-widths"],
+)
+def test_native_steps_are_the_float32_steps_on_float16_exact_weights(make_config, scatter) -> None:
+    config = make_config()
+    native, plain = pair(config, float16_exact(random_weights(config, seed=3)))
+    tokens = torch.randint(0, config.vocab_size, (40,), generator=torch.Generator().manual_seed(5))
+    got, got_pool = teacher_forced(native, tokens.tolist(), 13, scatter)
+    want, want_pool = teacher_forced(plain, tokens.tolist(), 13, scatter)
+    assert native.native_steps == 27 and plain.native_steps == 0
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
+    # every layer's K and V of every decoded token went into the pool, as the torch path's
+    assert torch.allclose(got_pool.kv, want_pool.kv, rtol=1e-4, atol=1e-4)
+
+
+def test_smollm_native_steps_match_float32_on_float16_exact_weights() -> None:
+    config, weights = load_weights(generation_model_path())
+    native, plain = pair(config, float16_exact(weights))
+    tokens = [(7919 * i) % 40000 + 100 for i in range(96)]
+    got, _ = teacher_forced(native, tokens, 64)
+    want, _ = teacher_forced(plain, tokens, 64)
+    assert native.native_steps == 32
+    got_lp, want_lp = got.log_softmax(-1), want.log_softmax(-1)
+    assert float((got_lp - want_lp).abs().max()) < 1e-3
+    assert torch.equal(got.argmax(-1), want.argmax(-1)) or _near_tie(want, got)
+
+
+def _near_tie(want: torch.Tensor, got: torch.Tensor) -> bool:
+    """Where the argmaxes differ, float32's top two were within float32 rounding."""
+    differ = got.argmax(-1) != want.argmax(-1)
+    top2 = want[differ].topk(2, dim=-1).values
+    return bool(((top2[:, 0] - top2[:, 1]) < 1e-3).all())
+
+
+def test_steps_the_native_call_does_not_serve_run_on_the_torch_path() -> None:
+    config = llama_config()
+    weights = float16_exact(random_weights(config, seed=4))
+    native, plain = pair(config, weights)
+    tokens = list(range(1, 30))
+    page_size = 4
+    pool = KVPool(config, 10, page_size, torch.float32)
+    pages = pool.alloc(pool.pages_for(len(tokens)))
+    kv_indptr, kv_indices = page_table_csr([pages])
+    # a decode step that is not at the last key (its attention needs a mask): torch path
+    batch = ForwardBatch(
+        token_ids=torch.tensor([tokens[20]]),
+        positions=torch.tensor([20]),
+        write_slots=pool.slots(pages, 20, 21),
+        qo_indptr=[0, 1],
+        kv_indptr=kv_indptr,
+        kv_indices=kv_indices,
+        kv_lens=[len(tokens)],
+        logits_rows=torch.tensor([0]),
+    )
+    native.forward(batch, pool)
+    assert native.native_steps == 0
+
+
+def test_a_model_without_float16_decode_weights_says_why_not_native() -> None:
+    config = llama_config()
+    model = LlamaModel(config, random_weights(config, seed=1), native_decode=True)
+    assert model.native_decode_off == supported(model)
+    assert "float16" in model.native_decode_off
+
+
+def test_the_engine_takes_native_steps_by_default_and_none_when_off(smollm) -> None:
+    settings = EngineSettings(kv_cache_mb=64)
+    for native_decode, expect in (("auto", True), ("off", False)):
+        model_settings = ModelSettings(decode_dtype="float16", native_decode=native_decode)
+        engine = LLMEngine.from_path(generation_model_path(), model_settings, settings)
+        run_greedy(engine, [greedy_request(list(range(100, 140)), 8)])
+        assert (engine.model.native_steps == 7) is expect, engine.model.native_decode_off
+
+
+def test_the_library_is_built_once_per_source_and_compiler(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RAGKV_NATIVE_CACHE", str(tmp_path))
+    compiler = os.environ.get("CC", "cc")
+    built = cpu_decode._build(compiler)
+    stamp = built.stat().st_mtime_ns
+    assert cpu_decode._build(compiler) == built and built.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no temporary left
+
+
+def test_a_failed_build_is_an_error_naming_the_source(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RAGKV_NATIVE_CACHE", str(tmp_path / "cache"))
+    compiler = tmp_path / "cc"
+    compiler.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo "broken-cc 1.0" && exit 0\n'
+        'echo "error: this compiler builds nothing" >&2; exit 1\n'
+    )
+    compiler.chmod(0o755)
+    with pytest.raises(OSError, match="cpu_decode.c failed: error: this compiler builds nothing"):
+        cpu_decode._build(str(compiler))
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-built left behind
