@@ -30,6 +30,10 @@ from ragkv.settings import EngineSettings, ModelSettings
 RESULTS = Path(__file__).parent / "results" / "engine.json"
 PREFILL_RUNS = 3  # prefill timings per side and length (medians)
 DECODE_RUNS = 5  # single-stream decode runs (medians), alternating with llama.cpp's
+# transformers' prefill computes the last position's logits only, as `generate` runs it (the
+# full [length, vocab] logits were ~20% more work at 2,048 tokens, which our engine never does;
+# ratios before 2026-12-01 were against that heavier forward).
+LAST_ONLY = {"logits_to_keep": 1}
 
 
 def token_ids(count: int, offset: int = 0) -> list[int]:
@@ -199,8 +203,8 @@ def main() -> None:
         for _ in range(PREFILL_RUNS):
             ours.append(engine_prefill_s(engine, ids))
             if hf is not None:
-                with torch.inference_mode():
-                    refs.append(best_of(1, lambda ids=ids: hf(torch.tensor([ids]))))
+                with torch.inference_mode():  # the last position's logits, as `generate`
+                    refs.append(best_of(1, lambda ids=ids: hf(torch.tensor([ids]), **LAST_ONLY)))
         rows[f"prefill_{length}_tok_per_s"] = {
             "ragkv": length / statistics.median(ours),
             "transformers": length / statistics.median(refs) if refs else None,
@@ -208,12 +212,23 @@ def main() -> None:
 
     # Our runs and llama.cpp's alternate, medians: on a shared host one run of each, minutes
     # apart, moved the ratio by more than 10%.
-    ours, theirs = [], []
+    # and, where the native one-sequence step serves our decode, the torch path's runs too
+    native_off = engine.model.native_decode_off
+    ours, theirs, torch_path = [], [], []
     for _ in range(DECODE_RUNS):
         ours.append(engine_decode_tps(engine, 1, args.decode_tokens))
         if args.llama_cpp_python is not None:
             theirs.append(llama_cpp_decode(args.llama_cpp_python, path, args))
+        if native_off is None:
+            engine.model.native_decode_off = "benchmark: the torch path's row"
+            torch_path.append(engine_decode_tps(engine, 1, args.decode_tokens))
+            engine.model.native_decode_off = None
     single = statistics.median(ours)
+    if torch_path:
+        rows["decode_1_stream_native_vs_torch_path"] = {
+            "ragkv": single,
+            "torch_path": statistics.median(torch_path),
+        }
     ref_decode = None
     if hf is not None:
         ref_decode = transformers_decode_tps(hf, args.decode_tokens)
@@ -229,6 +244,7 @@ def main() -> None:
     layout_env = {
         "RAGKV_MODEL__GEMM_LAYOUT": "joined" if blocks == 1 else "blocked",
         "RAGKV_MODEL__DECODE_DTYPE": decode_dtype_name(engine),
+        "RAGKV_MODEL__NATIVE_DECODE": "auto" if native_off is None else "off",
         "RAGKV_MODEL__BATCHED_GEMM": "blas"
         if engine.model.gemm.onednn_min_rows is None
         else "onednn",
@@ -264,6 +280,9 @@ def main() -> None:
         "prefill_2048_vs_transformers": _ratio(rows["prefill_2048_tok_per_s"]),
         "decode_vs_transformers": _ratio(rows["decode_1_stream_tok_per_s"]),
         "decode_16_vs_1": rows["decode_16_streams_tok_per_s"]["ragkv"] / single,
+        # the 16 streams against one stream on the same torch path (no native step)
+        "decode_16_vs_1_torch_path": rows["decode_16_streams_tok_per_s"]["ragkv"]
+        / statistics.median(torch_path or ours),
         "ttft_cached_over_cold": warm / cold,
         "cached_tokens": cached,
     }
@@ -280,6 +299,8 @@ def main() -> None:
         "decode_dtype_chosen": decode_dtype_name(engine),
         # the decode GEMV layout the start-up calibration chose (model.gemm_layout = auto)
         "column_blocks": engine.model.column_blocks,
+        # None: one-sequence decode steps ran natively (model.native_decode); else why not
+        "native_decode_off": native_off,
         # from how many rows products ran on oneDNN (None: torch's BLAS; batched_gemm = auto
         # calibrates it at start)
         "batched_gemm": args.batched_gemm,

@@ -1,8 +1,9 @@
 """Quality and speed of reduced-precision decode weights (`model.decode_dtype`) against fp32.
 
-Three models over the same weights, built in one process: fp32 (`decode_dtype` "same", the
+Four models over the same weights, built in one process: fp32 (`decode_dtype` "same", the
 exactness reference), and fp32 with a bfloat16 or float16 copy of the projection weights that
-serves decode-only steps of at most `LOW_PRECISION_MAX_ROWS` sequences. On 20 chat prompts:
+serves decode-only steps of at most `LOW_PRECISION_MAX_ROWS` sequences, float16 both on the
+torch path and in the native one-sequence step (`model.native_decode`). On 20 chat prompts:
 
 1. free-running greedy agreement with fp32 (EOS ignored): token positions identical, mean
    identical-prefix length, answers identical in full;
@@ -40,9 +41,21 @@ from ragkv.engine.weights import fingerprint, load_weights
 from ragkv.settings import EngineSettings
 
 RESULTS = Path(__file__).parent / "results" / "decode_precision.json"
-# name -> decode dtype; the first is the reference.
-MODELS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SETTING = {"fp32": "same", "bf16": "bfloat16", "fp16": "float16"}
+# name -> (decode dtype, native decode step); the first is the reference. "fp16" is the torch
+# path over float16 copies (activations rounded to float16 for each product), "fp16-native"
+# the native step over the same copies (float32 activations and sums; where it is built).
+MODELS = {
+    "fp32": (None, False),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+    "fp16-native": (torch.float16, True),
+}
+SETTING = {
+    "fp32": "same",
+    "bf16": "bfloat16",
+    "fp16": "float16, native_decode off",
+    "fp16-native": "float16, native_decode auto",
+}
 # The issue's bar for making a decode dtype the default (teacher-forced top-1 agreement).
 DEFAULT_BAR = 0.99
 TOP_LOGPROBS = 5
@@ -92,8 +105,11 @@ def build_engines(path: Path, kv_cache_mb: int) -> dict[str, LLMEngine]:
         kv_cache_mb=kv_cache_mb, page_size=PAGE_SIZE, max_batch_tokens=2048, max_num_seqs=32
     )
     engines = {}
-    for name, decode_dtype in MODELS.items():
-        model = LlamaModel(config, weights, decode_dtype=decode_dtype)
+    for name, (decode_dtype, native) in MODELS.items():
+        model = LlamaModel(config, weights, decode_dtype=decode_dtype, native_decode=native)
+        if native and model.native_decode_off is not None:
+            print(f"skipping {name}: {model.native_decode_off}")
+            continue
         engines[name] = LLMEngine(model, tokenizer, settings, model_fingerprint)
     return engines
 
