@@ -1,7 +1,8 @@
-// One decode step of one sequence through a whole Llama-family model, in one call (x86-64
-// CPUs with AVX2, FMA and F16C). The torch path runs the same step as ~1,300 small ATen ops
-// (norms, casts, RoPE, KV writes, SDPA, SwiGLU) around the GEMVs; here each layer is its
-// four GEMVs plus a few loops over a few hundred floats, inside one OpenMP parallel region.
+// One decode step of B sequences (one new token each) through a whole Llama-family model, in
+// one call (x86-64 CPUs with AVX2, FMA and F16C). The torch path runs the same step as ~1,300
+// small ATen ops (norms, casts, RoPE, KV writes, SDPA, SwiGLU) around the products; here each
+// layer is its four products plus a few loops over a few hundred floats a row, inside one
+// OpenMP parallel region. The products read each float16 weight once per step for all rows.
 //
 // Weights are float16 `[out, in]` (the engine's decode copies); activations, norms, the KV
 // cache and every accumulation are float32: unlike the torch float16 path, the activation
@@ -16,7 +17,6 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 #define ISA __attribute__((target("avx2,fma,f16c")))
 #define PREFETCH_BYTES 2048  // ahead of the row being read: ~23 GB/s vs ~15 without
@@ -56,11 +56,77 @@ ISA static inline __m256 load8(const uint16_t* w) {
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w));
 }
 
-// y[r] = sum_c w[r, c] x[c] for the rows of this thread (an orphaned `omp for`: called
-// inside the step's parallel region; its implicit barrier ends the product).
-ISA static void gemv(const uint16_t* w, const float* x, float* y, int64_t rows, int64_t cols) {
-#pragma omp for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+// e^x for 8 floats (Cephes' single-precision polynomial, relative error ~2e-7; inputs
+// clamped to +-88.38, past which float32's e^x ends anyway).
+ISA static inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)),
+                    _mm256_set1_ps(88.3762626647949f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  __m256i scale = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
+}
+
+// sum_i a[i] b[i]
+ISA static inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float sum = hsum(acc);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// y[i] += w x[i]
+ISA static inline void axpy(float w, const float* x, float* y, int64_t n) {
+  __m256 wv = _mm256_set1_ps(w);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += w * x[i];
+}
+
+// p[j] = e^(p[j] - max), returning their sum (softmax numerators)
+ISA static float exp_shifted(float* p, int64_t n, float max) {
+  __m256 acc = _mm256_setzero_ps(), m = _mm256_set1_ps(max);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), m));
+    _mm256_storeu_ps(p + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float total = hsum(acc);
+  for (; j < n; ++j) total += (p[j] = expf(p[j] - max));
+  return total;
+}
+
+// act[i] = silu(gate[i]) up[i] = gate[i] / (1 + e^-gate[i]) up[i]
+ISA static void silu_mul(const float* gate, const float* up, float* act, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 g = _mm256_loadu_ps(gate + i);
+    __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    __m256 silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    _mm256_storeu_ps(act + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) act[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+// y[r] = sum_c w[r, c] x[c], one input row: streams the weights (memory-bound).
+ISA static void gemv_rows(const uint16_t* w, const float* x, float* y, int64_t r0, int64_t r1,
+                          int64_t cols) {
+  for (int64_t r = r0; r < r1; ++r) {
     const uint16_t* row = w + r * cols;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t c = 0;
@@ -99,112 +165,185 @@ static void rope(float* x, int64_t heads, int64_t dim, const float* cos, const f
   }
 }
 
-// One query per head over `n` keys at `slots` (softmax in float32); heads split by thread.
-static void attention(const Shape* s, const Layer* layer, const float* q, const int64_t* slots,
-                      int64_t n, float* scores, float* out) {
-  int64_t d = s->head_dim, kh = s->num_kv_heads, group = s->num_heads / kh;
+// Rows [r0, r1) of y[b] = w x[b] for a tile of 4 inputs, two weight rows at a time: each
+// float16 weight is converted once and used four times, and 8 independent sums keep both FMA
+// pipes busy (4 sums were bound by the FMA latency), so several sequences cost little more
+// than one while memory-bound.
+ISA static void gemm_tile4(const uint16_t* w, const float* x, int64_t x_stride, float* y,
+                           int64_t y_stride, int64_t r0, int64_t r1, int64_t cols) {
+  const float* xs[4] = {x, x + x_stride, x + 2 * x_stride, x + 3 * x_stride};
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    const uint16_t *row0 = w + r * cols, *row1 = row0 + cols;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
+    __m256 a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+      if ((c & 31) == 0) {
+        _mm_prefetch((const char*)(row0 + c) + PREFETCH_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char*)(row1 + c) + PREFETCH_BYTES, _MM_HINT_T0);
+      }
+      __m256 w0 = load8(row0 + c), w1 = load8(row1 + c), xv;
+      xv = _mm256_loadu_ps(xs[0] + c);
+      a00 = _mm256_fmadd_ps(w0, xv, a00), a01 = _mm256_fmadd_ps(w1, xv, a01);
+      xv = _mm256_loadu_ps(xs[1] + c);
+      a10 = _mm256_fmadd_ps(w0, xv, a10), a11 = _mm256_fmadd_ps(w1, xv, a11);
+      xv = _mm256_loadu_ps(xs[2] + c);
+      a20 = _mm256_fmadd_ps(w0, xv, a20), a21 = _mm256_fmadd_ps(w1, xv, a21);
+      xv = _mm256_loadu_ps(xs[3] + c);
+      a30 = _mm256_fmadd_ps(w0, xv, a30), a31 = _mm256_fmadd_ps(w1, xv, a31);
+    }
+    float s0[4] = {hsum(a00), hsum(a10), hsum(a20), hsum(a30)};
+    float s1[4] = {hsum(a01), hsum(a11), hsum(a21), hsum(a31)};
+    for (; c < cols; ++c) {
+      float w0 = _cvtsh_ss(row0[c]), w1 = _cvtsh_ss(row1[c]);
+      for (int j = 0; j < 4; ++j) s0[j] += w0 * xs[j][c], s1[j] += w1 * xs[j][c];
+    }
+    for (int j = 0; j < 4; ++j) y[j * y_stride + r] = s0[j], y[j * y_stride + r + 1] = s1[j];
+  }
+  for (int j = 0; r < r1 && j < 4; ++j) gemv_rows(w, xs[j], y + j * y_stride, r, r1, cols);
+}
+
+// Y[b] = W X[b] for `batch` inputs (rows of X and Y `x_stride`, `y_stride` apart), the weight
+// rows split between threads (an orphaned `omp for`, called inside the step's parallel
+// region; its implicit barrier ends the product). Blocks of weight rows stay in cache while
+// every tile of 4 inputs passes over them.
+ISA static void gemm(const uint16_t* w, const float* x, int64_t x_stride, float* y,
+                     int64_t y_stride, int64_t rows, int64_t cols, int64_t batch) {
+  const int64_t block = 16;  // 16 rows of 576 float16 weights: 18 KB, within L1
 #pragma omp for schedule(static)
-  for (int64_t h = 0; h < s->num_heads; ++h) {
-    const float* qh = q + h * d;
-    float* p = scores + h * n;
-    int64_t kv = h / group;
-    float best = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) {
-      const float* k = layer->k_cache + (slots[j] * kh + kv) * d;
-      float dot = 0.0f;
-      for (int64_t i = 0; i < d; ++i) dot += qh[i] * k[i];
-      p[j] = dot * s->scale;
-      if (p[j] > best) best = p[j];
-    }
-    float total = 0.0f;
-    for (int64_t j = 0; j < n; ++j) total += (p[j] = expf(p[j] - best));
-    float* o = out + h * d;
-    for (int64_t i = 0; i < d; ++i) o[i] = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      const float* v = layer->v_cache + (slots[j] * kh + kv) * d;
-      float w = p[j] / total;
-      for (int64_t i = 0; i < d; ++i) o[i] += w * v[i];
-    }
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    int64_t r1 = r0 + block < rows ? r0 + block : rows;
+    int64_t b = 0;
+    for (; b + 4 <= batch && batch > 1; b += 4)
+      gemm_tile4(w, x + b * x_stride, x_stride, y + b * y_stride, y_stride, r0, r1, cols);
+    for (; b < batch; ++b) gemv_rows(w, x + b * x_stride, y + b * y_stride, r0, r1, cols);
   }
 }
 
-// The first half of a layer: norm, QKV, bias, RoPE, this token's K/V into the cache at
-// `slot`, attention over `slots` (the last of which is `slot`), output projection.
+// One query per (row, head) over that row's keys (softmax in float32), split by thread. Row
+// b's keys are at slots[slot_start[b] + j] for j < num_keys[b].
+ISA static void attention(const Shape* s, const Layer* layer, const float* q, int64_t q_stride,
+                      const int64_t* slots, const int64_t* slot_start, const int64_t* num_keys,
+                      int64_t batch, float* scores, const int64_t* score_start, float* out,
+                      int64_t out_stride) {
+  int64_t d = s->head_dim, kh = s->num_kv_heads, heads = s->num_heads, group = heads / kh;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t task = 0; task < batch * heads; ++task) {
+    int64_t b = task / heads, h = task % heads, n = num_keys[b], kv = h / group;
+    const int64_t* keys = slots + slot_start[b];
+    const float* qh = q + b * q_stride + h * d;
+    float* p = scores + score_start[b] * heads + h * n;
+    float best = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+      p[j] = dot(qh, layer->k_cache + (keys[j] * kh + kv) * d, d) * s->scale;
+      if (p[j] > best) best = p[j];
+    }
+    float inv_total = 1.0f / exp_shifted(p, n, best);
+    float* o = out + b * out_stride + h * d;
+    for (int64_t i = 0; i < d; ++i) o[i] = 0.0f;
+    for (int64_t j = 0; j < n; ++j)
+      axpy(p[j] * inv_total, layer->v_cache + (keys[j] * kh + kv) * d, o, d);
+  }
+}
+
+// Per-step scratch: per row x, qkv, attended, gate/up, activation and the residual delta.
+typedef struct {
+  float *x, *qkv, *attended, *gate_up, *act, *delta, *scores;
+  int64_t qkv_width, score_floats;
+  const int64_t *slots, *slot_start, *num_keys, *write_slots;
+  int64_t* score_start;
+  const float *cos, *sin;
+  int64_t batch;
+} Step;
+
+// The first half of a layer for every row: norm, QKV, bias, RoPE, the token's K/V into the
+// cache at its write slot, attention over the row's keys (the last of which is that slot),
+// output projection into `delta`.
 static void attention_block(const Shape* s, const Layer* layer, const float* hidden,
-                            const float* cos, const float* sin, int64_t slot,
-                            const int64_t* slots, int64_t n, float* work, float* scores,
-                            float* delta) {
+                            const Step* t) {
   int64_t d = s->head_dim, q_width = s->num_heads * d, kv_width = s->num_kv_heads * d;
-  float* x = work;
-  float* qkv = x + s->hidden;
-  float* attended = qkv + q_width + 2 * kv_width;
-#pragma omp single
-  rms_norm(hidden, layer->attn_norm, x, s->hidden, s->eps);
-  gemv(layer->wqkv, x, qkv, q_width + 2 * kv_width, s->hidden);
-#pragma omp single
-  {
+  int64_t n = t->batch, qkv_w = t->qkv_width;
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < n; ++b)
+    rms_norm(hidden + b * s->hidden, layer->attn_norm, t->x + b * s->hidden, s->hidden, s->eps);
+  gemm(layer->wqkv, t->x, s->hidden, t->qkv, qkv_w, qkv_w, s->hidden, n);
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < n; ++b) {
+    float* qkv = t->qkv + b * qkv_w;
     if (layer->bqkv)
-      for (int64_t i = 0; i < q_width + 2 * kv_width; ++i) qkv[i] += layer->bqkv[i];
-    rope(qkv, s->num_heads + s->num_kv_heads, d, cos, sin);
+      for (int64_t i = 0; i < qkv_w; ++i) qkv[i] += layer->bqkv[i];
+    rope(qkv, s->num_heads + s->num_kv_heads, d, t->cos + b * d, t->sin + b * d);
+    int64_t slot = t->write_slots[b];
     for (int64_t i = 0; i < kv_width; ++i) {
       layer->k_cache[slot * kv_width + i] = qkv[q_width + i];
       layer->v_cache[slot * kv_width + i] = qkv[q_width + kv_width + i];
     }
   }
-  attention(s, layer, qkv, slots, n, scores, attended);
-  gemv(layer->wo, attended, delta, s->hidden, q_width);
+  attention(s, layer, t->qkv, qkv_w, t->slots, t->slot_start, t->num_keys, n, t->scores,
+            t->score_start, t->attended, q_width);
+  gemm(layer->wo, t->attended, q_width, t->delta, s->hidden, s->hidden, q_width, n);
 }
 
 // The second half: residual, norm, SwiGLU MLP, residual.
-static void mlp_block(const Shape* s, const Layer* layer, float* hidden, float* work,
-                      float* delta) {
-  int64_t inter = s->intermediate;
-  float* x = work;
-  float* gate_up = x + s->hidden;
-  float* act = gate_up + 2 * inter;
-#pragma omp single
-  {
-    for (int64_t i = 0; i < s->hidden; ++i) hidden[i] += delta[i];
-    rms_norm(hidden, layer->ffn_norm, x, s->hidden, s->eps);
+static void mlp_block(const Shape* s, const Layer* layer, float* hidden, const Step* t) {
+  int64_t inter = s->intermediate, h = s->hidden, n = t->batch;
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t i = 0; i < h; ++i) hidden[b * h + i] += t->delta[b * h + i];
+    rms_norm(hidden + b * h, layer->ffn_norm, t->x + b * h, h, s->eps);
   }
-  gemv(layer->w_gate_up, x, gate_up, 2 * inter, s->hidden);
-#pragma omp single
-  for (int64_t i = 0; i < inter; ++i) {
-    float g = gate_up[i];
-    act[i] = g / (1.0f + expf(-g)) * gate_up[inter + i];
+  gemm(layer->w_gate_up, t->x, h, t->gate_up, 2 * inter, 2 * inter, h, n);
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < n; ++b) {
+    const float* gu = t->gate_up + b * 2 * inter;
+    silu_mul(gu, gu + inter, t->act + b * inter, inter);
   }
-  gemv(layer->w_down, act, delta, s->hidden, inter);
-#pragma omp single
-  for (int64_t i = 0; i < s->hidden; ++i) hidden[i] += delta[i];
+  gemm(layer->w_down, t->act, inter, t->delta, h, h, inter, n);
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t i = 0; i < h; ++i) hidden[b * h + i] += t->delta[b * h + i];
 }
 
-// The step: `hidden` [hidden] holds the token's embedding on entry (and the last layer's
-// output on return); `logits` [vocab] receives the head's output. `work` holds at least
-// `ragkv_work_floats(shape)` floats. Returns 0, or -1 when scratch memory ran out.
-int64_t ragkv_work_floats(const Shape* s) {
+// Floats of scratch a step of `batch` rows attending to `keys` keys in all needs.
+int64_t ragkv_scratch_floats(const Shape* s, int64_t batch, int64_t keys) {
   int64_t qkv = (s->num_heads + 2 * s->num_kv_heads) * s->head_dim;
-  int64_t attn = s->hidden + qkv + s->num_heads * s->head_dim;
-  int64_t mlp = s->hidden + 3 * s->intermediate;
-  return (attn > mlp ? attn : mlp) + s->hidden;  // + the residual delta
+  int64_t per_row = 2 * s->hidden + qkv + s->num_heads * s->head_dim + 3 * s->intermediate;
+  return batch * per_row + keys * s->num_heads;
 }
 
-int ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_norm,
-                      const uint16_t* lm_head, float* hidden, const float* cos,
-                      const float* sin, int64_t slot, const int64_t* slots, int64_t n,
-                      float* work, float* logits) {
-  float* scores = malloc(sizeof(float) * s->num_heads * n);
-  if (!scores) return -1;
-  float* delta = work + ragkv_work_floats(s) - s->hidden;
+// The step over `batch` rows: `hidden [batch, hidden]` holds the tokens' embeddings on entry
+// (the last layer's outputs on return); `cos, sin [batch, head_dim]` their rotations;
+// `write_slots [batch]` where their K/V go; row b attends to the keys at
+// `slots[slot_start[b] + j]`, j < num_keys[b]; `logits [batch, vocab]` receives the head's
+// output; `scratch` holds `ragkv_scratch_floats` floats (the caller's, kept between steps:
+// a fresh allocation this size is a fresh mapping, page faults included, on every step).
+void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_norm,
+                       const uint16_t* lm_head, int64_t batch, float* hidden, const float* cos,
+                       const float* sin, const int64_t* write_slots, const int64_t* slots,
+                       const int64_t* slot_start, const int64_t* num_keys, float* scratch,
+                       float* logits) {
+  Step t = {.batch = batch, .cos = cos, .sin = sin, .write_slots = write_slots,
+            .slots = slots, .slot_start = slot_start, .num_keys = num_keys};
+  t.qkv_width = (s->num_heads + 2 * s->num_kv_heads) * s->head_dim;
+  int64_t q_width = s->num_heads * s->head_dim, keys = 0;
+  for (int64_t b = 0; b < batch; ++b) keys += num_keys[b];
+  t.x = scratch, t.qkv = t.x + batch * s->hidden, t.attended = t.qkv + batch * t.qkv_width;
+  t.gate_up = t.attended + batch * q_width, t.act = t.gate_up + batch * 2 * s->intermediate;
+  t.delta = t.act + batch * s->intermediate, t.scores = t.delta + batch * s->hidden;
+  int64_t score_start[batch + 1];
+  t.score_start = score_start;
+  score_start[0] = 0;
+  for (int64_t b = 0; b < batch; ++b) score_start[b + 1] = score_start[b] + num_keys[b];
 #pragma omp parallel num_threads(s->threads)
   {
     for (int64_t l = 0; l < s->num_layers; ++l) {
-      attention_block(s, &layers[l], hidden, cos, sin, slot, slots, n, work, scores, delta);
-      mlp_block(s, &layers[l], hidden, work, delta);
+      attention_block(s, &layers[l], hidden, &t);
+      mlp_block(s, &layers[l], hidden, &t);
     }
-#pragma omp single
-    rms_norm(hidden, final_norm, work, s->hidden, s->eps);
-    gemv(lm_head, work, logits, s->vocab, s->hidden);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < batch; ++b)
+      rms_norm(hidden + b * s->hidden, final_norm, t.x + b * s->hidden, s->hidden, s->eps);
+    gemm(lm_head, t.x, s->hidden, logits, s->vocab, s->vocab, s->hidden, batch);
   }
-  free(scores);
-  return 0;
 }

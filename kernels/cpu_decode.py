@@ -108,14 +108,14 @@ def _load() -> ctypes.CDLL | None:
     if not lib.ragkv_cpu_supported():
         _why.append("this CPU lacks AVX2/FMA/F16C, which the native decode step needs")
         return None
-    lib.ragkv_work_floats.restype = ctypes.c_int64
-    lib.ragkv_work_floats.argtypes = [ctypes.POINTER(Shape)]
-    lib.ragkv_decode_step.restype = ctypes.c_int
+    lib.ragkv_scratch_floats.restype = ctypes.c_int64
+    lib.ragkv_scratch_floats.argtypes = [ctypes.POINTER(Shape), ctypes.c_int64, ctypes.c_int64]
+    lib.ragkv_decode_step.restype = None
     lib.ragkv_decode_step.argtypes = (
         [ctypes.POINTER(Shape), ctypes.POINTER(Layer)]
-        + [ctypes.c_void_p] * 5
-        + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
         + [ctypes.c_void_p] * 2
+        + [ctypes.c_int64]
+        + [ctypes.c_void_p] * 9
     )
     return lib
 

@@ -25,6 +25,11 @@ LOW_PRECISION_MAX_ROWS = 2
 # transposed copy through `Gemm` (the GEMV layout); larger BLAS batches use `F.linear` on
 # `[vocab, hidden]`.
 LM_HEAD_GEMV_MAX_ROWS = 64
+# Decode-only steps of up to this many sequences run natively where the model can
+# (`ragkv.engine.native_decode`). On an AMD EPYC (2 threads) the native step led the torch
+# path by 1.53x / 1.67x / 1.44x / 1.15x at 1 / 2 / 4 / 8 sequences and trailed it at 16 / 32
+# (0.91x / 0.80x: there the products are compute-bound, where oneDNN's float32 kernels win).
+NATIVE_MAX_ROWS = 8
 
 
 @dataclass
@@ -195,8 +200,14 @@ class LlamaModel:
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         """Run all layers, writing the new tokens' KV into `pool`; fp32 logits `[R, vocab]`."""
-        hidden = F.embedding(batch.token_ids, self.embed)
         cos, sin = self.rope(batch.positions)
+        num_tokens = batch.token_ids.shape[0]
+        decode_only = num_tokens == len(batch.kv_lens)
+        if decode_only and self.native_decode_off is None and num_tokens <= NATIVE_MAX_ROWS:
+            logits = self._native_step(batch, pool, cos, sin)
+            if logits is not None and bool(torch.isfinite(logits).all()):
+                return logits
+        hidden = F.embedding(batch.token_ids, self.embed)
         plan = self.ops.plan_attention(
             batch.qo_indptr,
             batch.kv_indptr,
@@ -205,12 +216,7 @@ class LlamaModel:
             batch.positions,
             pool.page_size,
         )
-        num_tokens = batch.token_ids.shape[0]
-        decode_only = num_tokens == len(batch.kv_lens)
         if decode_only and num_tokens <= LOW_PRECISION_MAX_ROWS and self.decode_layers is not None:
-            logits = self._native_step(batch, pool, plan, cos, sin)
-            if logits is not None and bool(torch.isfinite(logits).all()):
-                return logits
             layers, lm_head = self.decode_layers, self.decode_lm_head
             logits = self._layers(batch, pool, plan, hidden, cos, sin, layers, lm_head)
             if bool(torch.isfinite(logits).all()):
@@ -224,20 +230,28 @@ class LlamaModel:
         return self._layers(batch, pool, plan, hidden, cos, sin, self.layers)
 
     def _native_step(
-        self, batch: ForwardBatch, pool: KVPool, plan: object, cos: torch.Tensor, sin: torch.Tensor
+        self, batch: ForwardBatch, pool: KVPool, cos: torch.Tensor, sin: torch.Tensor
     ) -> torch.Tensor | None:
-        """Logits of a one-sequence decode step taken natively, None where the step is not
-        one the native call serves (it then runs on the torch path)."""
-        if self.native_decode_off is not None or batch.token_ids.shape[0] != 1:
-            return None
-        (group,) = plan if len(plan) == 1 else (None,)
-        if group is None or group.mask is not None or group.q_len != 1 or group.pad:
+        """Logits of a decode-only step taken natively, None where the native call does not
+        serve it (a decode that is not at its last key needs a mask: the torch path)."""
+        kv_lens = torch.tensor(batch.kv_lens, dtype=torch.long)
+        if not torch.equal(batch.positions.cpu(), kv_lens - 1):
             return None
         if self._native is None or self._native.pool is not pool:
             self._native = NativeDecode(self, pool)
         self.native_steps += 1
-        token, slot = int(batch.token_ids[0]), int(batch.write_slots[0])
-        return self._native.step(token, cos, sin, slot, group.kv_slots[0])
+        # every page of the step's page tables, as slots; row b's run from its first page
+        page = pool.page_size
+        slots = (batch.kv_indices[:, None] * page + torch.arange(page)).reshape(-1)
+        starts = batch.kv_indptr[:-1] * page
+        logits = self._native.step(
+            batch.token_ids, cos, sin, batch.write_slots, slots, starts, kv_lens
+        )
+        rows = batch.logits_rows
+        identity = rows.shape[0] == logits.shape[0] and bool(
+            (rows == torch.arange(rows.shape[0])).all()
+        )
+        return logits if identity else logits.index_select(0, rows)
 
     def batched_decode_in_low_precision(self, rows: int) -> bool:
         """Whether a decode-only step of `rows` rows runs on the `batch_layers` copies: the

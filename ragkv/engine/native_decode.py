@@ -1,10 +1,11 @@
-"""A model's one-sequence decode step as one native call (`kernels/cpu_decode.c`).
+"""A model's decode step as one native call (`kernels/cpu_decode.c`).
 
 `NativeDecode` binds a `LlamaModel`'s float16 decode weights and one `KVPool`'s caches to the
-library once (pointers, held alive here), then runs a step: embedding in, KV of the token
-written, logits out. It serves exactly the steps the torch path would run on the float16
-copies with one row and attention over every cached key; the model keeps the torch path for
-everything else (prefill, batches, float32 weights, a CPU without the library).
+library once (pointers, held alive here), then runs a step: one new token for each of B
+sequences, embeddings in, their KV written, logits out. The model hands it decode-only steps
+whose every token is at its sequence's last position (attention over all cached keys, no
+mask) and keeps the torch path for everything else (prefill, a decode that needs a mask,
+float32 weights, a CPU without the library).
 """
 
 from __future__ import annotations
@@ -76,9 +77,7 @@ class NativeDecode:
         self.final_norm = self._ptr(model.final_norm, torch.float32)
         self.lm_head = self._ptr(model.decode_lm_head, torch.float16)
         self.embed = model.embed
-        work = self.lib.ragkv_work_floats(ctypes.byref(self.shape))
-        self.work = torch.empty(work, dtype=torch.float32)
-        self.hidden = torch.empty(c.hidden_size, dtype=torch.float32)
+        self.scratch = torch.empty(0, dtype=torch.float32)  # grown to the largest step
 
     def _ptr(self, tensor: torch.Tensor, dtype: torch.dtype) -> int:
         if tensor.dtype != dtype or not tensor.is_contiguous() or tensor.device.type != "cpu":
@@ -88,33 +87,39 @@ class NativeDecode:
 
     def step(
         self,
-        token_id: int,
+        token_ids: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        write_slot: int,
+        write_slots: torch.Tensor,
         slots: torch.Tensor,
+        slot_start: torch.Tensor,
+        num_keys: torch.Tensor,
     ) -> torch.Tensor:
-        """Logits `[1, vocab]` (float32, a new tensor) of the token `token_id`, whose K/V go to
-        `write_slot`, attending to the keys at `slots: [N]` (int64; the last is `write_slot`).
-        `cos, sin: [1, head_dim]` float32 at the token's position."""
-        self.hidden.copy_(self.embed[token_id])
+        """Logits `[B, vocab]` (float32) of one new token per sequence: `token_ids [B]`,
+        rotated by `cos, sin [B, head_dim]`, their K/V written at `write_slots [B]`; row b
+        attends to the keys at `slots[slot_start[b] + j]` for j < `num_keys[b]` (int64; the
+        last of them is its write slot)."""
+        batch = token_ids.shape[0]
+        hidden = self.embed.index_select(0, token_ids)  # a new tensor: the step's residual
         cos, sin = cos.contiguous(), sin.contiguous()
-        slots = slots.contiguous()
-        logits = torch.empty((1, self.shape.vocab), dtype=torch.float32)
-        status = self.lib.ragkv_decode_step(
+        index = [t.contiguous() for t in (write_slots, slots, slot_start, num_keys)]
+        if any(t.dtype != torch.int64 for t in index):
+            raise ValueError("native decode takes int64 slots and counts")
+        logits = torch.empty((batch, self.shape.vocab), dtype=torch.float32)
+        need = self.lib.ragkv_scratch_floats(ctypes.byref(self.shape), batch, slots.shape[0])
+        if self.scratch.numel() < need:
+            self.scratch = torch.empty(need, dtype=torch.float32)
+        self.lib.ragkv_decode_step(
             ctypes.byref(self.shape),
             self.layers,
             self.final_norm,
             self.lm_head,
-            self.hidden.data_ptr(),
+            batch,
+            hidden.data_ptr(),
             cos.data_ptr(),
             sin.data_ptr(),
-            write_slot,
-            slots.data_ptr(),
-            slots.shape[0],
-            self.work.data_ptr(),
+            *(t.data_ptr() for t in index),
+            self.scratch.data_ptr(),
             logits.data_ptr(),
         )
-        if status != 0:
-            raise MemoryError("native decode step: out of scratch memory")
         return logits

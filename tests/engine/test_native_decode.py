@@ -55,19 +55,9 @@ def teacher_forced(
     pages = pool.alloc(pool.pages_for(len(tokens)))
     if scatter:
         pages = pages[::-1]
-    kv_indptr, kv_indices = page_table_csr([pages])
     rows = []
     for start, end in [(0, prompt_len)] + [(i, i + 1) for i in range(prompt_len, len(tokens))]:
-        batch = ForwardBatch(
-            token_ids=torch.tensor(tokens[start:end]),
-            positions=torch.arange(start, end),
-            write_slots=pool.slots(pages, start, end),
-            qo_indptr=[0, end - start],
-            kv_indptr=kv_indptr,
-            kv_indices=kv_indices,
-            kv_lens=[end],
-            logits_rows=torch.tensor([end - start - 1]),
-        )
+        batch = one_sequence_batch(pool, pages, torch.tensor(tokens[start:end]), start)
         logits = model.forward(batch, pool)
         if start >= prompt_len:
             rows.append(logits[0])
@@ -102,6 +92,75 @@ def test_smollm_native_steps_match_float32_on_float16_exact_weights() -> None:
     got_lp, want_lp = got.log_softmax(-1), want.log_softmax(-1)
     assert float((got_lp - want_lp).abs().max()) < 1e-3
     assert torch.equal(got.argmax(-1), want.argmax(-1)) or _near_tie(want, got)
+
+
+def test_a_batch_of_sequences_steps_natively_as_the_float32_batch_does() -> None:
+    """Three sequences of different lengths, their pages interleaved, decode together."""
+    config = qwen2_config()
+    native, plain = pair(config, float16_exact(random_weights(config, seed=6)))
+    generator = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, config.vocab_size, (n,), generator=generator) for n in (9, 30, 17)]
+    forced = torch.randint(0, config.vocab_size, (3, 12), generator=generator)
+    got, got_pool = decode_together(native, prompts, forced)
+    want, want_pool = decode_together(plain, prompts, forced)
+    assert native.native_steps == 12
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
+    assert torch.allclose(got_pool.kv, want_pool.kv, rtol=1e-4, atol=1e-4)
+
+
+def decode_together(
+    model: LlamaModel, prompts: list[torch.Tensor], forced: torch.Tensor
+) -> tuple[torch.Tensor, KVPool]:
+    """Each prompt prefilled on its own, then one decode step of all sequences per column of
+    `forced: [B, steps]`: the logits `[steps, B, vocab]` of those steps, and the pool."""
+    page_size, steps = 4, forced.shape[1]
+    lengths = [p.shape[0] + steps for p in prompts]
+    pool = KVPool(
+        model.config, sum(-(-n // page_size) for n in lengths) + 1, page_size, model.dtype
+    )
+    tables: list[list[int]] = [[] for _ in prompts]
+    for index in range(max(-(-n // page_size) for n in lengths)):  # pages handed out in turn
+        for b, n in enumerate(lengths):
+            if index < -(-n // page_size):
+                tables[b] += pool.alloc(1)
+    for b, prompt in enumerate(prompts):
+        model.forward(one_sequence_batch(pool, tables[b], prompt, 0), pool)
+    rows = []
+    for step in range(steps):
+        kv_indptr, kv_indices = page_table_csr(tables)
+        positions = torch.tensor([p.shape[0] + step for p in prompts])
+        batch = ForwardBatch(
+            token_ids=forced[:, step],
+            positions=positions,
+            write_slots=torch.cat(
+                [pool.slots(t, int(q), int(q) + 1) for t, q in zip(tables, positions, strict=True)]
+            ),
+            qo_indptr=list(range(len(prompts) + 1)),
+            kv_indptr=kv_indptr,
+            kv_indices=kv_indices,
+            kv_lens=[int(q) + 1 for q in positions],
+            logits_rows=torch.arange(len(prompts)),
+        )
+        rows.append(model.forward(batch, pool))
+    return torch.stack(rows), pool
+
+
+def one_sequence_batch(
+    pool: KVPool, pages: list[int], tokens: torch.Tensor, start: int
+) -> ForwardBatch:
+    """`tokens` of one sequence at positions `start...` (its page table `pages`)."""
+    end = start + tokens.shape[0]
+    kv_indptr, kv_indices = page_table_csr([pages])
+    return ForwardBatch(
+        token_ids=tokens,
+        positions=torch.arange(start, end),
+        write_slots=pool.slots(pages, start, end),
+        qo_indptr=[0, end - start],
+        kv_indptr=kv_indptr,
+        kv_indices=kv_indices,
+        kv_lens=[end],
+        logits_rows=torch.tensor([end - start - 1]),
+    )
 
 
 def _near_tie(want: torch.Tensor, got: torch.Tensor) -> bool:
