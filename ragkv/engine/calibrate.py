@@ -37,6 +37,7 @@ from ragkv.engine.config import ModelConfig
 from ragkv.engine.gemm import Gemm, OneDNNPacks, onednn_available, onednn_bf16_available
 from ragkv.engine.model import _low_precision
 from ragkv.engine.runtime import DTYPES
+from ragkv.kernels import cpu_decode
 from ragkv.settings import ModelSettings
 
 log = logging.getLogger("ragkv.engine")
@@ -253,5 +254,18 @@ def calibrated_products(
     (the GEMM layout and library, the one-row decode dtype, the batched decode dtype)."""
     blocks = column_blocks_for(settings.gemm_layout, config, device)
     gemm = Gemm(blocks, onednn_rows_for(settings.batched_gemm, config, dtype, device, blocks))
-    decode_dtype = decode_dtype_for(settings.decode_dtype, config, dtype, device, blocks)
+    if settings.decode_dtype == "auto" and native_decode_ready(settings, dtype, device):
+        # the native step reads float16 weights with float32 activations: faster and closer
+        # to float32 than the torch float16 path that `decode_dtype_for` times
+        decode_dtype = torch.float16
+    else:
+        decode_dtype = decode_dtype_for(settings.decode_dtype, config, dtype, device, blocks)
     return gemm, decode_dtype, batch_dtype_for(settings.batch_dtype, dtype, device, gemm, config)
+
+
+def native_decode_ready(settings: ModelSettings, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether decode steps will run natively (`ragkv.engine.native_decode`) once the model
+    has float16 decode weights: asked for, on a CPU serving float32, the library built."""
+    if settings.native_decode != "auto" or torch.device(device).type != "cpu":
+        return False
+    return dtype == torch.float32 and cpu_decode.load() is not None

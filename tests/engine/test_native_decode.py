@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ragkv.assets import generation_model_path
+from ragkv.engine.calibrate import calibrated_products, native_decode_ready
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.kv_pool import KVPool, page_table_csr
 from ragkv.engine.model import ForwardBatch, LlamaModel
@@ -230,3 +231,16 @@ def test_a_failed_build_is_an_error_naming_the_source(tmp_path: Path, monkeypatc
     with pytest.raises(OSError, match="cpu_decode.c failed: error: this compiler builds nothing"):
         cpu_decode._build(str(compiler))
     assert list((tmp_path / "cache").iterdir()) == []  # nothing half-built left behind
+
+
+def test_auto_decode_weights_are_float16_wherever_the_native_step_runs() -> None:
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    assert native_decode_ready(ModelSettings(), fp32, cpu)
+    assert not native_decode_ready(ModelSettings(native_decode="off"), fp32, cpu)
+    assert not native_decode_ready(ModelSettings(), torch.bfloat16, cpu)
+    assert not native_decode_ready(ModelSettings(), fp32, torch.device("cuda"))
+    config = llama_config()
+    _, decode_dtype, _ = calibrated_products(ModelSettings(), config, fp32, cpu)
+    assert decode_dtype == torch.float16  # chosen without timing the torch float16 path
+    _, exact, _ = calibrated_products(ModelSettings(decode_dtype="same"), config, fp32, cpu)
+    assert exact is None
