@@ -106,6 +106,7 @@ class NativeDecode:
         if any(t.dtype != torch.int64 for t in index):
             raise ValueError("native decode takes int64 slots and counts")
         logits = torch.empty((batch, self.shape.vocab), dtype=torch.float32)
+        self.shape.threads = torch.get_num_threads()  # as torch's own ops would use now
         need = self.lib.ragkv_scratch_floats(ctypes.byref(self.shape), batch, slots.shape[0])
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need, dtype=torch.float32)
