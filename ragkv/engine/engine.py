@@ -57,7 +57,10 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.fingerprint = model_fingerprint
-        self.runtime = Runtime(model.ops.name, model.device, model.dtype)
+        decode = "native" if model.native_decode_off is None else "torch"
+        self.runtime = Runtime(
+            model.ops.name, model.device, model.dtype, decode, model.decode_dtype
+        )
         self.grammar = GrammarEngine(tokenizer, self.config.vocab_size)
         self.pool = KVPool.of_size(
             self.config, settings.kv_cache_mb, settings.page_size, model.dtype, model.device

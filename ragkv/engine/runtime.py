@@ -26,13 +26,20 @@ class Runtime:
     backend: str
     device: torch.device
     dtype: torch.dtype
+    # how decode steps run: "native" (`ragkv.engine.native_decode`) or "torch", on weights
+    # of `decode_dtype` (None: `dtype`)
+    decode: str = "torch"
+    decode_dtype: torch.dtype | None = None
 
     def to_json(self) -> dict[str, str]:
-        """`{"backend", "device", "dtype"}` as `/v1/models` reports them."""
+        """`{"backend", "device", "dtype", "decode", "decode_dtype"}` as `/v1/models` reports
+        them."""
         return {
             "backend": self.backend,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "decode": self.decode,
+            "decode_dtype": str(self.decode_dtype or self.dtype).removeprefix("torch."),
         }
 
 

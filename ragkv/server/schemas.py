@@ -256,11 +256,14 @@ class CompletionRequest(SamplingFields):
 
 
 class ModelRuntimeInfo(BaseModel):
-    """How the model runs here: ops backend (torch or triton), device, weight/KV dtype."""
+    """How the model runs here: ops backend (torch or triton), device, weight/KV dtype, and
+    decode steps: `native` (one call a step, on CPU) or `torch`, on weights of `decode_dtype`."""
 
     backend: str
     device: str
     dtype: str
+    decode: str
+    decode_dtype: str
 
 
 class ModelCard(BaseModel):

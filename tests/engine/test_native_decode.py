@@ -209,6 +209,9 @@ def test_the_engine_takes_native_steps_by_default_and_none_when_off(smollm) -> N
         engine = LLMEngine.from_path(generation_model_path(), model_settings, settings)
         run_greedy(engine, [greedy_request(list(range(100, 140)), 8)])
         assert (engine.model.native_steps == 7) is expect, engine.model.native_decode_off
+        runtime = engine.runtime.to_json()  # what GET /v1/models reports
+        assert runtime["decode"] == ("native" if expect else "torch")
+        assert runtime["decode_dtype"] == "float16"
 
 
 def test_the_library_is_built_once_per_source_and_compiler(tmp_path: Path, monkeypatch) -> None:

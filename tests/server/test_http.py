@@ -32,7 +32,13 @@ def test_models_lists_bundled_smollm2(live_server: LiveServer) -> None:
     runtime = (
         {"backend": "triton", "device": "cuda"} if on_gpu else {"backend": "torch", "device": "cpu"}
     )
-    assert card["ragkv"] == {**runtime, "dtype": "float32"}
+    # the test servers decode exactly (`decode_dtype = same`): float32 on the torch path
+    assert card["ragkv"] == {
+        **runtime,
+        "dtype": "float32",
+        "decode": "torch",
+        "decode_dtype": "float32",
+    }
     one = httpx.get(f"{live_server.url}/v1/models/{card['id']}", headers=auth("sk-tenant-a"))
     assert one.json()["id"] == card["id"]
     missing = httpx.get(f"{live_server.url}/v1/models/gpt-17", headers=auth("sk-tenant-a"))
