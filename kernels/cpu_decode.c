@@ -221,6 +221,49 @@ ISA static void gemm(const uint16_t* w, const float* x, int64_t x_stride, float*
   }
 }
 
+// p[j] = scale * q . k_j for the keys at `base + slots[j] * stride`, four keys at a time (four
+// independent sums: one sum per key waited on the FMA latency).
+ISA static void scores_of(const float* q, const float* base, int64_t stride, const int64_t* slots,
+                          int64_t n, int64_t d, float scale, float* p) {
+  int64_t j = 0;
+  if (d % 8 == 0) {
+    for (; j + 4 <= n; j += 4) {
+      const float *k0 = base + slots[j] * stride, *k1 = base + slots[j + 1] * stride;
+      const float *k2 = base + slots[j + 2] * stride, *k3 = base + slots[j + 3] * stride;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t i = 0; i < d; i += 8) {
+        __m256 qv = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+      }
+      p[j] = hsum(a0) * scale, p[j + 1] = hsum(a1) * scale;
+      p[j + 2] = hsum(a2) * scale, p[j + 3] = hsum(a3) * scale;
+    }
+  }
+  for (; j < n; ++j) p[j] = dot(q, base + slots[j] * stride, d) * scale;
+}
+
+// o = sum_j p[j] inv_total v_j for the values at `base + slots[j] * stride`; for head_dim 64
+// the sum stays in 8 registers over every key (no store per key).
+ISA static void weighted_values(const float* p, float inv_total, const float* base, int64_t stride,
+                                const int64_t* slots, int64_t n, int64_t d, float* o) {
+  if (d == 64) {
+    __m256 acc[8];
+    for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const float* vj = base + slots[j] * stride;
+      __m256 w = _mm256_set1_ps(p[j] * inv_total);
+      for (int v = 0; v < 8; ++v) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * v), acc[v]);
+    }
+    for (int v = 0; v < 8; ++v) _mm256_storeu_ps(o + 8 * v, acc[v]);
+    return;
+  }
+  for (int64_t i = 0; i < d; ++i) o[i] = 0.0f;
+  for (int64_t j = 0; j < n; ++j) axpy(p[j] * inv_total, base + slots[j] * stride, o, d);
+}
+
 // One query per (row, head) over that row's keys (softmax in float32), split by thread. Row
 // b's keys are at slots[slot_start[b] + j] for j < num_keys[b].
 ISA static void attention(const Shape* s, const Layer* layer, const float* q, int64_t q_stride,
@@ -234,16 +277,12 @@ ISA static void attention(const Shape* s, const Layer* layer, const float* q, in
     const int64_t* keys = slots + slot_start[b];
     const float* qh = q + b * q_stride + h * d;
     float* p = scores + score_start[b] * heads + h * n;
+    scores_of(qh, layer->k_cache + kv * d, kh * d, keys, n, d, s->scale, p);
     float best = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) {
-      p[j] = dot(qh, layer->k_cache + (keys[j] * kh + kv) * d, d) * s->scale;
-      if (p[j] > best) best = p[j];
-    }
+    for (int64_t j = 0; j < n; ++j) best = p[j] > best ? p[j] : best;
     float inv_total = 1.0f / exp_shifted(p, n, best);
     float* o = out + b * out_stride + h * d;
-    for (int64_t i = 0; i < d; ++i) o[i] = 0.0f;
-    for (int64_t j = 0; j < n; ++j)
-      axpy(p[j] * inv_total, layer->v_cache + (keys[j] * kh + kv) * d, o, d);
+    weighted_values(p, inv_total, layer->v_cache + kv * d, kh * d, keys, n, d, o);
   }
 }
 
