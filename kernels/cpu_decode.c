@@ -57,9 +57,10 @@ ISA static inline __m256 load8(const uint16_t* w) {
 }
 
 // e^x for 8 floats (Cephes' single-precision polynomial, relative error ~2e-7; inputs
-// clamped to +-88.38, past which float32's e^x ends anyway).
+// clamped to [-87, 88.38]: below -87 the power of two would leave the normal range, so e^x
+// there is e^-87 = 1.6e-38, not 0; callers that need exact zeros (masked keys) write them).
 ISA static inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)),
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)),
                     _mm256_set1_ps(88.3762626647949f));
   __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -386,3 +387,5 @@ void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_n
     gemm(lm_head, t.x, s->hidden, logits, s->vocab, s->vocab, s->hidden, batch);
   }
 }
+
+#include "cpu_attention.c"  // shares the helpers above; one library

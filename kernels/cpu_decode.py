@@ -1,4 +1,5 @@
-"""The native one-sequence decode step (`cpu_decode.c`): built with the system C compiler on
+"""The native CPU kernels (`cpu_decode.c`: the decode step, `cpu_attention.c`: causal
+attention over the KV pages): built with the system C compiler on
 first use, cached by source and compiler, loaded through ctypes.
 
 `load()` answers the library, or None with the reason in `why_unavailable()`: not x86-64, no C
@@ -20,11 +21,13 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-import torch  # noqa: F401  (loads torch's libgomp first, so the library binds to it)
+import torch  # loaded before the library: its libgomp is the one the library binds to
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
+# every file of the library (`cpu_decode.c` includes the others): all of them key the cache
+SOURCES = (SOURCE, Path(__file__).with_name("cpu_attention.c"))
 BUILD_TIMEOUT_S = 120
 _why: list[str] = []
 
@@ -117,7 +120,52 @@ def _load() -> ctypes.CDLL | None:
         + [ctypes.c_int64]
         + [ctypes.c_void_p] * 9
     )
+    lib.ragkv_causal_attention.restype = None
+    lib.ragkv_causal_attention.argtypes = (
+        [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+        + [ctypes.c_int64] * 3
+        + [ctypes.c_void_p] * 2
+        + [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    )
     return lib
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of one sequence (`cpu_attention.c`): `q: [T, H, D]` float32 (rows may
+    be strided, heads contiguous), caches `[pages, page_size, KH, D]`, key j at `slots[j]`
+    (int64), query t at `positions[t]` (int64, ascending) seeing keys `0..positions[t]`.
+    Returns `[T, H, D]`."""
+    lib = load()
+    assert lib is not None, "check load() first"
+    num_tokens, heads, head_dim = q.shape
+    if q.stride(2) != 1 or q.stride(1) != head_dim or q.dtype != torch.float32:
+        q = q.contiguous().float()
+    out = torch.empty((num_tokens, heads, head_dim), dtype=torch.float32)
+    slots, positions = slots.contiguous(), positions.contiguous()
+    lib.ragkv_causal_attention(
+        q.data_ptr(),
+        q.stride(0),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        heads,
+        k_cache.shape[2],
+        head_dim,
+        slots.data_ptr(),
+        positions.data_ptr(),
+        num_tokens,
+        scale,
+        out.data_ptr(),
+        heads * head_dim,
+        torch.get_num_threads(),
+    )
+    return out
 
 
 def _build(compiler: str) -> Path:
@@ -125,7 +173,8 @@ def _build(compiler: str) -> Path:
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=30, check=True
     ).stdout.splitlines()[0]
-    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
+    text = b"".join(path.read_bytes() for path in SOURCES)
+    digest = hashlib.sha256(text + version.encode()).hexdigest()[:16]
     target = cache_dir() / f"ragkv_cpu_decode-{digest}.so"
     if target.exists():
         return target

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.gemm import ONEDNN_DTYPES, Gemm, OneDNNPacks
 from ragkv.engine.kv_pool import KVPool
-from ragkv.engine.native_decode import NativeDecode
+from ragkv.engine.native_decode import NativeDecode, attention_supported
 from ragkv.engine.native_decode import supported as native_supported
 from ragkv.engine.rope import rope_inv_freq
 from ragkv.kernels.backend import ops_for
+from ragkv.kernels.cpu_attention import native_paged_attention, plan_native_attention
 
 # Low-precision weights pay off for GEMV-shaped decode steps only: on CPU a bf16 GEMM with
 # 16 rows ran at half the fp32 speed (benchmarks/README.md), and on an AMD EPYC float16 beat
@@ -132,6 +133,12 @@ class LlamaModel:
         # One-sequence float16 decode steps as one native call (`ragkv.engine.native_decode`),
         # bound to a pool on its first step; `native_decode_off` says why not, when asked for.
         self.native_decode_off = native_supported(self) if native_decode else "not asked for"
+        if native_decode and attention_supported(self):  # the same plan/attention signatures
+            self.ops = replace(
+                self.ops,
+                plan_attention=plan_native_attention,
+                paged_attention=native_paged_attention,
+            )
         self._native: NativeDecode | None = None
         self.native_steps = 0
 

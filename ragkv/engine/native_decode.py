@@ -37,6 +37,13 @@ def supported(model: LlamaModel) -> str | None:
     return None
 
 
+def attention_supported(model: LlamaModel) -> bool:
+    """Whether `model`'s attention may run on the native causal kernel (`cpu_attention.c`):
+    float32 on a CPU, the torch ops, the library built."""
+    cpu_float32 = model.device.type == "cpu" and model.dtype == torch.float32
+    return cpu_float32 and model.ops.name == "torch" and cpu_decode.load() is not None
+
+
 class NativeDecode:
     """The native step over `model`'s decode weights and `pool`'s caches."""
 

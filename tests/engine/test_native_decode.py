@@ -21,7 +21,7 @@ from ragkv.engine.synthetic import random_weights
 from ragkv.engine.weights import load_weights
 from ragkv.kernels import cpu_decode
 from ragkv.settings import EngineSettings, ModelSettings
-from tests.engine.helpers import greedy_request, run_greedy
+from tests.engine.helpers import greedy_request, prefill_logits, run_greedy
 from tests.engine.random_model import llama_config, qwen2_config
 
 if cpu_decode.load() is None:
@@ -247,3 +247,20 @@ def test_auto_decode_weights_are_float16_wherever_the_native_step_runs() -> None
     assert decode_dtype == torch.float16  # chosen without timing the torch float16 path
     _, exact, _ = calibrated_products(ModelSettings(decode_dtype="same"), config, fp32, cpu)
     assert exact is None
+
+
+def test_native_attention_keeps_the_float32_model_within_its_tolerances() -> None:
+    """float32 weights (no native decode step) with the native causal kernel for attention:
+    prefill logits as the torch path's, then a prefill after cached KV and decodes."""
+    config, weights = load_weights(generation_model_path())
+    native = LlamaModel(config, weights, native_decode=True)
+    plain = LlamaModel(config, weights)
+    assert native.native_decode_off is not None  # float32 decode: the torch step...
+    assert native.ops.paged_attention is not plain.ops.paged_attention  # ...native attention
+    tokens = [(104729 * i) % 40000 + 100 for i in range(300)]
+    got = prefill_logits(native, tokens)
+    want = prefill_logits(plain, tokens)
+    assert float((got - want).abs().max()) < 1e-3
+    got_steps, _ = teacher_forced(native, tokens[:120], 100)  # 100-token prefill, 20 decodes
+    want_steps, _ = teacher_forced(plain, tokens[:120], 100)
+    assert float((got_steps - want_steps).abs().max()) < 1e-3

@@ -3,6 +3,8 @@ under the interpreter, and a wrong choice is a clear startup error."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -36,7 +38,16 @@ def test_cuda_without_a_device_is_refused() -> None:
 
 def test_runtime_reports_backend_device_and_dtype() -> None:
     runtime = resolve_runtime("cpu", "torch", "bfloat16")
-    assert runtime.to_json() == {"backend": "torch", "device": "cpu", "dtype": "bfloat16"}
+    assert runtime.to_json() == {
+        "backend": "torch",
+        "device": "cpu",
+        "dtype": "bfloat16",
+        "decode": "torch",  # until the engine says otherwise
+        "decode_dtype": "bfloat16",  # none given: the weights' dtype
+    }
+    native = replace(runtime, decode="native", decode_dtype=torch.float16)
+    assert native.to_json()["decode"] == "native"
+    assert native.to_json()["decode_dtype"] == "float16"
 
 
 def test_ops_sets_have_one_shape() -> None:
