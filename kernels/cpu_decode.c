@@ -17,6 +17,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define ISA __attribute__((target("avx2,fma,f16c")))
 #define PREFETCH_BYTES 2048  // ahead of the row being read: ~23 GB/s vs ~15 without

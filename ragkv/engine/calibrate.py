@@ -268,4 +268,6 @@ def native_decode_ready(settings: ModelSettings, dtype: torch.dtype, device: tor
     has float16 decode weights: asked for, on a CPU serving float32, the library built."""
     if settings.native_decode != "auto" or torch.device(device).type != "cpu":
         return False
+    if settings.backend == "triton":  # the native step replaces the torch ops only
+        return False
     return dtype == torch.float32 and cpu_decode.load() is not None

@@ -242,6 +242,7 @@ def test_auto_decode_weights_are_float16_wherever_the_native_step_runs() -> None
     assert not native_decode_ready(ModelSettings(native_decode="off"), fp32, cpu)
     assert not native_decode_ready(ModelSettings(), torch.bfloat16, cpu)
     assert not native_decode_ready(ModelSettings(), fp32, torch.device("cuda"))
+    assert not native_decode_ready(ModelSettings(backend="triton"), fp32, cpu)
     config = llama_config()
     _, decode_dtype, _ = calibrated_products(ModelSettings(), config, fp32, cpu)
     assert decode_dtype == torch.float16  # chosen without timing the torch float16 path

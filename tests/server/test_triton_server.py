@@ -49,7 +49,13 @@ def test_triton_backend_answers_like_torch(triton_server: LiveServer, live_serve
     client = openai.OpenAI(base_url=f"{triton_server.url}/v1", api_key="sk-tenant-a")
     (card,) = client.models.list().data
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    assert card.model_extra["ragkv"] == {"backend": "triton", "device": device, "dtype": "float32"}
+    assert card.model_extra["ragkv"] == {
+        "backend": "triton",
+        "device": device,
+        "dtype": "float32",
+        "decode": "torch",  # the native CPU step replaces the torch ops only
+        "decode_dtype": "float32",  # the test servers decode exactly
+    }
     assert answer(triton_server) == answer(live_server)
 
 
