@@ -158,21 +158,35 @@ ISA static void attention_task(const Task* task, const float* q, int64_t q_strid
   free(qt);
 }
 
-// out[t, h] for every query t < T and head h; q rows `q_stride` apart (heads contiguous in a
-// row, `d` floats each), out rows `out_stride` apart; caches `[slots, kh, d]`.
+// Every sequence of a step in one call: sequence b's queries are rows q_start[b]..q_start[b+1]
+// of q (and out), at positions pos[row]; its key j sits at slots[slot_start[b] + j]. q rows
+// `q_stride` apart (heads contiguous in a row, `d` floats each), out rows `out_stride` apart;
+// caches `[slots, kh, d]`. Tasks (a sequence's KV head and 16 of its query positions) are
+// shared between the threads, the longest first within each sequence.
 void ragkv_causal_attention(const float* q, int64_t q_stride, const float* k_cache,
                             const float* v_cache, int64_t heads, int64_t kh, int64_t d,
-                            const int64_t* slots, const int64_t* pos, int64_t T, float scale,
+                            int64_t num_seqs, const int64_t* q_start, const int64_t* slots,
+                            const int64_t* slot_start, const int64_t* pos, float scale,
                             float* out, int64_t out_stride, int64_t threads) {
-  int64_t group = heads / kh, blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+  int64_t group = heads / kh, first_task[num_seqs + 1];
+  first_task[0] = 0;
+  for (int64_t b = 0; b < num_seqs; ++b) {
+    int64_t blocks = (q_start[b + 1] - q_start[b] + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    first_task[b + 1] = first_task[b] + blocks * kh;
+  }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t index = 0; index < blocks * kh; ++index) {
-    int64_t block = blocks - 1 - index / kh;  // the longest (last) blocks first
-    Task task = {.first = block * QUERY_BLOCK, .group = group, .kv = index % kh};
-    task.count = T - task.first < QUERY_BLOCK ? T - task.first : QUERY_BLOCK;
+  for (int64_t index = 0; index < first_task[num_seqs]; ++index) {
+    int64_t b = 0;
+    while (first_task[b + 1] <= index) ++b;
+    int64_t local = index - first_task[b], count_b = q_start[b + 1] - q_start[b];
+    int64_t blocks = (count_b + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    int64_t block = blocks - 1 - local / kh;  // the longest (last) blocks first
+    Task task = {.first = q_start[b] + block * QUERY_BLOCK, .group = group, .kv = local % kh};
+    int64_t left = q_start[b + 1] - task.first;
+    task.count = left < QUERY_BLOCK ? left : QUERY_BLOCK;
     task.rows = group * task.count;
     task.padded = (task.rows + LANES - 1) / LANES * LANES;
-    attention_task(&task, q, q_stride, k_cache, v_cache, kh, d, slots, pos, scale, out,
-                   out_stride);
+    attention_task(&task, q, q_stride, k_cache, v_cache, kh, d, slots + slot_start[b], pos,
+                   scale, out, out_stride);
   }
 }

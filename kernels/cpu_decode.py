@@ -123,9 +123,9 @@ def _load() -> ctypes.CDLL | None:
     lib.ragkv_causal_attention.restype = None
     lib.ragkv_causal_attention.argtypes = (
         [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-        + [ctypes.c_int64] * 3
-        + [ctypes.c_void_p] * 2
-        + [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+        + [ctypes.c_int64] * 4
+        + [ctypes.c_void_p] * 4
+        + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     )
     return lib
 
@@ -134,21 +134,24 @@ def causal_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    q_start: torch.Tensor,
     slots: torch.Tensor,
+    slot_start: torch.Tensor,
     positions: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Causal attention of one sequence (`cpu_attention.c`): `q: [T, H, D]` float32 (rows may
-    be strided, heads contiguous), caches `[pages, page_size, KH, D]`, key j at `slots[j]`
-    (int64), query t at `positions[t]` (int64, ascending) seeing keys `0..positions[t]`.
-    Returns `[T, H, D]`."""
+    """Causal attention of a step's sequences in one call (`cpu_attention.c`): `q: [T, H, D]`
+    float32 (rows may be strided, heads contiguous); caches `[pages, page_size, KH, D]`;
+    sequence b owns rows `q_start[b]:q_start[b + 1]` and its key j sits at
+    `slots[slot_start[b] + j]`; row t sits at `positions[t]` (ascending within a sequence)
+    and sees its sequence's keys `0..positions[t]`. Index tensors int64. Returns `[T, H, D]`."""
     lib = load()
     assert lib is not None, "check load() first"
     num_tokens, heads, head_dim = q.shape
     if q.stride(2) != 1 or q.stride(1) != head_dim or q.dtype != torch.float32:
         q = q.contiguous().float()
     out = torch.empty((num_tokens, heads, head_dim), dtype=torch.float32)
-    slots, positions = slots.contiguous(), positions.contiguous()
+    index = [t.contiguous() for t in (q_start, slots, slot_start, positions)]
     lib.ragkv_causal_attention(
         q.data_ptr(),
         q.stride(0),
@@ -157,9 +160,8 @@ def causal_attention(
         heads,
         k_cache.shape[2],
         head_dim,
-        slots.data_ptr(),
-        positions.data_ptr(),
-        num_tokens,
+        q_start.shape[0] - 1,
+        *(t.data_ptr() for t in index),
         scale,
         out.data_ptr(),
         heads * head_dim,

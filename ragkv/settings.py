@@ -78,8 +78,8 @@ class ModelSettings(Section):
         "(float16 on a CPU where it times faster at start, else exact), same (dtype: exact), "
         "float16, bfloat16"
     )  # fmt: skip
-    native_decode: Literal["auto", "off"] = Field("auto", description="one-sequence float16 "
-        "decode steps in one native call: auto (where cc builds it, x86-64 AVX2), off")  # fmt: skip
+    native_decode: Literal["auto", "off"] = Field("auto", description="native CPU kernels (decode "
+        "steps of <= 8 sequences, causal attention): auto (where cc builds them), off")  # fmt: skip
     batch_dtype: Literal["auto", "same", "bfloat16"] = Field(
         "auto", description="precision of the projections in batched decode steps (the LM "
         "head stays dtype): auto (bfloat16 on a CPU whose oneDNN times it faster at start, "
