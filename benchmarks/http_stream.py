@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,21 +86,3 @@ def stream_decode_tps(url: str, prompt: str, num_tokens: int) -> float:
     # Every token is one event (the holdback of half a character can merge two: then the
     # token count over the span of events still holds).
     return (num_tokens - 1) / (arrivals[-1] - arrivals[0])
-
-
-def http_decode_tps(
-    threads: int, num_tokens: int, runs: int = 3, extra_env: dict[str, str] | None = None
-) -> float:
-    """Median decode tok/s of `runs` streams from a fresh live server (stopped after)."""
-    url, process, data = start_serve(threads, extra_env)
-    try:
-        stream_decode_tps(url, "Warm-up: one two three", 8)
-        rates = [
-            stream_decode_tps(url, f"Run {i}: the history of the old city", num_tokens)
-            for i in range(runs)
-        ]
-        return statistics.median(rates)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        data.cleanup()
