@@ -45,13 +45,19 @@ def plan_native_attention(
         return plan_paged_attention(
             qo_indptr, kv_indptr, kv_indices, kv_lens, q_positions, page_size
         )
-    slots = (kv_indices[:, None] * page_size + torch.arange(page_size)).reshape(-1)
+    slots, slot_start = page_slots(kv_indptr, kv_indices, page_size)
     return NativePlan(
-        torch.tensor(qo_indptr, dtype=torch.long),
-        slots,
-        kv_indptr[:-1] * page_size,
-        q_positions.to(torch.long),
+        torch.tensor(qo_indptr, dtype=torch.long), slots, slot_start, q_positions.to(torch.long)
     )
+
+
+def page_slots(
+    kv_indptr: torch.Tensor, kv_indices: torch.Tensor, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every page of a step's page tables as slots, and where each sequence's run of them
+    starts: sequence b's key j sits at `slots[slot_start[b] + j]` (the native kernels' form)."""
+    slots = (kv_indices[:, None] * page_size + torch.arange(page_size)).reshape(-1)
+    return slots, kv_indptr[:-1] * page_size
 
 
 def native_paged_attention(

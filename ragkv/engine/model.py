@@ -15,7 +15,11 @@ from ragkv.engine.native_decode import NativeDecode, attention_supported
 from ragkv.engine.native_decode import supported as native_supported
 from ragkv.engine.rope import rope_inv_freq
 from ragkv.kernels.backend import ops_for
-from ragkv.kernels.cpu_attention import native_paged_attention, plan_native_attention
+from ragkv.kernels.cpu_attention import (
+    native_paged_attention,
+    page_slots,
+    plan_native_attention,
+)
 
 # Low-precision weights pay off for GEMV-shaped decode steps only: on CPU a bf16 GEMM with
 # 16 rows ran at half the fp32 speed (benchmarks/README.md), and on an AMD EPYC float16 beat
@@ -130,8 +134,9 @@ class LlamaModel:
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self.packs = self._pack_for_onednn()
-        # One-sequence float16 decode steps as one native call (`ragkv.engine.native_decode`),
-        # bound to a pool on its first step; `native_decode_off` says why not, when asked for.
+        # Decode steps of up to NATIVE_MAX_ROWS sequences as one native call
+        # (`ragkv.engine.native_decode`), bound to a pool on its first step;
+        # `native_decode_off` says why not. Attention may go native without it.
         self.native_decode_off = native_supported(self) if native_decode else "not asked for"
         if native_decode and attention_supported(self):  # the same plan/attention signatures
             self.ops = replace(
@@ -247,10 +252,7 @@ class LlamaModel:
         if self._native is None or self._native.pool is not pool:
             self._native = NativeDecode(self, pool)
         self.native_steps += 1
-        # every page of the step's page tables, as slots; row b's run from its first page
-        page = pool.page_size
-        slots = (batch.kv_indices[:, None] * page + torch.arange(page)).reshape(-1)
-        starts = batch.kv_indptr[:-1] * page
+        slots, starts = page_slots(batch.kv_indptr, batch.kv_indices, pool.page_size)
         logits = self._native.step(
             batch.token_ids, cos, sin, batch.write_slots, slots, starts, kv_lens
         )

@@ -24,24 +24,29 @@ LlamaModel = Any
 
 def supported(model: LlamaModel) -> str | None:
     """Why `model` cannot take native decode steps (None: it can)."""
-    if model.device.type != "cpu":
-        return "native decode runs on CPU tensors only"
-    if model.dtype != torch.float32:
-        return "native decode needs float32 activations and KV (model.dtype float32)"
-    if model.decode_layers is None or model.decode_dtype != torch.float16:
+    why = _why_not_native(model)
+    if why is None and (model.decode_layers is None or model.decode_dtype != torch.float16):
         return "native decode reads float16 decode weights (model.decode_dtype float16)"
-    if model.ops.name != "torch":
-        return "native decode replaces the torch ops path only"
-    if cpu_decode.load() is None:
-        return cpu_decode.why_unavailable()
-    return None
+    return why
 
 
 def attention_supported(model: LlamaModel) -> bool:
     """Whether `model`'s attention may run on the native causal kernel (`cpu_attention.c`):
     float32 on a CPU, the torch ops, the library built."""
-    cpu_float32 = model.device.type == "cpu" and model.dtype == torch.float32
-    return cpu_float32 and model.ops.name == "torch" and cpu_decode.load() is not None
+    return _why_not_native(model) is None
+
+
+def _why_not_native(model: LlamaModel) -> str | None:
+    """What keeps every native kernel from `model` (None: nothing)."""
+    if model.device.type != "cpu":
+        return "native decode runs on CPU tensors only"
+    if model.dtype != torch.float32:
+        return "native decode needs float32 activations and KV (model.dtype float32)"
+    if model.ops.name != "torch":
+        return "native decode replaces the torch ops path only"
+    if cpu_decode.load() is None:
+        return cpu_decode.why_unavailable()
+    return None
 
 
 class NativeDecode:
