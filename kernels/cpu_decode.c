@@ -240,8 +240,10 @@ ISA static void scores_of(const float* q, const float* base, int64_t stride, con
         a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
         a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
       }
-      p[j] = hsum(a0) * scale, p[j + 1] = hsum(a1) * scale;
-      p[j + 2] = hsum(a2) * scale, p[j + 3] = hsum(a3) * scale;
+      // the four sums at once: lanes (a0, a1, a2, a3) of each 128-bit half, then the halves
+      __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      _mm_storeu_ps(p + j, _mm_mul_ps(sums, _mm_set1_ps(scale)));
     }
   }
   for (; j < n; ++j) p[j] = dot(q, base + slots[j] * stride, d) * scale;
@@ -267,36 +269,56 @@ ISA static void weighted_values(const float* p, float inv_total, const float* ba
 }
 
 // One query per (row, head) over that row's keys (softmax in float32), split by thread. Row
-// b's keys are at slots[slot_start[b] + j] for j < num_keys[b].
+// b's keys are at slots[slot_start[b] + j] for j < num_keys[b]. With enough rows a task is a
+// row's KV head and its group of query heads, one after another: the group's later heads read
+// the keys and values from L1 (one task per head re-read them from L2/L3: at 16 rows attention
+// took half as long as the products); with few rows, one head per task keeps both threads busy.
 ISA static void attention(const Shape* s, const Layer* layer, const float* q, int64_t q_stride,
                       const int64_t* slots, const int64_t* slot_start, const int64_t* num_keys,
                       int64_t batch, float* scores, const int64_t* score_start, float* out,
                       int64_t out_stride) {
   int64_t d = s->head_dim, kh = s->num_kv_heads, heads = s->num_heads, group = heads / kh;
+  int64_t per_task = batch * kh >= 4 * s->threads ? group : 1;
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t task = 0; task < batch * heads; ++task) {
-    int64_t b = task / heads, h = task % heads, n = num_keys[b], kv = h / group;
+  for (int64_t task = 0; task < batch * heads / per_task; ++task) {
+    int64_t b = task * per_task / heads, first = task * per_task % heads, n = num_keys[b];
     const int64_t* keys = slots + slot_start[b];
-    const float* qh = q + b * q_stride + h * d;
-    float* p = scores + score_start[b] * heads + h * n;
-    scores_of(qh, layer->k_cache + kv * d, kh * d, keys, n, d, s->scale, p);
-    float best = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) best = p[j] > best ? p[j] : best;
-    float inv_total = 1.0f / exp_shifted(p, n, best);
-    float* o = out + b * out_stride + h * d;
-    weighted_values(p, inv_total, layer->v_cache + kv * d, kh * d, keys, n, d, o);
+    for (int64_t h = first; h < first + per_task; ++h) {
+      int64_t kv = h / group;
+      const float* qh = q + b * q_stride + h * d;
+      float* p = scores + score_start[b] * heads + h * n;
+      scores_of(qh, layer->k_cache + kv * d, kh * d, keys, n, d, s->scale, p);
+      float best = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) best = p[j] > best ? p[j] : best;
+      float inv_total = 1.0f / exp_shifted(p, n, best);
+      float* o = out + b * out_stride + h * d;
+      weighted_values(p, inv_total, layer->v_cache + kv * d, kh * d, keys, n, d, o);
+    }
   }
 }
 
-// Per-step scratch: per row x, qkv, attended, gate/up, activation and the residual delta.
+#include "cpu_bf16.c"  // the bfloat16 products of batched steps
+
+// Per-step scratch: per row x, qkv, attended, gate/up, activation and the residual delta;
+// with bfloat16 weights (`packed_bf16`), the rows rounded to bfloat16 (`xb`).
 typedef struct {
   float *x, *qkv, *attended, *gate_up, *act, *delta, *scores;
-  int64_t qkv_width, score_floats;
+  uint16_t* xb;
+  int64_t qkv_width, score_floats, packed_bf16;
   const int64_t *slots, *slot_start, *num_keys, *write_slots;
   int64_t* score_start;
   const float *cos, *sin;
   int64_t batch;
 } Step;
+
+// Y = W X for the step's rows: float16 weights `[out, in]`, or packed bfloat16 panels.
+static void product(const Step* t, const uint16_t* w, const float* x, int64_t x_stride, float* y,
+                    int64_t y_stride, int64_t rows, int64_t cols) {
+  if (t->packed_bf16)
+    gemm_bf16(w, x, x_stride, y, y_stride, rows, cols, t->batch, t->xb);
+  else
+    gemm(w, x, x_stride, y, y_stride, rows, cols, t->batch);
+}
 
 // The first half of a layer for every row: norm, QKV, bias, RoPE, the token's K/V into the
 // cache at its write slot, attention over the row's keys (the last of which is that slot),
@@ -308,7 +330,7 @@ static void attention_block(const Shape* s, const Layer* layer, const float* hid
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < n; ++b)
     rms_norm(hidden + b * s->hidden, layer->attn_norm, t->x + b * s->hidden, s->hidden, s->eps);
-  gemm(layer->wqkv, t->x, s->hidden, t->qkv, qkv_w, qkv_w, s->hidden, n);
+  product(t, layer->wqkv, t->x, s->hidden, t->qkv, qkv_w, qkv_w, s->hidden);
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < n; ++b) {
     float* qkv = t->qkv + b * qkv_w;
@@ -323,7 +345,7 @@ static void attention_block(const Shape* s, const Layer* layer, const float* hid
   }
   attention(s, layer, t->qkv, qkv_w, t->slots, t->slot_start, t->num_keys, n, t->scores,
             t->score_start, t->attended, q_width);
-  gemm(layer->wo, t->attended, q_width, t->delta, s->hidden, s->hidden, q_width, n);
+  product(t, layer->wo, t->attended, q_width, t->delta, s->hidden, s->hidden, q_width);
 }
 
 // The second half: residual, norm, SwiGLU MLP, residual.
@@ -334,13 +356,13 @@ static void mlp_block(const Shape* s, const Layer* layer, float* hidden, const S
     for (int64_t i = 0; i < h; ++i) hidden[b * h + i] += t->delta[b * h + i];
     rms_norm(hidden + b * h, layer->ffn_norm, t->x + b * h, h, s->eps);
   }
-  gemm(layer->w_gate_up, t->x, h, t->gate_up, 2 * inter, 2 * inter, h, n);
+  product(t, layer->w_gate_up, t->x, h, t->gate_up, 2 * inter, 2 * inter, h);
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < n; ++b) {
     const float* gu = t->gate_up + b * 2 * inter;
     silu_mul(gu, gu + inter, t->act + b * inter, inter);
   }
-  gemm(layer->w_down, t->act, inter, t->delta, h, h, inter, n);
+  product(t, layer->w_down, t->act, inter, t->delta, h, h, inter);
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < n; ++b)
     for (int64_t i = 0; i < h; ++i) hidden[b * h + i] += t->delta[b * h + i];
@@ -350,21 +372,27 @@ static void mlp_block(const Shape* s, const Layer* layer, float* hidden, const S
 int64_t ragkv_scratch_floats(const Shape* s, int64_t batch, int64_t keys) {
   int64_t qkv = (s->num_heads + 2 * s->num_kv_heads) * s->head_dim;
   int64_t per_row = 2 * s->hidden + qkv + s->num_heads * s->head_dim + 3 * s->intermediate;
-  return batch * per_row + keys * s->num_heads;
+  int64_t widest = s->hidden > s->intermediate ? s->hidden : s->intermediate;
+  widest = widest > s->num_heads * s->head_dim ? widest : s->num_heads * s->head_dim;
+  int64_t halves = (batch + MR) * (widest + 2);  // `xb`: rows padded to MR, inputs to pairs
+  return batch * per_row + keys * s->num_heads + halves / 2 + 16;
 }
 
 // The step over `batch` rows: `hidden [batch, hidden]` holds the tokens' embeddings on entry
 // (the last layer's outputs on return); `cos, sin [batch, head_dim]` their rotations;
 // `write_slots [batch]` where their K/V go; row b attends to the keys at
 // `slots[slot_start[b] + j]`, j < num_keys[b]; `logits [batch, vocab]` receives the head's
-// output; `scratch` holds `ragkv_scratch_floats` floats (the caller's, kept between steps:
+// output (no head: `lm_head` NULL leaves the final-normed rows in `hidden` instead);
+// `packed_bf16`: the layers' weights are packed bfloat16 panels (`cpu_bf16.c`), not float16
+// `[out, in]`, and `ragkv_bf16_supported()` said yes; `scratch` holds `ragkv_scratch_floats` floats (the caller's, kept between steps:
 // a fresh allocation this size is a fresh mapping, page faults included, on every step).
 void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_norm,
-                       const uint16_t* lm_head, int64_t batch, float* hidden, const float* cos,
+                       const uint16_t* lm_head, int64_t batch, int64_t packed_bf16,
+                       float* hidden, const float* cos,
                        const float* sin, const int64_t* write_slots, const int64_t* slots,
                        const int64_t* slot_start, const int64_t* num_keys, float* scratch,
                        float* logits) {
-  Step t = {.batch = batch, .cos = cos, .sin = sin, .write_slots = write_slots,
+  Step t = {.batch = batch, .packed_bf16 = packed_bf16, .cos = cos, .sin = sin, .write_slots = write_slots,
             .slots = slots, .slot_start = slot_start, .num_keys = num_keys};
   t.qkv_width = (s->num_heads + 2 * s->num_kv_heads) * s->head_dim;
   int64_t q_width = s->num_heads * s->head_dim, keys = 0;
@@ -372,6 +400,7 @@ void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_n
   t.x = scratch, t.qkv = t.x + batch * s->hidden, t.attended = t.qkv + batch * t.qkv_width;
   t.gate_up = t.attended + batch * q_width, t.act = t.gate_up + batch * 2 * s->intermediate;
   t.delta = t.act + batch * s->intermediate, t.scores = t.delta + batch * s->hidden;
+  t.xb = (uint16_t*)(t.scores + keys * s->num_heads);
   int64_t score_start[batch + 1];
   t.score_start = score_start;
   score_start[0] = 0;
@@ -385,7 +414,12 @@ void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_n
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; ++b)
       rms_norm(hidden + b * s->hidden, final_norm, t.x + b * s->hidden, s->hidden, s->eps);
-    gemm(lm_head, t.x, s->hidden, logits, s->vocab, s->vocab, s->hidden, batch);
+    if (lm_head) {
+      gemm(lm_head, t.x, s->hidden, logits, s->vocab, s->vocab, s->hidden, batch);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < batch * s->hidden; ++i) hidden[i] = t.x[i];
+    }
   }
 }
 

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 # every file of the library (`cpu_decode.c` includes the others): all of them key the cache
-SOURCES = (SOURCE, Path(__file__).with_name("cpu_attention.c"))
+SOURCES = (SOURCE, *(Path(__file__).with_name(n) for n in ("cpu_attention.c", "cpu_bf16.c")))
 BUILD_TIMEOUT_S = 120
 _why: list[str] = []
 
@@ -111,13 +111,17 @@ def _load() -> ctypes.CDLL | None:
     if not lib.ragkv_cpu_supported():
         _why.append("this CPU lacks AVX2/FMA/F16C, which the native decode step needs")
         return None
+    lib.ragkv_bf16_supported.restype = ctypes.c_int
+    lib.ragkv_gemm_bf16.restype = None
+    pointers, sizes = [ctypes.c_void_p] * 3, [ctypes.c_int64] * 3
+    lib.ragkv_gemm_bf16.argtypes = pointers + sizes + [ctypes.c_void_p, ctypes.c_int64]
     lib.ragkv_scratch_floats.restype = ctypes.c_int64
     lib.ragkv_scratch_floats.argtypes = [ctypes.POINTER(Shape), ctypes.c_int64, ctypes.c_int64]
     lib.ragkv_decode_step.restype = None
     lib.ragkv_decode_step.argtypes = (
         [ctypes.POINTER(Shape), ctypes.POINTER(Layer)]
         + [ctypes.c_void_p] * 2
-        + [ctypes.c_int64]
+        + [ctypes.c_int64] * 2
         + [ctypes.c_void_p] * 9
     )
     lib.ragkv_causal_attention.restype = None
@@ -128,6 +132,48 @@ def _load() -> ctypes.CDLL | None:
         + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     )
     return lib
+
+
+def bf16_supported() -> bool:
+    """Whether the library's bfloat16 products (`cpu_bf16.c`) may run on this CPU
+    (AVX512-BF16)."""
+    lib = load()
+    return lib is not None and bool(lib.ragkv_bf16_supported())
+
+
+def pack_bf16_panels(weight: torch.Tensor) -> torch.Tensor:
+    """`weight [out, in]` as the packed bfloat16 panels `cpu_bf16.c` reads: rounded to
+    bfloat16, zero-padded to whole panels of 16 outputs and to input pairs, laid out
+    `[out / 16][in / 2][16][2]` (contiguous)."""
+    out_features, in_features = weight.shape
+    padded = torch.zeros(
+        (out_features + 15) // 16 * 16, (in_features + 1) // 2 * 2, dtype=torch.bfloat16
+    )
+    padded[:out_features, :in_features] = weight.to(torch.bfloat16)
+    panels = padded.view(padded.shape[0] // 16, 16, padded.shape[1] // 2, 2)
+    return panels.permute(0, 2, 1, 3).contiguous()
+
+
+def gemm_bf16(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> torch.Tensor:
+    """`x [B, in] @ W.T` on `pack_bf16_panels(W)` by the library's bfloat16 product (float32
+    in and out; the rows of `x` rounded to bfloat16 first): `[B, out_features]`."""
+    lib = load()
+    assert lib is not None and lib.ragkv_bf16_supported(), "check bf16_supported() first"
+    x = x.float().contiguous()
+    batch, cols = x.shape
+    y = torch.empty((batch, out_features), dtype=torch.float32)
+    xb = torch.empty((batch + 16) * ((cols + 1) // 2 * 2), dtype=torch.bfloat16)  # rows padded
+    lib.ragkv_gemm_bf16(
+        panels.data_ptr(),
+        x.data_ptr(),
+        y.data_ptr(),
+        out_features,
+        cols,
+        batch,
+        xb.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return y
 
 
 def causal_attention(

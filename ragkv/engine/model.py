@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.gemm import ONEDNN_DTYPES, Gemm, OneDNNPacks
 from ragkv.engine.kv_pool import KVPool
-from ragkv.engine.native_decode import NativeDecode, attention_supported
+from ragkv.engine.native_decode import (
+    NativeDecode,
+    PackedLayer,
+    attention_supported,
+    batch_supported,
+    pack_batch_layers,
+)
 from ragkv.engine.native_decode import supported as native_supported
 from ragkv.engine.rope import rope_inv_freq
 from ragkv.kernels.backend import ops_for
@@ -30,10 +36,11 @@ LOW_PRECISION_MAX_ROWS = 2
 # transposed copy through `Gemm` (the GEMV layout); larger BLAS batches use `F.linear` on
 # `[vocab, hidden]`.
 LM_HEAD_GEMV_MAX_ROWS = 64
-# Decode-only steps of up to this many sequences run natively where the model can
-# (`ragkv.engine.native_decode`). On an AMD EPYC (2 threads) the native step led the torch
-# path by 1.53x / 1.67x / 1.44x / 1.15x at 1 / 2 / 4 / 8 sequences and trailed it at 16 / 32
-# (0.91x / 0.80x: there the products are compute-bound, where oneDNN's float32 kernels win).
+# Decode-only steps of up to this many sequences run natively on the float16 decode weights
+# where the model can (`ragkv.engine.native_decode`). On an AMD EPYC (2 threads) that step led
+# the torch path by 1.53x / 1.67x / 1.44x / 1.15x at 1 / 2 / 4 / 8 sequences and trailed it
+# at 16 / 32 (0.91x / 0.80x: there the products are compute-bound). Larger steps run natively
+# on packed bfloat16 panels where the CPU has AVX512-BF16 (`batch_panels`), else on torch.
 NATIVE_MAX_ROWS = 8
 
 
@@ -133,19 +140,29 @@ class LlamaModel:
             ]  # fmt: skip
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
+        self._setup_native(native_decode)
         self.packs = self._pack_for_onednn()
-        # Decode steps of up to NATIVE_MAX_ROWS sequences as one native call
-        # (`ragkv.engine.native_decode`), bound to a pool on its first step;
-        # `native_decode_off` says why not. Attention may go native without it.
+        self._native: NativeDecode | None = None
+        self.native_steps = 0
+
+    def _setup_native(self, native_decode: bool) -> None:
+        """Decode-only steps as one native call (`ragkv.engine.native_decode`), bound to a
+        pool on its first step; `native_decode_off` says why not. Attention may go native
+        without it. Up to NATIVE_MAX_ROWS sequences the call reads the float16 decode
+        weights; larger steps read the bfloat16 batch copies packed into panels where the CPU
+        multiplies bfloat16, and the panels replace the copies (a batched decode step that
+        needs a mask then runs in `dtype`)."""
         self.native_decode_off = native_supported(self) if native_decode else "not asked for"
+        self.batch_panels: list[PackedLayer] | None = None
+        if self.native_decode_off is None and batch_supported(self):
+            self.batch_panels = pack_batch_layers(self.batch_layers)
+            self.batch_layers = None
         if native_decode and attention_supported(self):  # the same plan/attention signatures
             self.ops = replace(
                 self.ops,
                 plan_attention=plan_native_attention,
                 paged_attention=native_paged_attention,
             )
-        self._native: NativeDecode | None = None
-        self.native_steps = 0
 
     def _pack_for_onednn(self) -> OneDNNPacks:
         """oneDNN packs (`OneDNNPacks`) of the weights of batched decode steps: the batch
@@ -156,7 +173,7 @@ class LlamaModel:
         if self.device.type != "cpu" or self.gemm.onednn_min_rows is None:
             return OneDNNPacks()
         weights = [self.lm_head_t]
-        for layer in self.batch_layers or self.layers:
+        for layer in [] if self.batch_panels else self.batch_layers or self.layers:
             weights += [layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down]
         # weights in a dtype oneDNN does not multiply (float16) take the plain product
         return OneDNNPacks(w for w in weights if w.dtype in ONEDNN_DTYPES)
@@ -202,6 +219,11 @@ class LlamaModel:
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
         """Final norm and LM head: `[R, hidden]` -> fp32 `[R, vocab]`."""
         x = self.ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
+        return self.head_logits(x, lm_head)
+
+    def head_logits(self, x: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM head of final-normed rows `x [R, hidden]`: fp32 `[R, vocab]` (`lm_head`:
+        a low-precision head; None: the head in `dtype`)."""
         rows = x.shape[0]
         if lm_head is None and (
             rows <= LM_HEAD_GEMV_MAX_ROWS or self.gemm.uses_onednn(rows, self.lm_head_t)
@@ -215,9 +237,12 @@ class LlamaModel:
         cos, sin = self.rope(batch.positions)
         num_tokens = batch.token_ids.shape[0]
         decode_only = num_tokens == len(batch.kv_lens)
-        if decode_only and self.native_decode_off is None and num_tokens <= NATIVE_MAX_ROWS:
+        native_rows = num_tokens <= NATIVE_MAX_ROWS or self.batch_panels is not None
+        if decode_only and self.native_decode_off is None and native_rows:
+            # No overflow check: neither native product rounds activations to 16 bits, so
+            # a non-finite logit there is one the float32 path computes too.
             logits = self._native_step(batch, pool, cos, sin)
-            if logits is not None and bool(torch.isfinite(logits).all()):
+            if logits is not None:
                 return logits
         hidden = F.embedding(batch.token_ids, self.embed)
         plan = self.ops.plan_attention(
@@ -250,7 +275,7 @@ class LlamaModel:
         if not torch.equal(batch.positions.cpu(), kv_lens - 1):
             return None
         if self._native is None or self._native.pool is not pool:
-            self._native = NativeDecode(self, pool)
+            self._native = NativeDecode(self, pool, NATIVE_MAX_ROWS)
         self.native_steps += 1
         slots, starts = page_slots(batch.kv_indptr, batch.kv_indices, pool.page_size)
         logits = self._native.step(
