@@ -424,3 +424,4 @@ void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_n
 }
 
 #include "cpu_attention.c"  // shares the helpers above; one library
+#include "cpu_pointwise.c"

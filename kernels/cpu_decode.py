@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 # every file of the library (`cpu_decode.c` includes the others): all of them key the cache
-SOURCES = (SOURCE, *(Path(__file__).with_name(n) for n in ("cpu_attention.c", "cpu_bf16.c")))
+SOURCES = (
+    SOURCE,
+    *(Path(__file__).with_name(n) for n in ("cpu_attention.c", "cpu_bf16.c", "cpu_pointwise.c")),
+)
 BUILD_TIMEOUT_S = 120
 _why: list[str] = []
 
@@ -124,6 +127,7 @@ def _load() -> ctypes.CDLL | None:
         + [ctypes.c_int64] * 2
         + [ctypes.c_void_p] * 9
     )
+    _bind_pointwise(lib)
     lib.ragkv_causal_attention.restype = None
     lib.ragkv_causal_attention.argtypes = (
         [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
@@ -132,6 +136,20 @@ def _load() -> ctypes.CDLL | None:
         + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     )
     return lib
+
+
+def _bind_pointwise(lib: ctypes.CDLL) -> None:
+    """Signatures of `cpu_pointwise.c`'s exports (float32 row ops)."""
+    p, n, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    signatures = {
+        "ragkv_rms_norm_rows": [p, n, p, p, n, n, f, n],
+        "ragkv_add_rms_norm_rows": [p, p, p, p, p, n, n, f, n],
+        "ragkv_silu_mul_rows": [p, p, n, n, n],
+        "ragkv_rope_rows": [p, n, n, n, p, p, n, n],
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = None, argtypes
 
 
 def bf16_supported() -> bool:

@@ -20,6 +20,7 @@ from ragkv.engine.native_decode import (
 )
 from ragkv.engine.native_decode import supported as native_supported
 from ragkv.engine.rope import rope_inv_freq
+from ragkv.kernels import cpu_pointwise
 from ragkv.kernels.backend import ops_for
 from ragkv.kernels.cpu_attention import (
     native_paged_attention,
@@ -147,21 +148,25 @@ class LlamaModel:
 
     def _setup_native(self, native_decode: bool) -> None:
         """Decode-only steps as one native call (`ragkv.engine.native_decode`), bound to a
-        pool on its first step; `native_decode_off` says why not. Attention may go native
-        without it. Up to NATIVE_MAX_ROWS sequences the call reads the float16 decode
-        weights; larger steps read the bfloat16 batch copies packed into panels where the CPU
-        multiplies bfloat16, and the panels replace the copies (a batched decode step that
-        needs a mask then runs in `dtype`)."""
+        pool on its first step; `native_decode_off` says why not. Attention and the pointwise
+        ops of other steps may go native without it. Up to NATIVE_MAX_ROWS sequences the
+        call reads the float16 decode weights; larger steps read the bfloat16 batch copies
+        packed into panels where the CPU multiplies bfloat16, and the panels replace the
+        copies (a batched decode step that needs a mask then runs in `dtype`)."""
         self.native_decode_off = native_supported(self) if native_decode else "not asked for"
         self.batch_panels: list[PackedLayer] | None = None
         if self.native_decode_off is None and batch_supported(self):
             self.batch_panels = pack_batch_layers(self.batch_layers)
             self.batch_layers = None
-        if native_decode and attention_supported(self):  # the same plan/attention signatures
+        if native_decode and attention_supported(self):  # the same signatures as the ops
             self.ops = replace(
                 self.ops,
                 plan_attention=plan_native_attention,
                 paged_attention=native_paged_attention,
+                rms_norm=cpu_pointwise.rms_norm,
+                add_rms_norm=cpu_pointwise.add_rms_norm,
+                silu_mul=cpu_pointwise.silu_mul,
+                rotate_qk=cpu_pointwise.rotate_qk,
             )
 
     def _pack_for_onednn(self) -> OneDNNPacks:
@@ -310,13 +315,40 @@ class LlamaModel:
         """The decoder layers (`layers`: the weights in `dtype`, or a low-precision copy),
         then the logits of `batch.logits_rows` (`lm_head`: a low-precision head; None: the
         head in `dtype`)."""
+        last_rows = self._last_rows_plan(batch, pool)
         for index, layer in enumerate(layers):
             q, k, v = self.qkv(layer, hidden, cos, sin)
             pool.write(index, batch.write_slots, k, v)
             k_cache, v_cache = pool.layer_caches(index)
+            if last_rows is not None and index == len(layers) - 1:
+                # Every row's KV is written; past it only the rows whose logits are asked
+                # for feed anything (a 512-token prefill: 1 row of the last layer, not 512).
+                rows = batch.logits_rows
+                q, hidden, plan = q.index_select(0, rows), hidden.index_select(0, rows), last_rows
             attn = self.ops.paged_attention(q, k_cache, v_cache, plan, self.scale)
             hidden = self.mlp_residual(layer, hidden, attn)
+        if last_rows is not None:
+            return self.logits(hidden, lm_head)
         return self.logits(hidden.index_select(0, batch.logits_rows), lm_head)
+
+    def _last_rows_plan(self, batch: ForwardBatch, pool: KVPool) -> object | None:
+        """The attention plan of the last layer for the logits rows alone, where they are
+        each sequence's last row and fewer than the step's rows (None: the layer runs whole).
+        """
+        sequences = len(batch.qo_indptr) - 1
+        if batch.logits_rows.shape[0] != sequences or sequences == batch.token_ids.shape[0]:
+            return None
+        ends = torch.tensor(batch.qo_indptr[1:], device=batch.logits_rows.device) - 1
+        if not torch.equal(batch.logits_rows, ends):
+            return None
+        return self.ops.plan_attention(
+            list(range(sequences + 1)),
+            batch.kv_indptr,
+            batch.kv_indices,
+            batch.kv_lens,
+            batch.positions.index_select(0, batch.logits_rows),
+            pool.page_size,
+        )
 
 
 def _layer_weights(config: ModelConfig, index: int, take, t) -> LayerWeights:
