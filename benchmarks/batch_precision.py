@@ -9,9 +9,10 @@ script measures, on the issue's 20 chat prompts x 64 tokens:
    (fp32), then every position is one decode step of 20 rows, each row fed fp32's greedy
    token. Models: fp32 batched (oneDNN float32: the sanity row, near 100%), bfloat16
    projections with the float32 head on the torch path (oneDNN, products rounded to
-   bfloat16), the same numbers on the native step's packed panels (`bf16_native`: what the
-   defaults serve on a CPU with AVX512-BF16; products kept float32), and bfloat16 projections
-   and head (why the head stays float32). The reference is fp32 fed one row at a time
+   bfloat16), the native step's batches (`bf16_native`: what the defaults serve on a CPU
+   with AVX512-BF16: the same bfloat16 projections with float32 outputs, the float16 head of
+   one-row steps with float32 rows), and bfloat16 projections and head (why the head is not
+   bfloat16). The reference is fp32 fed one row at a time
    (`decode_precision.teacher_forced_logprobs`);
 2. free-running greedy agreement: the 20 prompts decoded together by an fp32 engine and by a
    bfloat16-batch engine;

@@ -134,3 +134,81 @@ void ragkv_gemm_bf16(const uint16_t* w, const float* x, float* y, int64_t rows, 
 #pragma omp parallel num_threads(threads)
   gemm_bf16(w, x, cols, y, rows, rows, cols, batch, xb);
 }
+
+// The LM head of batched steps: float16 weights packed in panels of 16 outputs, [k][16]
+// (`pack_f16_panels` in `kernels/cpu_decode.py`), times float32 rows with float32 FMAs
+// (AVX-512F; every CPU with AVX512-BF16 has it). The same float16 head the one-row steps read,
+// so a sequence's logits come from the same head whatever its batch; half the bytes of the
+// float32 head, which oneDNN read at DRAM speed at 16 rows (113 MB a step).
+#define HEAD_ISA __attribute__((target("avx512f")))
+#define HEAD_TILE(M, N)                                                                        \
+  HEAD_ISA static void head_##M##x##N(const uint16_t* panels, int64_t panel_size,             \
+                                      const float* x, int64_t x_stride, int64_t cols,         \
+                                      float* y, int64_t y_stride, int64_t col0,               \
+                                      int64_t outputs) {                                      \
+    __m512 acc[M][N];                                                                          \
+    for (int m = 0; m < M; ++m)                                                                \
+      for (int n = 0; n < N; ++n) acc[m][n] = _mm512_setzero_ps();                            \
+    for (int64_t k = 0; k < cols; ++k) {                                                       \
+      __m512 w[N];                                                                             \
+      for (int n = 0; n < N; ++n)                                                              \
+        w[n] = _mm512_cvtph_ps(_mm256_loadu_si256(                                            \
+            (const __m256i*)(panels + n * panel_size + k * 16)));                              \
+      for (int m = 0; m < M; ++m) {                                                            \
+        __m512 a = _mm512_set1_ps(x[m * x_stride + k]);                                        \
+        for (int n = 0; n < N; ++n) acc[m][n] = _mm512_fmadd_ps(a, w[n], acc[m][n]);          \
+      }                                                                                        \
+    }                                                                                          \
+    for (int m = 0; m < M; ++m)                                                                \
+      for (int n = 0; n < N; ++n) {                                                            \
+        int64_t c = col0 + 16 * n, left = outputs - c;                                         \
+        __mmask16 keep = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);     \
+        _mm512_mask_storeu_ps(y + m * y_stride + c, keep, acc[m][n]);                          \
+      }                                                                                        \
+  }
+HEAD_TILE(8, 3)
+HEAD_TILE(8, 1)
+HEAD_TILE(1, 3)
+HEAD_TILE(1, 1)
+
+// Y[b] = W X[b] for `batch` float32 rows on float16 panels, inside the step's parallel region:
+// each thread takes groups of 3 panels and passes blocks of 8 rows, then single rows, over
+// them (the group stays in L2 meanwhile).
+HEAD_ISA static void gemm_head_f16(const uint16_t* w, const float* x, int64_t x_stride, float* y,
+                                   int64_t y_stride, int64_t outputs, int64_t cols,
+                                   int64_t batch) {
+  int64_t panel_size = cols * 16, panels = (outputs + 15) / 16;
+#pragma omp for schedule(static)
+  for (int64_t p0 = 0; p0 < panels; p0 += 3) {
+    const uint16_t* tile = w + p0 * panel_size;
+    int64_t left = panels - p0, col = 16 * p0, b = 0;
+    for (; b + 8 <= batch; b += 8) {
+      const float* xs = x + b * x_stride;
+      float* ys = y + b * y_stride;
+      if (left >= 3)
+        head_8x3(tile, panel_size, xs, x_stride, cols, ys, y_stride, col, outputs);
+      else
+        for (int64_t p = 0; p < left; ++p)
+          head_8x1(tile + p * panel_size, panel_size, xs, x_stride, cols, ys, y_stride,
+                   col + 16 * p, outputs);
+    }
+    for (; b < batch; ++b) {
+      const float* xs = x + b * x_stride;
+      float* ys = y + b * y_stride;
+      if (left >= 3)
+        head_1x3(tile, panel_size, xs, x_stride, cols, ys, y_stride, col, outputs);
+      else
+        for (int64_t p = 0; p < left; ++p)
+          head_1x1(tile + p * panel_size, panel_size, xs, x_stride, cols, ys, y_stride,
+                   col + 16 * p, outputs);
+    }
+  }
+}
+
+// The head alone, in its own parallel region (tests and benchmarks): `x [batch, cols]`,
+// `y [batch, outputs]`.
+void ragkv_gemm_head_f16(const uint16_t* w, const float* x, float* y, int64_t outputs,
+                         int64_t cols, int64_t batch, int64_t threads) {
+#pragma omp parallel num_threads(threads)
+  gemm_head_f16(w, x, cols, y, outputs, outputs, cols, batch);
+}

@@ -382,9 +382,9 @@ int64_t ragkv_scratch_floats(const Shape* s, int64_t batch, int64_t keys) {
 // (the last layer's outputs on return); `cos, sin [batch, head_dim]` their rotations;
 // `write_slots [batch]` where their K/V go; row b attends to the keys at
 // `slots[slot_start[b] + j]`, j < num_keys[b]; `logits [batch, vocab]` receives the head's
-// output (no head: `lm_head` NULL leaves the final-normed rows in `hidden` instead);
-// `packed_bf16`: the layers' weights are packed bfloat16 panels (`cpu_bf16.c`), not float16
-// `[out, in]`, and `ragkv_bf16_supported()` said yes; `scratch` holds `ragkv_scratch_floats` floats (the caller's, kept between steps:
+// output; `packed_bf16`: the layers' weights are packed bfloat16 panels and `lm_head` float16
+// panels (`cpu_bf16.c`), not float16 `[out, in]`, and `ragkv_bf16_supported()` said yes;
+// `scratch` holds `ragkv_scratch_floats` floats (the caller's, kept between steps:
 // a fresh allocation this size is a fresh mapping, page faults included, on every step).
 void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_norm,
                        const uint16_t* lm_head, int64_t batch, int64_t packed_bf16,
@@ -414,12 +414,10 @@ void ragkv_decode_step(const Shape* s, const Layer* layers, const float* final_n
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; ++b)
       rms_norm(hidden + b * s->hidden, final_norm, t.x + b * s->hidden, s->hidden, s->eps);
-    if (lm_head) {
+    if (packed_bf16)
+      gemm_head_f16(lm_head, t.x, s->hidden, logits, s->vocab, s->vocab, s->hidden, batch);
+    else
       gemm(lm_head, t.x, s->hidden, logits, s->vocab, s->vocab, s->hidden, batch);
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < batch * s->hidden; ++i) hidden[i] = t.x[i];
-    }
   }
 }
 

@@ -118,6 +118,8 @@ def _load() -> ctypes.CDLL | None:
     lib.ragkv_gemm_bf16.restype = None
     pointers, sizes = [ctypes.c_void_p] * 3, [ctypes.c_int64] * 3
     lib.ragkv_gemm_bf16.argtypes = pointers + sizes + [ctypes.c_void_p, ctypes.c_int64]
+    lib.ragkv_gemm_head_f16.restype = None
+    lib.ragkv_gemm_head_f16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4
     lib.ragkv_scratch_floats.restype = ctypes.c_int64
     lib.ragkv_scratch_floats.argtypes = [ctypes.POINTER(Shape), ctypes.c_int64, ctypes.c_int64]
     lib.ragkv_decode_step.restype = None
@@ -192,6 +194,33 @@ def gemm_bf16(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> torch
         torch.get_num_threads(),
     )
     return y
+
+
+def pack_f16_panels(weight: torch.Tensor) -> torch.Tensor:
+    """`weight [out, in]` as the float16 panels of the batched head (`cpu_bf16.c`): padded
+    to whole panels of 16 outputs, laid out `[out / 16][in][16]` (contiguous)."""
+    out_features, in_features = weight.shape
+    padded = torch.zeros((out_features + 15) // 16 * 16, in_features, dtype=torch.float16)
+    padded[:out_features] = weight.to(torch.float16)
+    return padded.view(-1, 16, in_features).transpose(1, 2).contiguous()
+
+
+def gemm_head_f16(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> torch.Tensor:
+    """`x [B, in] @ W.T` on `pack_f16_panels(W)` by the library's batched head (float32 rows,
+    float32 sums): `[B, out_features]`."""
+    lib = load()
+    assert lib is not None and lib.ragkv_bf16_supported(), "check bf16_supported() first"
+    x = x.float().contiguous()
+    batch, cols = x.shape
+    y = torch.empty((batch, out_features), dtype=torch.float32)
+    lib.ragkv_gemm_head_f16(
+        panels.data_ptr(), x.data_ptr(), y.data_ptr(), out_features, cols, batch, _threads()
+    )
+    return y
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
 
 
 def causal_attention(

@@ -79,11 +79,11 @@ class ModelSettings(Section):
         "float16, bfloat16"
     )  # fmt: skip
     native_decode: Literal["auto", "off"] = Field("auto", description="native CPU kernels (decode "
-        "steps of <= 8 sequences, causal attention): auto (where cc builds them), off")  # fmt: skip
+        "steps, attention, prefill's pointwise ops): auto (where cc builds them), off")  # fmt: skip
     batch_dtype: Literal["auto", "same", "bfloat16"] = Field(
         "auto", description="precision of the projections in batched decode steps (the LM "
-        "head stays dtype): auto (bfloat16 on a CPU whose oneDNN times it faster at start, "
-        "else exact), same (dtype: exact), bfloat16"
+        "head: dtype; native: float16): auto (bfloat16 on a CPU whose oneDNN times it faster "
+        "at start, native with AVX512-BF16; else exact), same (dtype: exact), bfloat16"
     )  # fmt: skip
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: all cores")
     gemm_layout: Literal["auto", "blocked", "joined"] = Field(

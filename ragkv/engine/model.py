@@ -224,11 +224,6 @@ class LlamaModel:
     def logits(self, hidden: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
         """Final norm and LM head: `[R, hidden]` -> fp32 `[R, vocab]`."""
         x = self.ops.rms_norm(hidden, self.final_norm, self.config.rms_norm_eps)
-        return self.head_logits(x, lm_head)
-
-    def head_logits(self, x: torch.Tensor, lm_head: torch.Tensor | None = None) -> torch.Tensor:
-        """The LM head of final-normed rows `x [R, hidden]`: fp32 `[R, vocab]` (`lm_head`:
-        a low-precision head; None: the head in `dtype`)."""
         rows = x.shape[0]
         if lm_head is None and (
             rows <= LM_HEAD_GEMV_MAX_ROWS or self.gemm.uses_onednn(rows, self.lm_head_t)

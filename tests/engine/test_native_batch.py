@@ -1,7 +1,8 @@
 """Batched native decode steps (more than `NATIVE_MAX_ROWS` sequences) on packed bfloat16
 panels (`kernels/cpu_bf16.c`): the step is the float32 torch path whose projections multiply
 bfloat16-rounded activations by bfloat16 weights (what `model.batch_dtype = bfloat16` means),
-the LM head in float32, up to the order of float32 sums."""
+the LM head on float16 weights with float32 rows (the weights here are bfloat16 values, which
+float16 holds but for the few below its normal range), up to the order of float32 sums."""
 
 from __future__ import annotations
 

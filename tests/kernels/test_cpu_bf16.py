@@ -57,3 +57,20 @@ def test_panels_hold_sixteen_outputs_by_input_pairs_zero_padded() -> None:
     assert panels[0, 1, 3].tolist() == [weight[3, 2].item(), weight[3, 3].item()]
     assert panels[1, 2, 1].tolist() == [weight[17, 4].item(), 0.0]  # the odd input's pair
     assert bool((panels[1, :, 2:] == 0).all())  # outputs 18..31 do not exist
+
+
+@pytest.mark.parametrize("batch", [1, 7, 8, 9, 16, 21])
+@pytest.mark.parametrize("outputs, inputs", [(1000, 576), (49, 37), (16, 3)])
+def test_the_batched_head_matches_float64_of_its_float16_weights(batch, outputs, inputs) -> None:
+    """The LM head of batched steps (`gemm_head_f16`): float16 panels, float32 rows and sums;
+    8-row and single-row tiles of 3 panels and of 1."""
+    generator = torch.Generator().manual_seed(batch * 7 + outputs + inputs)
+    weight = torch.randn(outputs, inputs, generator=generator) * 0.05
+    x = torch.randn(batch, inputs, generator=generator) * 3
+    got = cpu_decode.gemm_head_f16(x, cpu_decode.pack_f16_panels(weight), outputs)
+    want = x.double() @ weight.half().double().T
+    bound = (x.double().abs() @ weight.half().double().abs().T) * inputs * 2**-23
+    assert got.shape == (batch, outputs)
+    assert bool(((got.double() - want).abs() <= bound + 1e-30).all())
+    alone = cpu_decode.gemm_head_f16(x[-1:], cpu_decode.pack_f16_panels(weight), outputs)
+    assert torch.allclose(alone, got[-1:], rtol=1e-6, atol=1e-6)
