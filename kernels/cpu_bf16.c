@@ -19,6 +19,7 @@
 // else 8 x 3. Weights come from memory once per tile of 16 rows: at 16 rows a step's products
 // took 12.0 ms on an AMD EPYC (Zen 4) against 15.7 ms in 8 x 3 tiles (two passes) and 14.6
 // in 12 x 2; at 8 rows 8 x 3 was the faster (11.0 vs 12.0 ms).
+#define BF16_PREFETCH_BYTES 2048  // ahead in each panel (weights stream from memory)
 #define MR 16  // rows of the larger tile; `xb` holds the rows padded to a multiple of it
 
 int ragkv_bf16_supported(void) {
@@ -67,8 +68,11 @@ BF16_ISA static void to_bf16_rows(const float* x, int64_t x_stride, int64_t cols
     const int32_t* pairs = (const int32_t*)xb; /* row m's input pair kk: pairs[m kp + kk] */   \
     for (int64_t kk = 0; kk < kp; ++kk) {                                                      \
       __m512bh w[N];                                                                           \
-      for (int n = 0; n < N; ++n)                                                              \
-        w[n] = (__m512bh)_mm512_loadu_si512(panels + n * panel_size + kk * 32);               \
+      for (int n = 0; n < N; ++n) {                                                            \
+        const uint16_t* at = panels + n * panel_size + kk * 32;                                \
+        _mm_prefetch((const char*)at + BF16_PREFETCH_BYTES, _MM_HINT_T0);                      \
+        w[n] = (__m512bh)_mm512_loadu_si512(at);                                               \
+      }                                                                                        \
       for (int m = 0; m < M; ++m) {                                                            \
         __m512bh a = (__m512bh)_mm512_set1_epi32(pairs[m * kp + kk]);                         \
         for (int n = 0; n < N; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], a, w[n]);         \
@@ -151,9 +155,11 @@ void ragkv_gemm_bf16(const uint16_t* w, const float* x, float* y, int64_t rows, 
       for (int n = 0; n < N; ++n) acc[m][n] = _mm512_setzero_ps();                            \
     for (int64_t k = 0; k < cols; ++k) {                                                       \
       __m512 w[N];                                                                             \
-      for (int n = 0; n < N; ++n)                                                              \
-        w[n] = _mm512_cvtph_ps(_mm256_loadu_si256(                                            \
-            (const __m256i*)(panels + n * panel_size + k * 16)));                              \
+      for (int n = 0; n < N; ++n) {                                                            \
+        const uint16_t* at = panels + n * panel_size + k * 16;                                 \
+        if ((k & 1) == 0) _mm_prefetch((const char*)at + BF16_PREFETCH_BYTES, _MM_HINT_T0);    \
+        w[n] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)at));                        \
+      }                                                                                        \
       for (int m = 0; m < M; ++m) {                                                            \
         __m512 a = _mm512_set1_ps(x[m * x_stride + k]);                                        \
         for (int n = 0; n < N; ++n) acc[m][n] = _mm512_fmadd_ps(a, w[n], acc[m][n]);          \
