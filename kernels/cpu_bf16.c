@@ -53,6 +53,16 @@ BF16_ISA static void to_bf16_rows(const float* x, int64_t x_stride, int64_t cols
   }
 }
 
+// y[col0 + 16 n + i] = sums[n][i] for `count` panels, nothing at or past `outputs`.
+BF16_ISA static inline void store_panels(float* y, const __m512* sums, int count, int64_t col0,
+                                         int64_t outputs) {
+  for (int n = 0; n < count; ++n) {
+    int64_t c = col0 + 16 * n, left = outputs - c;
+    __mmask16 keep = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+    _mm512_mask_storeu_ps(y + c, keep, sums[n]);
+  }
+}
+
 // tile_MxN: y[m][col0 + 16 n + i] for M rows and N panels, the sums of each (row, output)
 // over every input pair. Rows m >= `valid_rows` are not stored, nor outputs at or past
 // `outputs`. One function per shape: the sums must be a fixed-size array the compiler keeps
@@ -79,11 +89,7 @@ BF16_ISA static void to_bf16_rows(const float* x, int64_t x_stride, int64_t cols
       }                                                                                        \
     }                                                                                          \
     for (int m = 0; m < M && m < valid_rows; ++m)                                              \
-      for (int n = 0; n < N; ++n) {                                                            \
-        int64_t c = col0 + 16 * n, left = outputs - c;                                         \
-        __mmask16 keep = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);     \
-        _mm512_mask_storeu_ps(y + m * y_stride + c, keep, acc[m][n]);                          \
-      }                                                                                        \
+      store_panels(y + m * y_stride, acc[m], N, col0, outputs);                                \
   }
 TILE_BF16(16, 2)
 TILE_BF16(16, 1)
@@ -165,12 +171,7 @@ void ragkv_gemm_bf16(const uint16_t* w, const float* x, float* y, int64_t rows, 
         for (int n = 0; n < N; ++n) acc[m][n] = _mm512_fmadd_ps(a, w[n], acc[m][n]);          \
       }                                                                                        \
     }                                                                                          \
-    for (int m = 0; m < M; ++m)                                                                \
-      for (int n = 0; n < N; ++n) {                                                            \
-        int64_t c = col0 + 16 * n, left = outputs - c;                                         \
-        __mmask16 keep = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);     \
-        _mm512_mask_storeu_ps(y + m * y_stride + c, keep, acc[m][n]);                          \
-      }                                                                                        \
+    for (int m = 0; m < M; ++m) store_panels(y + m * y_stride, acc[m], N, col0, outputs);    \
   }
 HEAD_TILE(8, 3)
 HEAD_TILE(8, 1)
