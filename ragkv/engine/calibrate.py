@@ -20,7 +20,9 @@ smallest row count where it is as fast from there on.
 
 `model.batch_dtype = auto` times oneDNN's bfloat16 products of a batched decode step against
 float32 ones and keeps bfloat16 copies of the projections for batched decode where they are
-clearly faster (a CPU with bfloat16 instructions); the LM head stays float32. Their quality
+clearly faster (a CPU with bfloat16 instructions); the LM head stays float32. On a CPU with
+AVX512-BF16 the native batched step's products are timed against oneDNN's bfloat16 ones too
+(`native_batches_for`): the engine keeps the native step unless it is clearly slower. Their quality
 was measured against fp32 (benchmarks/decode_precision.py: teacher-forced top-1 agreement
 99.5% on SmolLM2, 20 prompts x 64 tokens, batched as served).
 """
@@ -50,6 +52,10 @@ AUTO_FP16_MIN_SPEEDUP = 1.15
 # `BATCH_CALIBRATION_ROWS` rows time at least this much faster than float32 ones.
 AUTO_BF16_MIN_SPEEDUP = 1.15
 BATCH_CALIBRATION_ROWS = 16
+# The native batched step (`kernels/cpu_bf16.c`) replaces oneDNN's bfloat16 products and the
+# ~1,300 small ops around them, so it is kept unless its products alone time more than this
+# much slower than oneDNN's here (a CPU whose oneDNN has faster bfloat16 units, such as AMX).
+NATIVE_BATCH_MAX_SLOWDOWN = 1.25
 # Row counts at which `batched_gemm = auto` compares oneDNN with BLAS; `onednn` starts at the
 # first. One row stays on the GEMV layout (oneDNN was 1.8x slower there on an AMD EPYC).
 ONEDNN_ROW_CANDIDATES = (2, 4, 8, 16, 32)
@@ -261,6 +267,55 @@ def calibrated_products(
     else:
         decode_dtype = decode_dtype_for(settings.decode_dtype, config, dtype, device, blocks)
     return gemm, decode_dtype, batch_dtype_for(settings.batch_dtype, dtype, device, gemm, config)
+
+
+def native_batches_for(
+    settings: ModelSettings,
+    config: ModelConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+    gemm: Gemm,
+    batch_dtype: torch.dtype | None,
+) -> bool:
+    """Whether batched decode steps run natively on bfloat16 panels: bfloat16 batches, the
+    native step ready, a CPU with AVX512-BF16, and its products timed here against oneDNN's
+    (`NATIVE_BATCH_MAX_SLOWDOWN`)."""
+    if batch_dtype != torch.bfloat16 or not native_decode_ready(settings, dtype, device):
+        return False
+    if not cpu_decode.bf16_supported():
+        return False
+    native, onednn = time_native_batches(config, gemm)
+    chosen = native <= NATIVE_BATCH_MAX_SLOWDOWN * onednn
+    log.info(
+        "batched decode calibration (%d rows, bfloat16): native %.1f ms, oneDNN %.1f ms -> %s",
+        BATCH_CALIBRATION_ROWS, native * 1e3, onednn * 1e3, "native" if chosen else "oneDNN",
+    )  # fmt: skip
+    return chosen
+
+
+def time_native_batches(config: ModelConfig, gemm: Gemm, reps: int = 7) -> tuple[float, float]:
+    """Fastest seconds of `BATCH_CALIBRATION_ROWS`-row bfloat16 products over
+    `gemv_weights(config)`: on the library's panels, and on oneDNN's packs as `gemm` runs
+    them, timed alternately. The fastest, not the median: other work on the machine only
+    adds time, and it hurt the native products' barriers more (under a test run beside it,
+    median 5.6 vs 2.4 ms; alone 1.4-1.6 vs 2.1-2.5 ms)."""
+    rows = max(BATCH_CALIBRATION_ROWS, gemm.onednn_min_rows or 1)
+    weights = gemv_weights(config, torch.bfloat16)
+    packs = OneDNNPacks(weights)
+    panels = [cpu_decode.pack_bf16_panels(weight.t()) for weight in weights]
+    x = torch.ones(rows, weights[0].shape[0])
+
+    def native() -> float:
+        started = time.perf_counter()
+        for panel, weight in zip(panels, weights, strict=True):
+            cpu_decode.gemm_bf16(x, panel, weight.shape[1])
+        return time.perf_counter() - started
+
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(reps + 1):  # the first round warms both up
+        times[0].append(native())
+        times[1].append(time_pass(weights, gemm, rows, packs))
+    return min(times[0][1:]), min(times[1][1:])
 
 
 def native_decode_ready(settings: ModelSettings, dtype: torch.dtype, device: torch.device) -> bool:

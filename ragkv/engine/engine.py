@@ -15,7 +15,7 @@ from ragkv.cache.kv.radix import RadixCache
 from ragkv.engine.blend.blender import ChunkBlender
 from ragkv.engine.blending import BlendSteps
 from ragkv.engine.cache_report import cache_report
-from ragkv.engine.calibrate import calibrated_products
+from ragkv.engine.calibrate import calibrated_products, native_batches_for
 from ragkv.engine.config import ModelConfig
 from ragkv.engine.forward_batch import build_forward_batch
 from ragkv.engine.grammar import GrammarEngine
@@ -98,27 +98,26 @@ class LLMEngine:
 
         With `chunk_settings` enabled the chunk KV cache is on (its disk tier under
         `data_dir/chunk_kv` when `data_dir` is given and the disk tier is enabled)."""
-        runtime = resolve_runtime(
-            model_settings.device, model_settings.backend, model_settings.dtype
-        )
-        if model_settings.num_threads:
-            torch.set_num_threads(model_settings.num_threads)
+        ms = model_settings
+        runtime = resolve_runtime(ms.device, ms.backend, ms.dtype)
+        dtype, device = runtime.dtype, runtime.device
+        if ms.num_threads:
+            torch.set_num_threads(ms.num_threads)
         started = time.perf_counter()
         config, weights = load_weights(path)
         tokenizer = Tokenizer(path)
-        gemm, decode_dtype, batch_dtype = calibrated_products(
-            model_settings, config, runtime.dtype, runtime.device
-        )
+        gemm, decode_dtype, batch_dtype = calibrated_products(ms, config, dtype, device)
         model = LlamaModel(
             config,
             weights,
-            dtype=runtime.dtype,
-            device=runtime.device,
+            dtype=dtype,
+            device=device,
             decode_dtype=decode_dtype,
             backend=runtime.backend,
             gemm=gemm,
             batch_dtype=batch_dtype,
-            native_decode=model_settings.native_decode == "auto",
+            native_decode=ms.native_decode == "auto",
+            native_batches=native_batches_for(ms, config, dtype, device, gemm, batch_dtype),
         )
         if model.native_decode_off is not None and model_settings.native_decode == "auto":
             log.info("native decode off: %s", model.native_decode_off)

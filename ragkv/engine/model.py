@@ -97,6 +97,7 @@ class LlamaModel:
         gemm: Gemm | None = None,
         batch_dtype: torch.dtype | None = None,
         native_decode: bool = False,
+        native_batches: bool = True,
     ) -> None:
         self.config = config
         self.dtype = dtype
@@ -141,21 +142,22 @@ class LlamaModel:
             ]  # fmt: skip
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        self._setup_native(native_decode)
+        self._setup_native(native_decode, native_batches)
         self.packs = self._pack_for_onednn()
         self._native: NativeDecode | None = None
         self.native_steps = 0
 
-    def _setup_native(self, native_decode: bool) -> None:
+    def _setup_native(self, native_decode: bool, native_batches: bool) -> None:
         """Decode-only steps as one native call (`ragkv.engine.native_decode`), bound to a
         pool on its first step; `native_decode_off` says why not. Attention and the pointwise
         ops of other steps may go native without it. Up to NATIVE_MAX_ROWS sequences the
         call reads the float16 decode weights; larger steps read the bfloat16 batch copies
         packed into panels where the CPU multiplies bfloat16, and the panels replace the
-        copies (a batched decode step that needs a mask then runs in `dtype`)."""
+        copies (a batched decode step that needs a mask then runs in `dtype`);
+        `native_batches` False keeps batched steps on the torch path."""
         self.native_decode_off = native_supported(self) if native_decode else "not asked for"
         self.batch_panels: list[PackedLayer] | None = None
-        if self.native_decode_off is None and batch_supported(self):
+        if self.native_decode_off is None and native_batches and batch_supported(self):
             self.batch_panels = pack_batch_layers(self.batch_layers)
             self.batch_layers = None
         if native_decode and attention_supported(self):  # the same signatures as the ops

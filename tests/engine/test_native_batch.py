@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ragkv.assets import generation_model_path
+from ragkv.engine.calibrate import native_batches_for, time_native_batches
 from ragkv.engine.engine import LLMEngine
 from ragkv.engine.gemm import Gemm
 from ragkv.engine.model import NATIVE_MAX_ROWS, LlamaModel
@@ -100,9 +101,34 @@ def test_the_engine_decodes_large_batches_natively_by_default(smollm) -> None:
     settings = EngineSettings(kv_cache_mb=64, max_num_seqs=ROWS)
     engine = LLMEngine.from_path(generation_model_path(), ModelSettings(), settings)
     model = engine.model
-    if model.batch_panels is None:
-        pytest.skip("model.batch_dtype = auto kept float32 batches on this CPU")
     requests = [greedy_request(list(range(100 + i, 120 + 2 * i)), 6) for i in range(ROWS)]
     outputs = run_greedy(engine, requests)
-    assert model.native_steps >= 5  # the decode steps of all ROWS sequences at once
     assert all(len(tokens) == 6 for tokens, _ in outputs.values())
+    if model.batch_panels is None:  # the batches above ran on the torch path
+        assert model.native_steps == 0
+        pytest.skip("the start-up calibration kept batches off the native step here")
+    assert model.native_steps >= 5  # the decode steps of all ROWS sequences at once
+
+
+def test_batches_stay_on_the_torch_path_when_calibration_or_settings_say_so() -> None:
+    config = llama_config()
+    weights = bfloat16_exact(random_weights(config, seed=13))
+    torch_batches = LlamaModel(
+        config,
+        weights,
+        decode_dtype=torch.float16,
+        batch_dtype=torch.bfloat16,
+        native_decode=True,
+        native_batches=False,
+    )
+    assert torch_batches.batch_panels is None and torch_batches.batch_layers is not None
+    prompts, forced = batch_inputs(config, seed=14)
+    decode_together(torch_batches, prompts, forced[:, :2])
+    assert torch_batches.native_steps == 0  # 12 rows: above NATIVE_MAX_ROWS, on oneDNN
+    gemm, cpu, fp32 = torch_batches.gemm, torch.device("cpu"), torch.float32
+    settings = ModelSettings()
+    assert not native_batches_for(settings, config, fp32, cpu, gemm, None)  # float32 batches
+    off = ModelSettings(native_decode="off")
+    assert not native_batches_for(off, config, fp32, cpu, gemm, torch.bfloat16)
+    native, onednn = time_native_batches(config, gemm, reps=1)  # both timed (never compared
+    assert native > 0 and onednn > 0  # here: a test does not depend on timing)
