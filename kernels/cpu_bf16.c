@@ -178,6 +178,24 @@ HEAD_TILE(8, 1)
 HEAD_TILE(1, 3)
 HEAD_TILE(1, 1)
 
+typedef void (*HeadTile)(const uint16_t*, int64_t, const float*, int64_t, int64_t, float*,
+                         int64_t, int64_t, int64_t);
+
+// One block of rows over a group of `left` (up to 3) panels: `wide` takes all three at once,
+// else `one` takes each panel.
+HEAD_ISA static void head_group(HeadTile wide, HeadTile one, const uint16_t* tile,
+                                int64_t panel_size, int64_t left, const float* xs,
+                                int64_t x_stride, int64_t cols, float* ys, int64_t y_stride,
+                                int64_t col, int64_t outputs) {
+  if (left >= 3) {
+    wide(tile, panel_size, xs, x_stride, cols, ys, y_stride, col, outputs);
+    return;
+  }
+  for (int64_t p = 0; p < left; ++p)
+    one(tile + p * panel_size, panel_size, xs, x_stride, cols, ys, y_stride, col + 16 * p,
+        outputs);
+}
+
 // Y[b] = W X[b] for `batch` float32 rows on float16 panels, inside the step's parallel region:
 // each thread takes groups of 3 panels and passes blocks of 8 rows, then single rows, over
 // them (the group stays in L2 meanwhile).
@@ -188,26 +206,13 @@ HEAD_ISA static void gemm_head_f16(const uint16_t* w, const float* x, int64_t x_
 #pragma omp for schedule(static)
   for (int64_t p0 = 0; p0 < panels; p0 += 3) {
     const uint16_t* tile = w + p0 * panel_size;
-    int64_t left = panels - p0, col = 16 * p0, b = 0;
-    for (; b + 8 <= batch; b += 8) {
-      const float* xs = x + b * x_stride;
-      float* ys = y + b * y_stride;
-      if (left >= 3)
-        head_8x3(tile, panel_size, xs, x_stride, cols, ys, y_stride, col, outputs);
-      else
-        for (int64_t p = 0; p < left; ++p)
-          head_8x1(tile + p * panel_size, panel_size, xs, x_stride, cols, ys, y_stride,
-                   col + 16 * p, outputs);
-    }
-    for (; b < batch; ++b) {
-      const float* xs = x + b * x_stride;
-      float* ys = y + b * y_stride;
-      if (left >= 3)
-        head_1x3(tile, panel_size, xs, x_stride, cols, ys, y_stride, col, outputs);
-      else
-        for (int64_t p = 0; p < left; ++p)
-          head_1x1(tile + p * panel_size, panel_size, xs, x_stride, cols, ys, y_stride,
-                   col + 16 * p, outputs);
+    int64_t left = panels - p0, col = 16 * p0;
+    for (int64_t b = 0; b < batch;) {
+      int eight = batch - b >= 8;  // blocks of 8 rows, then the rest one by one
+      head_group(eight ? head_8x3 : head_1x3, eight ? head_8x1 : head_1x1, tile, panel_size,
+                 left, x + b * x_stride, x_stride, cols, y + b * y_stride, y_stride, col,
+                 outputs);
+      b += eight ? 8 : 1;
     }
   }
 }

@@ -214,13 +214,15 @@ def gemm_head_f16(x: torch.Tensor, panels: torch.Tensor, out_features: int) -> t
     batch, cols = x.shape
     y = torch.empty((batch, out_features), dtype=torch.float32)
     lib.ragkv_gemm_head_f16(
-        panels.data_ptr(), x.data_ptr(), y.data_ptr(), out_features, cols, batch, _threads()
+        panels.data_ptr(),
+        x.data_ptr(),
+        y.data_ptr(),
+        out_features,
+        cols,
+        batch,
+        torch.get_num_threads(),
     )
     return y
-
-
-def _threads() -> int:
-    return torch.get_num_threads()
 
 
 def causal_attention(

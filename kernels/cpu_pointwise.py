@@ -22,7 +22,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     rows, n = x.shape
     out = torch.empty((rows, n), dtype=torch.float32)
     cpu_decode.load().ragkv_rms_norm_rows(
-        x.data_ptr(), x.stride(0), weight.data_ptr(), out.data_ptr(), rows, n, eps, _threads()
+        x.data_ptr(),
+        x.stride(0),
+        weight.data_ptr(),
+        out.data_ptr(),
+        rows,
+        n,
+        eps,
+        torch.get_num_threads(),
     )
     return out
 
@@ -46,7 +53,7 @@ def add_rms_norm(
         rows,
         n,
         eps,
-        _threads(),
+        torch.get_num_threads(),
     )
     return total, normed
 
@@ -57,7 +64,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
     act = torch.empty((rows, inter), dtype=torch.float32)
     cpu_decode.load().ragkv_silu_mul_rows(
-        gate_up.data_ptr(), act.data_ptr(), rows, inter, _threads()
+        gate_up.data_ptr(), act.data_ptr(), rows, inter, torch.get_num_threads()
     )
     return act
 
@@ -78,10 +85,13 @@ def rotate_qk(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     if not native:
         return ops.apply_rope(x, cos, sin, out=x)
     cpu_decode.load().ragkv_rope_rows(
-        x.data_ptr(), x.stride(0), heads, dim, cos.data_ptr(), sin.data_ptr(), rows, _threads()
+        x.data_ptr(),
+        x.stride(0),
+        heads,
+        dim,
+        cos.data_ptr(),
+        sin.data_ptr(),
+        rows,
+        torch.get_num_threads(),
     )
     return x
-
-
-def _threads() -> int:
-    return torch.get_num_threads()

@@ -156,12 +156,19 @@ def time_dtypes(config: ModelConfig, blocks: int, reps: int = 9) -> tuple[float,
 def alternate_medians(first, second, reps: int) -> tuple[float, float]:
     """Median seconds of `first()` and of `second()` (each returns seconds), called
     alternately after one warm-up call each."""
+    times = alternate_times(first, second, reps)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def alternate_times(first, second, reps: int) -> tuple[list[float], list[float]]:
+    """`reps` seconds each of `first()` and `second()`, called alternately after one warm-up
+    call each."""
     first(), second()
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(reps):
         times[0].append(first())
         times[1].append(second())
-    return statistics.median(times[0]), statistics.median(times[1])
+    return times
 
 
 def calibrate_onednn_rows(
@@ -311,11 +318,10 @@ def time_native_batches(config: ModelConfig, gemm: Gemm, reps: int = 7) -> tuple
             cpu_decode.gemm_bf16(x, panel, weight.shape[1])
         return time.perf_counter() - started
 
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(reps + 1):  # the first round warms both up
-        times[0].append(native())
-        times[1].append(time_pass(weights, gemm, rows, packs))
-    return min(times[0][1:]), min(times[1][1:])
+    native_s, onednn_s = alternate_times(
+        native, lambda: time_pass(weights, gemm, rows, packs), reps
+    )
+    return min(native_s), min(onednn_s)
 
 
 def native_decode_ready(settings: ModelSettings, dtype: torch.dtype, device: torch.device) -> bool:

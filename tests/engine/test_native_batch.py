@@ -54,6 +54,19 @@ def bfloat16_exact(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: w.bfloat16().float() for name, w in weights.items()}
 
 
+def batch_model(config, weights, native_batches: bool = True) -> LlamaModel:
+    """Float16 one-row decode, bfloat16 batches, native steps asked for (as the defaults
+    choose on a CPU with AVX512-BF16)."""
+    return LlamaModel(
+        config,
+        weights,
+        decode_dtype=torch.float16,
+        batch_dtype=torch.bfloat16,
+        native_decode=True,
+        native_batches=native_batches,
+    )
+
+
 def batch_inputs(config, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     lengths = [4 + 5 * i % 23 for i in range(ROWS)]  # 4..26, never ROWS
@@ -70,13 +83,7 @@ def batch_inputs(config, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
 def test_batched_native_steps_are_the_rounded_activation_steps(make_config) -> None:
     config = make_config()
     weights = bfloat16_exact(random_weights(config, seed=11))
-    native = LlamaModel(
-        config,
-        weights,
-        decode_dtype=torch.float16,
-        batch_dtype=torch.bfloat16,
-        native_decode=True,
-    )
+    native = batch_model(config, weights)
     assert native.batch_panels is not None and native.batch_layers is None
     gemm = RoundedActivations()
     reference = LlamaModel(config, weights, gemm=gemm)
@@ -113,14 +120,7 @@ def test_the_engine_decodes_large_batches_natively_by_default(smollm) -> None:
 def test_batches_stay_on_the_torch_path_when_calibration_or_settings_say_so() -> None:
     config = llama_config()
     weights = bfloat16_exact(random_weights(config, seed=13))
-    torch_batches = LlamaModel(
-        config,
-        weights,
-        decode_dtype=torch.float16,
-        batch_dtype=torch.bfloat16,
-        native_decode=True,
-        native_batches=False,
-    )
+    torch_batches = batch_model(config, weights, native_batches=False)
     assert torch_batches.batch_panels is None and torch_batches.batch_layers is not None
     prompts, forced = batch_inputs(config, seed=14)
     decode_together(torch_batches, prompts, forced[:, :2])
