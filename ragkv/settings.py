@@ -139,8 +139,8 @@ class EngineSettings(Section):
     tool_pin_min_ttl_s: float = Field(2.0, gt=0, description="shortest predicted tool-call pin")
     tool_pin_max_ttl_s: float = Field(600.0, gt=0, description="longest predicted tool-call pin")
     tool_pin_retention_window_s: float = Field(
-        30.0, ge=0, description="no tool pin where evictions of this window show the cache "
-        "keeps unused pages over twice as long as the agent is due back (0: always pin)"
+        30.0, ge=0, description="no tool pin where more pages rank before the conversation "
+        "than this window's eviction rate takes until its pin's TTL (0: always pin)"
     )  # fmt: skip
 
 

@@ -18,12 +18,14 @@ they are overdue or due after it; when the ones left are all due sooner it gets 
 left, its first pages, and is refused only when none is. A running sequence short of pages
 takes them from pins in the same order before the scheduler preempts anything.
 
-A pin is made only where it is needed: when the cache has recently kept unused pages for
-longer than twice the time the agent is due back in (the shortest survival among the
-evictions of the last `retention_window_s`), its conversation would still be cached without
-a pin, and pinning it would only hold pages that others may need (Continuum pins by the same
-reasoning: a pin is worth its pages only when the tool call outlasts what the cache keeps).
-With no eviction in that window the pressure is unknown and the pin is made.
+A pin is made only where it is needed. The conversation is ranked for eviction as if used
+when its pin would expire (below), so eviction takes every page ranked before that first.
+When those pages outnumber what the cache evicts until then at its recent rate (the
+evictions of the last `retention_window_s`), the conversation would still be cached when its
+agent is back without a pin, and pinning it would only hold pages that others may need
+(Continuum pins by the same reasoning: a pin is worth its pages only when the tool call
+outlasts what the cache keeps). With no eviction in that window the pressure is unknown and
+the pin is made.
 
 Every page of the conversation, pinned or not (no room in the share, trimmed, displaced, not
 needed), is ranked for eviction as if used when the pin expires: its agent may come back
@@ -41,8 +43,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ragkv.cache.kv.radix import RadixCache
-
-RETENTION_SHARE = 0.5  # pin unless the agent is due back within this share of that survival
 
 
 @dataclass
@@ -97,10 +97,7 @@ class ToolPins:
         due = until if due_s is None else min(until, now + due_s)
         if self.max_pages > 0:
             self.radix.keep_until(namespace, token_ids, until)  # unpinned: evicted late
-        retention = None
-        if self.retention_window_s > 0:
-            retention = self.radix.retention_s(self.retention_window_s)
-        if retention is not None and due - now <= RETENTION_SHARE * retention:
+        if self._survives_unpinned(until):
             self.counts["not_needed"] += 1  # the cache keeps it that long unpinned
             return 0
         while pages and self.pinned_pages + pages > self.max_pages:
@@ -173,6 +170,17 @@ class ToolPins:
             "pinned_pages": self.pinned_pages,
             "max_pages": self.max_pages,
         }
+
+    def _survives_unpinned(self, until: float) -> bool:
+        """Whether a conversation ranked as used at `until` would outlast its pin unpinned:
+        eviction takes more pages ranked before it than the cache evicts until then at its
+        recent rate (no evictions seen: unknown, False)."""
+        if self.retention_window_s <= 0 or self.max_pages <= 0:
+            return False
+        rate = self.radix.eviction_rate(self.retention_window_s)
+        if rate is None:
+            return False
+        return self.radix.pages_ranked_before(until) > rate * (until - self.clock())
 
     def _give_up_first(self) -> tuple[str, tuple[int, ...]] | None:
         """The pin to give up first: the most overdue, else the one due back last."""

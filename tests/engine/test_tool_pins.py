@@ -158,26 +158,54 @@ def test_a_partial_pin_is_hit_only_by_its_own_conversation() -> None:
     assert (pins.stats()["hit"], pins.stats()["active"]) == (1, 1)
 
 
-def test_no_pin_where_the_cache_keeps_unused_pages_longer_than_the_agent_is_away() -> None:
+def test_no_pin_where_the_pages_evicted_before_it_cover_the_agents_time_away() -> None:
     clock, radix, pins, cache = setup(pool_pages=64, share=0.5, retention_window_s=30.0)
     cache(conversation(1))
     assert pins.pin("ns", conversation(1), ttl_s=60.0, due_s=5.0) == 4 * PAGE  # no evictions
     pins.on_admit("ns", conversation(1) + [1])
-    cache(conversation(2))
-    clock.now += 40.0
-    assert len(radix.evict(4)) == 4  # pages unused for 40 s (conversations 1 and 2) go first
-    assert radix.retention_s(30.0) == 40.0
-    cache(conversation(3))
-    # due back in 10 s, and the cache kept unused pages 40 s: it stays cached unpinned
-    assert pins.pin("ns", conversation(3), ttl_s=60.0, due_s=10.0) == 0
+    clock.now += 1.0
+    for index in range(2, 8):  # six one-shot prompts, 24 pages
+        cache(conversation(index))
+    clock.now += 29.0
+    assert len(radix.evict(6)) == 6  # 6 pages in 30 s: 0.2 a second
+    assert radix.eviction_rate(30.0) == 0.2
+    cache(conversation(8))
+    # ranked at its expiry in 60 s, behind 22 pages (18 one-shot, conversation 1 hinted to
+    # its earlier expiry): more than the 60 s x 0.2 = 12 evictions due first
+    assert pins.pin("ns", conversation(8), ttl_s=60.0, due_s=40.0) == 0
+    assert radix.pages_ranked_before(clock.now + 60.0) == 22
     assert pins.stats()["not_needed"] == 1 and radix.size_info().pinned_pages == 0
-    # due back in 30 s: longer than half of what the cache keeps, pinned
-    assert pins.pin("ns", conversation(3), ttl_s=60.0, due_s=30.0) == 4 * PAGE
+    # away up to 200 s: 40 evictions at that rate would reach it, pinned
+    assert pins.pin("ns", conversation(8), ttl_s=200.0) == 4 * PAGE
     assert pins.stats()["made"] == 2
     clock.now += 31.0  # the evictions leave the window: pressure unknown, pins made again
-    assert radix.retention_s(30.0) is None
+    assert radix.eviction_rate(30.0) is None
+    cache(conversation(9))
+    assert pins.pin("ns", conversation(9), ttl_s=10.0) == 4 * PAGE
+
+
+def test_a_conversation_ranked_behind_fewer_pages_than_will_be_evicted_is_pinned() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.5, retention_window_s=30.0)
+    for index in range(1, 4):  # 12 pages
+        cache(conversation(index))
+    clock.now += 10.0
+    assert len(radix.evict(8)) == 8  # 8 pages in 30 s
     cache(conversation(4))
-    assert pins.pin("ns", conversation(4), ttl_s=60.0, due_s=10.0) == 4 * PAGE
+    # 4 pages ranked before it, 8 / 30 x 20 s = 5.3 evictions due first: pinned
+    assert pins.pin("ns", conversation(4), ttl_s=20.0) == 4 * PAGE
+    assert radix.pages_ranked_before(clock.now + 20.0) == 4
+    assert pins.stats()["not_needed"] == 0
+
+
+def test_the_eviction_rate_spans_the_samples_kept_when_they_end_inside_the_window() -> None:
+    clock = Clock()
+    radix = RadixCache(PAGE, clock=clock)
+    radix.insert_prefix("ns", list(range(5000 * PAGE)), list(range(5000)))
+    for _ in range(50):  # 5,000 evictions over 10 s: the tree keeps the last 4,096
+        clock.now += 0.2
+        assert len(radix.evict(100)) == 100
+    rate = radix.eviction_rate(30.0)
+    assert rate is not None and abs(rate - 4096 / (0.2 * 40)) < 1e-9
 
 
 def test_with_no_retention_window_every_pin_is_made() -> None:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from ragkv.cache.kv.digest import ROOT_DIGEST, chain_digest
 
-EVICTION_SAMPLES = 1024  # recent evictions kept for `RadixCache.retention_s`
+EVICTION_SAMPLES = 4096  # recent eviction times kept for `RadixCache.eviction_rate`
 
 
 class RadixNode:
@@ -77,9 +77,9 @@ class RadixCache:
         self.clock = clock
         self._roots: dict[str, RadixNode] = {}
         self._num_pages = 0
-        # Recent evictions, (when, seconds since the page was last used): how long an unused
-        # page survives under the current load (see `retention_s`).
-        self._evictions: deque[tuple[float, float]] = deque(maxlen=EVICTION_SAMPLES)
+        # When recent pages were evicted: the rate the load takes cached pages at (see
+        # `eviction_rate`).
+        self._evictions: deque[float] = deque(maxlen=EVICTION_SAMPLES)
 
     def namespaces(self) -> list[str]:
         """Namespaces that have (or had) a tree."""
@@ -234,18 +234,33 @@ class RadixCache:
             del parent.children[node.key]
             self._num_pages -= 1
             freed.append(node.page_id)
-            self._evictions.append((now, max(0.0, now - node.last_access)))
+            self._evictions.append(now)
             if parent.parent is not None and self._evictable(parent, now):
                 heapq.heappush(heap, (parent.last_access, next(counter), parent))
         return freed
 
-    def retention_s(self, window_s: float) -> float | None:
-        """How long an unused page survived before eviction, at the least, among the
-        evictions of the last `window_s` seconds; None when nothing was evicted then (no
-        pressure seen: how long a page would survive is unknown)."""
-        since = self.clock() - window_s
-        ages = [age for when, age in self._evictions if when >= since]
-        return min(ages) if ages else None
+    def eviction_rate(self, window_s: float) -> float | None:
+        """Pages evicted per second over the last `window_s` seconds (over the span of the
+        samples kept when they do not reach that far back); None when nothing was evicted
+        then (no pressure seen: how soon a page would be evicted is unknown)."""
+        now = self.clock()
+        recent = [when for when in self._evictions if when >= now - window_s]
+        if not recent:
+            return None
+        span = window_s
+        if len(self._evictions) == self._evictions.maxlen and self._evictions[0] >= now - window_s:
+            span = max(now - self._evictions[0], 1e-3)  # the samples end inside the window
+        return len(recent) / span
+
+    def pages_ranked_before(self, until: float) -> int:
+        """Pages eviction would take before pages ranked as used at `until` (see
+        `keep_until`): unlocked, unpinned pages last used (or hinted) before it."""
+        now = self.clock()
+        return sum(
+            1
+            for node in self._all_nodes()
+            if node.lock_ref == 0 and node.pin_until <= now and node.last_access < until
+        )
 
     def flush(self, namespace: str | None = None) -> list[int]:
         """Drop every unlocked node (pins included) of `namespace`, or of all namespaces."""
