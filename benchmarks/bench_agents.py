@@ -4,9 +4,10 @@ N agents run concurrently, each for `--turns` turns. Each agent carries its own 
 (`--system-tokens` of agent instructions and tool docs, different text per agent, so agents
 share no prefix; 0 gives the old tiny conversations). A turn asks with tools (`tool_choice:
 required`), gets a tool call, waits a simulated tool latency drawn from that tool's
-distribution (lognormal), then sends the result; the last turn answers in text. A background
-client sends a fresh ~300-token prompt every `--background-gap-s`, so cached KV that is not
-pinned gets evicted while an agent waits on its tool. The KV pool is `--kv-cache-mb`, or by
+distribution (lognormal), then sends the result; the last turn answers in text. Background
+traffic sends a fresh ~300-token prompt every `--background-gap-s` on average (Poisson
+arrivals, an open loop), so cached KV that is not pinned gets evicted while an agent waits on
+its tool. The KV pool is `--kv-cache-mb`, or by
 default `--pool-fraction` of the agents' estimated working set. Three servers, one per policy:
   (a) no pins (`engine.tool_pin_max_share` 0),
   (b) fixed 60 s pins (min = max = default TTL = 60 s),
@@ -49,6 +50,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 TOOL_BLOCK_TOKENS = 260  # the tools' system block, the task and the chat template, per agent
 TURN_TOKENS = 70  # a turn's call (or nudge) and tool result in the next prompt
 BACKGROUND_TOKENS = 320  # one background prompt
+BACKGROUND_IN_FLIGHT = 8  # background prompts outstanding at most (more arrivals are skipped)
 # An after-tool turn is a hit when at least this share of its prompt was cached. The p50 over
 # all turns sits between the hits (under ~2 s) and the misses (5-8 s on 2 cores), so one miss
 # more moves it ~2x; the hits' own median says how fast a hit is served.
@@ -165,19 +167,31 @@ async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: 
 
 async def background(
     client: httpx.AsyncClient, stop: asyncio.Event, rng: random.Random, gap_s: float
-) -> int:
-    """Other traffic: a fresh ~300-token prompt (one token out) every `gap_s`, so KV that is
-    not pinned is evicted while its agent waits, without saturating the CPU."""
-    sent = 0
-    while not stop.is_set():
-        words = " ".join(str(rng.randint(0, 10**6)) for _ in range(45))  # ~7 tokens a number
-        body = {"prompt": words, "max_tokens": 1, "temperature": 0}
+) -> dict:
+    """Other traffic: a fresh ~300-token prompt (one token out) every `gap_s` on average,
+    Poisson arrivals that do not wait for earlier answers (an open loop, as a serving
+    benchmark's request rate: a closed loop sends less the busier the server is, so the
+    pressure it puts on the cache would depend on the policy under test). At most
+    `BACKGROUND_IN_FLIGHT` are outstanding; an arrival past that is skipped and counted."""
+    sent, skipped, tasks = 0, 0, set()
+
+    async def one(body: dict) -> None:
         response = await client.post("/v1/completions", json=body)
         if response.status_code != 200:
             raise RuntimeError(f"background request failed: {response.text}")
-        sent += 1
-        await asyncio.sleep(gap_s)
-    return sent
+
+    while not stop.is_set():
+        words = " ".join(str(rng.randint(0, 10**6)) for _ in range(45))  # ~7 tokens a number
+        if len(tasks) < BACKGROUND_IN_FLIGHT:
+            task = asyncio.create_task(one({"prompt": words, "max_tokens": 1, "temperature": 0}))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        else:
+            skipped += 1
+        await asyncio.sleep(rng.expovariate(1.0 / gap_s))
+    await asyncio.gather(*tasks)
+    return {"sent": sent, "skipped": skipped}
 
 
 async def sample_pool(client, stop: asyncio.Event, out: list[dict]) -> None:
@@ -207,7 +221,7 @@ async def run_policy(url: str, args, systems: list[str]) -> dict:
         jobs = [agent(client, i, args, systems[i], rng.random()) for i in range(args.agents)]
         results = await asyncio.gather(*jobs)
         stop.set()
-        sent = await noise
+        noise = await noise
         await sampler
         prefix = (await client.get("/admin/cache/stats", headers=ADMIN)).json()["prefix"]
     turns = [t for r in results for t in r["after_tool_ttft"]]
@@ -241,7 +255,8 @@ async def run_policy(url: str, args, systems: list[str]) -> dict:
         "turns_without_call": total["turns_without_call"],
         "agents_abandoned": sum(r["abandoned"] for r in results),
         "pins": prefix["tool_pins"],
-        "background_requests": sent,
+        "background_requests": noise["sent"],
+        "background_skipped": noise["skipped"],
     }
 
 

@@ -8,15 +8,16 @@ released (the follow-up's own lock keeps the pages while it runs). A pin whose T
 first is counted as expired unused. Pins never hold more than `max_share` of the pool.
 
 Which pages go when room is short: a pin whose agent is overdue (past its due time, the high
-percentile of its tools' round trips: later than most trips, maybe never coming back) goes
-first and whole, the most overdue first; then, Belady-like, the pin due last, since its pages
-would sit idle longest. That one is trimmed, not dropped: it gives up only the pages needed,
-from its end, and keeps its first pages (a prefix still saves its agent that much prefill:
-every pinned page saves one page of recompute, so the share is best filled by the agents due
-soonest, the last of them in part). A new pin takes room from held pins in that order while
-they are overdue or due after it; when the ones left are all due sooner it gets what room is
-left, its first pages, and is refused only when none is. A running sequence short of pages
-takes them from pins in the same order before the scheduler preempts anything.
+percentile of its tools' round trips: later than most trips, maybe never coming back; with
+no round trips seen yet, its TTL) goes first and whole, the most overdue first; then,
+Belady-like, the pin due last, since its pages would sit idle longest. That one is trimmed,
+not dropped: it gives up only the pages needed, from its end, and keeps its first pages (a
+prefix still saves its agent that much prefill: every pinned page saves one page of
+recompute, so the share is best filled by the agents due soonest, the last of them in part).
+A new pin takes room from held pins in that order while they are overdue or due after it;
+when the ones left are all due sooner it gets what room is left, its first pages, and is
+refused only when none is. A running sequence short of pages takes them from pins in the
+same order before the scheduler preempts anything.
 
 A pin is made only where it is needed. The conversation is ranked for eviction as if used
 when its pin would expire (below), so eviction takes every page ranked before that first.

@@ -4,7 +4,9 @@ KV pin made when a turn ends in tool calls (`engine/tool_pins.py`).
 A call is recorded when the answer with it is sent; its round trip ends when a later request
 of the same tenant carries a `tool` message answering that call id. The TTL for a new pin is
 a high percentile of the recent round trips of the tools called, times a margin, within
-`[min_s, max_s]`; with fewer than `min_samples` round trips seen it is `default_s`.
+`[min_s, max_s]`; with fewer than `min_samples` round trips seen it is `default_s`. The agent
+is due back by that percentile itself (`due`); with too few round trips seen it has no due
+time (a default TTL is not a prediction: nobody is overdue before it).
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ class ToolLatency:
         with self._lock:
             return max((self._predict(tenant, name) for name in names), default=self.default_s)
 
+    def due(self, tenant: str, names: Iterable[str]) -> float | None:
+        """When a turn calling `names` is expected back at the latest: the longest of their
+        round trips' high percentiles (the TTL without its margin); None while one of them
+        has fewer than `min_samples` round trips seen (the default TTL predicts nothing, so
+        nothing is overdue before it)."""
+        with self._lock:
+            highs = [self._high(tenant, name) for name in names]
+        if not highs or any(high is None for high in highs):
+            return None
+        return min(self.max_s, max(self.min_s, max(highs)))  # type: ignore[type-var]
+
     def stats(self) -> dict[str, dict[str, float]]:
         """Per `tenant/tool`: round trips seen and the TTL they predict now."""
         with self._lock:
@@ -82,8 +95,14 @@ class ToolLatency:
             }
 
     def _predict(self, tenant: str, name: str) -> float:
+        high = self._high(tenant, name)
+        if high is None:
+            return self.default_s
+        return min(self.max_s, max(self.min_s, high * self.margin))
+
+    def _high(self, tenant: str, name: str) -> float | None:
+        """The high percentile of the tool's recent round trips; None with too few seen."""
         seen = sorted(self._seen.get((tenant, name), ()))
         if len(seen) < self.min_samples:
-            return self.default_s
-        high = seen[min(len(seen) - 1, int(self.quantile * len(seen)))]
-        return min(self.max_s, max(self.min_s, high * self.margin))
+            return None
+        return seen[min(len(seen) - 1, int(self.quantile * len(seen)))]

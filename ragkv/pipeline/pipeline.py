@@ -147,10 +147,10 @@ class Pipeline:
                 return
             agents.issued(request.tenant, calls)
             if prompt_ids is not None and request.cache.kv_reuse.uses_prefix_cache:
-                ttl_s = agents.ttl(request.tenant, [call.name for call in calls])
+                names = [call.name for call in calls]
+                ttl_s = agents.ttl(request.tenant, names)
+                due_s = agents.due(request.tenant, names)  # None: not predicted yet
                 owner = request.cache.owner(request.tenant)
-                # due back by the round trips' high percentile: the TTL without its margin
-                due_s = ttl_s / agents.margin
                 await self.engine.pin_tool_turn(owner, prompt_ids, ttl_s, due_s)
 
         return with_tool_calls(answer, request.tools, on_calls)

@@ -174,6 +174,12 @@ def test_tool_round_trips_predict_the_pin_ttl() -> None:
     assert latency.ttl("t", ["calc"]) == 2.0  # clamped to the minimum
     assert latency.ttl("t", ["calc", "search"]) == 12.0  # the slowest tool of the turn
     assert latency.stats()["t/search"]["round_trips"] == 4
+    # due back by the 90th percentile itself; unknown while a tool of the turn is unseen
+    assert latency.due("t", ["search"]) == 8.0
+    assert latency.due("t", ["calc", "search"]) == 8.0
+    assert latency.due("t", ["calc"]) == 2.0  # clamped to the minimum
+    assert latency.due("t", ["search", "new_tool"]) is None
+    assert latency.due("other-tenant", ["search"]) is None
 
 
 def test_only_tools_or_a_response_format_key_the_semantic_cache() -> None:
