@@ -134,7 +134,7 @@ class EngineSettings(Section):
     )
     tool_pin_max_share: float = Field(0.25, ge=0, le=1, description="pool share tool pins may hold")
     tool_pin_ttl_s: float = Field(
-        30.0, gt=0, description="tool-call pin TTL until a tool's round trips are known"
+        60.0, gt=0, description="tool-call pin TTL until a tool's round trips are known"
     )
     tool_pin_min_ttl_s: float = Field(2.0, gt=0, description="shortest predicted tool-call pin")
     tool_pin_max_ttl_s: float = Field(600.0, gt=0, description="longest predicted tool-call pin")
