@@ -127,6 +127,11 @@ def joined(deltas: list[dict]) -> list[dict]:
 async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: float) -> dict:
     """One agent's job: `args.turns` turns with tool waits between them."""
     rng = random.Random(seed)
+    # Whether the agent gives up after each turn's tool call is drawn up front from its own
+    # generator: the same for every policy, whatever the model wrote (the tool latencies
+    # follow the calls the model made).
+    gives_up = random.Random(seed + 0.5)
+    gives_up_after = [gives_up.random() < args.abandon_share for _ in range(args.turns)]
     task = f"Agent {index}: research topic number {index * 7 + 3} and report."
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": task})
@@ -147,7 +152,7 @@ async def agent(client: httpx.AsyncClient, index: int, args, system: str, seed: 
             totals["after_cached"] += cached
         message = result["message"]
         messages.append(message)
-        if message.get("tool_calls") and args.abandon_share and rng.random() < args.abandon_share:
+        if message.get("tool_calls") and gives_up_after[number]:
             abandoned = True  # the tool failed or the user gave up: this agent never returns
             break
         for call in message.get("tool_calls", []):
