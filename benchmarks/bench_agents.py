@@ -26,6 +26,8 @@ a table and JSON. Not a test: nothing is asserted.
                                     # cache pressure: slower tools, a pool short of the agents
     python benchmarks/bench_agents.py --tool-latency-scale 3 --abandon-share 0.25
                                     # some agents never come back from a tool call
+    python benchmarks/bench_agents.py --tool-latency-scale 6 [--abandon-share 0.2]
+                                    # issue 20's targets: tools outlast what LRU keeps
 """
 
 from __future__ import annotations

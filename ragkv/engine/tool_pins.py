@@ -181,7 +181,9 @@ class ToolPins:
         rate = self.radix.eviction_rate(self.retention_window_s)
         if rate is None:
             return False
-        return self.radix.pages_ranked_before(until) > rate * (until - self.clock())
+        evicted = rate * (until - self.clock())  # pages the cache evicts until the expiry
+        enough = int(evicted) + 1
+        return self.radix.pages_ranked_before(until, enough) >= enough
 
     def _give_up_first(self) -> tuple[str, tuple[int, ...]] | None:
         """The pin to give up first: the most overdue, else the one due back last."""

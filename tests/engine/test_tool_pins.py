@@ -174,6 +174,7 @@ def test_no_pin_where_the_pages_evicted_before_it_cover_the_agents_time_away() -
     # its earlier expiry): more than the 60 s x 0.2 = 12 evictions due first
     assert pins.pin("ns", conversation(8), ttl_s=60.0, due_s=40.0) == 0
     assert radix.pages_ranked_before(clock.now + 60.0) == 22
+    assert radix.pages_ranked_before(clock.now + 60.0, enough=13) == 13  # stops there
     assert pins.stats()["not_needed"] == 1 and radix.size_info().pinned_pages == 0
     # away up to 200 s: 40 evictions at that rate would reach it, pinned
     assert pins.pin("ns", conversation(8), ttl_s=200.0) == 4 * PAGE

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from ragkv.cache.kv.digest import ROOT_DIGEST, chain_digest
@@ -252,15 +252,18 @@ class RadixCache:
             span = max(now - self._evictions[0], 1e-3)  # the samples end inside the window
         return len(recent) / span
 
-    def pages_ranked_before(self, until: float) -> int:
+    def pages_ranked_before(self, until: float, enough: int | None = None) -> int:
         """Pages eviction would take before pages ranked as used at `until` (see
-        `keep_until`): unlocked, unpinned pages last used (or hinted) before it."""
+        `keep_until`): unlocked, unpinned pages last used (or hinted) before it; the count
+        stops at `enough` when given (the caller only needs to know it is reached)."""
         now = self.clock()
-        return sum(
-            1
-            for node in self._all_nodes()
-            if node.lock_ref == 0 and node.pin_until <= now and node.last_access < until
-        )
+        count = 0
+        for node in self._iter_nodes():
+            if node.lock_ref == 0 and node.pin_until <= now and node.last_access < until:
+                count += 1
+                if enough is not None and count >= enough:
+                    break
+        return count
 
     def flush(self, namespace: str | None = None) -> list[int]:
         """Drop every unlocked node (pins included) of `namespace`, or of all namespaces."""
@@ -282,14 +285,15 @@ class RadixCache:
                 freed.append(child.page_id)
 
     def _all_nodes(self) -> list[RadixNode]:
-        nodes: list[RadixNode] = []
+        return list(self._iter_nodes())
+
+    def _iter_nodes(self) -> Iterator[RadixNode]:
         stack = list(self._roots.values())
         while stack:
             node = stack.pop()
             for child in node.children.values():
-                nodes.append(child)
+                yield child
                 stack.append(child)
-        return nodes
 
     def page_digests(self, namespace: str, limit: int) -> list[int]:
         """Chained digests (`cache/kv/digest.py`) of the cached pages of `namespace`, most
