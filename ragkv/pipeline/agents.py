@@ -82,9 +82,10 @@ class ToolLatency:
         nothing is overdue before it)."""
         with self._lock:
             highs = [self._high(tenant, name) for name in names]
-        if not highs or any(high is None for high in highs):
+        known = [high for high in highs if high is not None]
+        if not known or len(known) < len(highs):
             return None
-        return min(self.max_s, max(self.min_s, max(highs)))  # type: ignore[type-var]
+        return min(self.max_s, max(self.min_s, max(known)))
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per `tenant/tool`: round trips seen and the TTL they predict now."""
