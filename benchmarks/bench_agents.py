@@ -10,8 +10,9 @@ arrivals, an open loop), so cached KV that is not pinned gets evicted while an a
 its tool. The KV pool is `--kv-cache-mb`, or by
 default `--pool-fraction` of the agents' estimated working set. Three servers, one per policy:
   (a) no pins (`engine.tool_pin_max_share` 0),
-  (b) fixed 60 s pins (min = max = default TTL = 60 s),
-  (c) tool-aware pins (TTL from each tool's observed round trips; the defaults).
+  (b) fixed 60 s pins (min = max = default TTL = 60 s), held from the tool call on,
+  (c) tool-aware pins (TTL from each tool's observed round trips, held only once eviction
+      reaches the waiting conversation; the defaults).
 Reported per policy: prompt tokens reused (cached / prompt, all turns and turns after a tool
 result), TTFT of the turn after a tool result p50/p99 (time to the first SSE chunk: the server
 sends it once the first token is sampled), pinned pages over time, pool pressure (free and
@@ -61,7 +62,12 @@ SHARE = {"tool_pin_max_share": 0.6}
 POLICIES = {
     "none": {"tool_pin_max_share": 0.0},
     "fixed_60s": SHARE
-    | {"tool_pin_ttl_s": 60.0, "tool_pin_min_ttl_s": 60.0, "tool_pin_max_ttl_s": 60.0},
+    | {
+        "tool_pin_ttl_s": 60.0,
+        "tool_pin_min_ttl_s": 60.0,
+        "tool_pin_max_ttl_s": 60.0,
+        "tool_pin_on_demand": False,
+    },
     "tool_aware": SHARE,
 }
 

@@ -138,9 +138,9 @@ class EngineSettings(Section):
     )
     tool_pin_min_ttl_s: float = Field(2.0, gt=0, description="shortest predicted tool-call pin")
     tool_pin_max_ttl_s: float = Field(600.0, gt=0, description="longest predicted tool-call pin")
-    tool_pin_retention_window_s: float = Field(
-        30.0, ge=0, description="no tool pin where more pages rank before the conversation "
-        "than this window's eviction rate takes until its pin's TTL (0: always pin)"
+    tool_pin_on_demand: bool = Field(
+        True, description="a tool pin holds pages only once eviction reaches the waiting "
+        "conversation (false: from the tool call on, as fixed pins do)"
     )  # fmt: skip
 
 

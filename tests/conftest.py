@@ -95,9 +95,7 @@ def secured_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings with two tenant keys and an admin key, data under `data_dir`."""
     from ragkv.settings import Settings
 
-    # Every tool pin made: whether the cache would keep a conversation anyway depends on
-    # how long earlier tests' pages survived (tests/engine/test_tool_pins.py covers that).
-    overrides.setdefault("engine", {"kv_cache_mb": 128, "tool_pin_retention_window_s": 0})
+    overrides.setdefault("engine", {"kv_cache_mb": 128})
     # A fixed GEMV layout, GEMM library and exact decode: the start-up calibration may pick
     # another layout or float16/bfloat16 decode weights on another machine, and tests compare greedy
     # outputs across servers and with transformers.

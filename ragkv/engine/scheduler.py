@@ -69,7 +69,7 @@ class Scheduler:
             pool.num_pages,
             pool.page_size,
             settings.tool_pin_max_share,
-            settings.tool_pin_retention_window_s,
+            settings.tool_pin_on_demand,
         )
 
     def has_work(self) -> bool:
@@ -280,7 +280,8 @@ class Scheduler:
         while self.pool.num_free < needed:
             if include_pinned:
                 self.radix.unpin_all()
-            freed = self.radix.evict(needed - self.pool.num_free)
+            # No pin on demand while the pool must not deadlock (every pin just went).
+            freed = self.radix.evict(needed - self.pool.num_free, rescue=not include_pinned)
             if not freed:
                 return
             self.pool.decref(freed)

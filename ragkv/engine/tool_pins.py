@@ -19,17 +19,16 @@ when the ones left are all due sooner it gets what room is left, its first pages
 refused only when none is. A running sequence short of pages takes them from pins in the
 same order before the scheduler preempts anything.
 
-A pin is made only where it is needed. The conversation is ranked for eviction as if used
-when its pin would expire (below), so eviction takes every page ranked before that first.
-When those pages outnumber what the cache evicts until then at its recent rate (the
-evictions of the last `retention_window_s`), the conversation would still be cached when its
-agent is back without a pin, and pinning it would only hold pages that others may need
-(Continuum pins by the same reasoning: a pin is worth its pages only when the tool call
-outlasts what the cache keeps). With no eviction in that window the pressure is unknown and
-the pin is made.
+On demand (the engine's default), a pin holds nothing until it is needed: the conversation waits
+unpinned, ranked late (below), and is pinned at the moment eviction reaches it, by the same
+rules (`rescue`, called by the tree before it evicts a page). Until then its pages are still
+evictable by anyone who needs them after every page ranked before; a conversation the cache
+keeps by itself until its agent is back is never pinned at all (counted `not_needed`). Made
+at the turn's end instead (`on_demand=False`, what fixed pins do), a pin holds its pages from
+the tool call on, whether or not anything would have evicted them.
 
-Every page of the conversation, pinned or not (no room in the share, trimmed, displaced, not
-needed), is ranked for eviction as if used when the pin expires: its agent may come back
+Every page of the conversation, pinned or not (waiting, no room in the share, trimmed,
+displaced), is ranked for eviction as if used when the pin expires: its agent may come back
 until then (past its due time too: a late round trip is not an abandoned one), and pages
 nobody is coming back for (one-shot prompts, older turns) are evicted before it. That is an
 order, not a hold: those pages stay evictable, so other traffic is never refused for them.
@@ -43,13 +42,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ragkv.cache.kv.radix import RadixCache
+from ragkv.cache.kv.radix import RadixCache, RadixNode
 
 
 @dataclass
 class _Pin:
     namespace: str
-    path: tuple[int, ...]  # the pinned prefix (all of `conversation`, or its first pages)
+    path: tuple[int, ...]  # the pinned prefix (all of `conversation`, its first pages, or
+    # none: waiting on demand)
     conversation: tuple[int, ...]  # what the agent comes back with: hits match all of it
     until: float  # expiry (the TTL)
     due: float  # when the agent is expected back at the latest (see the module docstring)
@@ -65,16 +65,19 @@ class ToolPins:
         pool_pages: int,
         page_size: int,
         max_share: float,
-        retention_window_s: float = 0.0,
+        on_demand: bool = False,
     ) -> None:
         self.radix = radix
         self.page_size = page_size
         self.max_pages = int(max_share * pool_pages)
-        self.retention_window_s = retention_window_s  # 0: always pin
+        self.on_demand = on_demand
         self.clock = radix.clock  # the tree's clock: its pins lapse when ours do
         self._pins: dict[tuple[str, tuple[int, ...]], _Pin] = {}
-        self.counts = {"made": 0, "hit": 0, "expired_unused": 0, "displaced": 0, "refused": 0,
-                       "yielded": 0, "partial": 0, "trimmed": 0, "not_needed": 0}  # fmt: skip
+        self.counts = {"made": 0, "held": 0, "hit": 0, "expired_unused": 0, "displaced": 0,
+                       "refused": 0, "yielded": 0, "partial": 0, "trimmed": 0,
+                       "not_needed": 0}  # fmt: skip
+        if on_demand:
+            radix.rescue = self._rescue
 
     @property
     def pinned_pages(self) -> int:
@@ -86,7 +89,8 @@ class ToolPins:
     ) -> int:
         """Pin the cached whole pages of `token_ids` for `ttl_s`, the agent due back within
         `due_s` (default `ttl_s`); returns tokens pinned (its first pages only when the share
-        has no room for all of them)."""
+        has no room for all of them), or on demand the tokens cached that a pin will hold
+        once eviction reaches them."""
         self.expire()
         for key in [k for k in self._pins if _same_conversation(k, namespace, token_ids)]:
             self._drop(key)  # the same conversation pinned again: a fresh TTL
@@ -96,40 +100,73 @@ class ToolPins:
         now = self.clock()
         until = now + ttl_s
         due = until if due_s is None else min(until, now + due_s)
+        conversation = tuple(token_ids[: pages * self.page_size])
         if self.max_pages > 0:
             self.radix.keep_until(namespace, token_ids, until)  # unpinned: evicted late
-        if self._survives_unpinned(until):
-            self.counts["not_needed"] += 1  # the cache keeps it that long unpinned
-            return 0
+        cached = self.radix.match_prefix(namespace, conversation, touch=False).num_tokens
+        if not self.on_demand or not cached:
+            return self._hold(_Pin(namespace, (), conversation, until, due, pages))
+        self._pins[(namespace, conversation)] = _Pin(namespace, (), conversation, until, due, 0)
+        self.counts["made"] += 1
+        return cached
+
+    def _hold(self, pin: _Pin) -> int:
+        """Pin the pages of `pin.conversation` (its first pages when room is short), giving up
+        pages of held pins in the order of the module docstring; tokens pinned."""
+        now = self.clock()
+        pages = len(pin.conversation) // self.page_size
+        key = (pin.namespace, pin.conversation)
         while pages and self.pinned_pages + pages > self.max_pages:
             first = self._give_up_first()
             held = self._pins[first]
-            if now < held.due <= due:
+            if now < held.due <= pin.due:
                 break  # every held pin is due back sooner than this one
             self._give_up(first, self.pinned_pages + pages - self.max_pages)
         room = min(pages, self.max_pages - self.pinned_pages)
         pinned = 0
         if room > 0:
-            pinned = self.radix.pin(namespace, token_ids[: room * self.page_size], ttl_s)
+            path = pin.conversation[: room * self.page_size]
+            pinned = self.radix.pin(pin.namespace, path, pin.until - now)
         if not pinned:
             # not a whole page, no room before pins due sooner, or not cached (evicted
             # already, or prefix cache off)
             self.counts["refused"] += 1
+            self._pins.pop(key, None)
             return 0
-        conversation = tuple(token_ids[: pages * self.page_size])
-        pin = _Pin(
-            namespace, conversation[:pinned], conversation, until, due, pinned // self.page_size
-        )
-        self._pins[(namespace, conversation)] = pin
-        self.counts["made"] += 1
+        path = pin.conversation[:pinned]
+        self._pins[key] = replace(pin, path=path, pages=pinned // self.page_size)
+        self.counts["made"] += not self.on_demand
+        self.counts["held"] += 1
         self.counts["partial"] += room < pages
         return pinned
+
+    def _rescue(self, node: RadixNode) -> bool:
+        """Eviction reached `node`: when it is a page of a conversation waiting on demand, pin
+        that conversation now (see the module docstring); whether a waiting pin was taken
+        up (held or refused)."""
+        waiting = [pin for pin in self._pins.values() if not pin.path]
+        if not waiting:
+            return False
+        namespace, tokens = self.radix.path_of(node)
+        now = self.clock()
+        mine = [
+            pin
+            for pin in waiting
+            if pin.namespace == namespace
+            and pin.conversation[: len(tokens)] == tokens
+            and pin.until > now
+        ]
+        if not mine:
+            return False
+        self._hold(min(mine, key=lambda pin: pin.due))
+        return True
 
     def on_admit(self, namespace: str, token_ids: Sequence[int]) -> None:
         """A request was admitted: the pin of the conversation its prompt continues is hit
         and released."""
         for key in list(self._pins):
             if _same_conversation(key, namespace, token_ids):
+                self.counts["not_needed"] += not self._pins[key].path
                 self._drop(key)
                 self.counts["hit"] += 1
 
@@ -140,6 +177,7 @@ class ToolPins:
             if pin.until <= now:
                 del self._pins[key]
                 self.counts["expired_unused"] += 1
+                self.counts["not_needed"] += not pin.path
 
     def yield_pages(self, count: int) -> bool:
         """Give up `count` pinned pages (the most overdue pin whole, else the end of the one due
@@ -159,31 +197,21 @@ class ToolPins:
         self._pins.clear()
 
     def stats(self) -> dict[str, object]:
-        """Pins made (partial: made with their first pages only), not needed (the cache keeps
-        unused pages longer than the agent is due back in), hit, expired unused, displaced
-        (dropped whole: overdue, or every page needed), trimmed (gave up their last pages),
-        refused (not cached, or no room before pins due sooner), yielded (to a running
-        sequence short of pages); active pins and pool share."""
+        """Pins made, held (pages pinned: at once, or on demand once eviction reached them;
+        partial: their first pages only), not needed (on demand: hit or expired without
+        holding a page), hit, expired unused, displaced (dropped whole: overdue, or every
+        page needed), trimmed (gave up their last pages), refused (not cached, or no room
+        before pins due sooner), yielded (to a running sequence short of pages); pins active
+        (holding pages) and waiting (on demand, holding none yet), and pool share."""
         self.expire()
+        held = sum(1 for pin in self._pins.values() if pin.path)
         return {
             **self.counts,
-            "active": len(self._pins),
+            "active": held,
+            "waiting": len(self._pins) - held,
             "pinned_pages": self.pinned_pages,
             "max_pages": self.max_pages,
         }
-
-    def _survives_unpinned(self, until: float) -> bool:
-        """Whether a conversation ranked as used at `until` would outlast its pin unpinned:
-        eviction takes more pages ranked before it than the cache evicts until then at its
-        recent rate (no evictions seen: unknown, False)."""
-        if self.retention_window_s <= 0 or self.max_pages <= 0:
-            return False
-        rate = self.radix.eviction_rate(self.retention_window_s)
-        if rate is None:
-            return False
-        evicted = rate * (until - self.clock())  # pages the cache evicts until the expiry
-        enough = int(evicted) + 1
-        return self.radix.pages_ranked_before(until, enough) >= enough
 
     def _give_up_first(self) -> tuple[str, tuple[int, ...]] | None:
         """The pin to give up first: the most overdue, else the one due back last."""
@@ -193,7 +221,8 @@ class ToolPins:
             due = self._pins[key].due
             return (True, -due) if due <= now else (False, due)
 
-        return max(self._pins, key=rank, default=None)
+        held = [key for key, pin in self._pins.items() if pin.path]
+        return max(held, key=rank, default=None)
 
     def _give_up(self, key: tuple[str, tuple[int, ...]], count: int) -> None:
         """Free `count` pages of pin `key`: the whole pin when it is overdue or has no more,
@@ -211,13 +240,16 @@ class ToolPins:
 
     def _drop(self, key: tuple[str, tuple[int, ...]]) -> None:
         pin = self._pins.pop(key)
+        if not pin.path:
+            return  # waiting on demand: nothing held
         self.radix.unpin(pin.namespace, pin.path)
         # Unpinning clears the whole path in the tree: pins sharing its first pages (agents
         # with one system prompt) are pinned again for what is left of their TTL.
         now = self.clock()
         for other in self._pins.values():
             if (
-                other.namespace == pin.namespace
+                other.path
+                and other.namespace == pin.namespace
                 and other.path[: self.page_size] == pin.path[: self.page_size]
             ):
                 self.radix.pin(other.namespace, other.path, other.until - now)

@@ -109,17 +109,21 @@ def test_a_session_moves_its_pin_to_the_latest_turn(make_engine, smollm: LoadedM
     assert engine.radix.size_info().pinned_pages == 0
 
 
+@pytest.mark.parametrize("on_demand", [False, True])
 def test_a_running_request_takes_pages_from_tool_pins_before_preempting(
-    make_engine, smollm: LoadedModel
+    make_engine, smollm: LoadedModel, on_demand: bool
 ) -> None:
+    """Pinned at the tool call, or on demand: pinned when the other request's pages reach
+    the conversation, then trimmed for it."""
     agent = text_prompt(smollm, 7, 16)  # an agent's conversation, waiting on a tool
     other = text_prompt(smollm, 8, 8)
     max_tokens = 60
     ((expected, _),) = run_greedy(make_engine(), [greedy_request(other, max_tokens)]).values()
-    engine = make_engine(kv_cache_mb=16, tool_pin_max_share=0.6)
+    engine = make_engine(kv_cache_mb=16, tool_pin_max_share=0.6, tool_pin_on_demand=on_demand)
     run_greedy(engine, [greedy_request(agent, 1)])  # its KV is now in the radix tree
     pinned = engine.pin_tool_turn("default", agent, ttl_s=600.0) // engine.pool.page_size
     assert pinned > 0
+    assert engine.radix.size_info().pinned_pages == (0 if on_demand else pinned)
     # The other request fits in the pool only with some of the pinned pages.
     assert engine.pool.num_pages - pinned < engine.pool.pages_for(len(other) + max_tokens)
     ((tokens, _),) = run_greedy(engine, [greedy_request(other, max_tokens)]).values()
@@ -127,6 +131,7 @@ def test_a_running_request_takes_pages_from_tool_pins_before_preempting(
     stats = engine.scheduler.tool_pins.stats()
     # the pin gave up pages from its end as the request grew, and keeps its first ones
     assert stats["yielded"] >= 1 and stats["trimmed"] >= 1 and stats["active"] == 1
+    assert (stats["made"], stats["held"], stats["waiting"]) == (1, 1, 0)
     assert 0 < stats["pinned_pages"] < pinned
     assert engine.radix.size_info().pinned_pages == stats["pinned_pages"]
     assert engine.scheduler.num_preemptions == 0
@@ -136,7 +141,7 @@ def test_a_running_request_takes_pages_from_tool_pins_before_preempting(
 def test_a_follow_up_waiting_for_pages_keeps_its_tool_pin(make_engine, smollm: LoadedModel) -> None:
     """The agent is back but the pool is busy: its pin holds until it is admitted (released
     at a failed admission, the conversation would be evictable while the agent queues)."""
-    engine = make_engine(kv_cache_mb=32, tool_pin_max_share=0.5)
+    engine = make_engine(kv_cache_mb=32, tool_pin_max_share=0.5, tool_pin_on_demand=False)
     page, pool = engine.pool.page_size, engine.pool.num_pages
     agent = text_prompt(smollm, 7, 6)
     run_greedy(engine, [greedy_request(agent, 1)])  # its KV is now in the radix tree

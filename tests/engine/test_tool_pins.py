@@ -24,7 +24,7 @@ def conversation(index: int, pages: int = 4) -> list[int]:
     return [index * 10_000 + i for i in range(pages * PAGE)]
 
 
-def setup(pool_pages: int = 64, share: float = 0.25, retention_window_s: float = 0.0):
+def setup(pool_pages: int = 64, share: float = 0.25, on_demand: bool = False):
     clock = Clock()
     radix = RadixCache(PAGE, clock=clock)
     next_page = iter(range(10_000))
@@ -32,7 +32,7 @@ def setup(pool_pages: int = 64, share: float = 0.25, retention_window_s: float =
     def cache(tokens: list[int]) -> None:
         radix.insert_prefix("ns", tokens, [next(next_page) for _ in range(len(tokens) // PAGE)])
 
-    return clock, radix, ToolPins(radix, pool_pages, PAGE, share, retention_window_s), cache
+    return clock, radix, ToolPins(radix, pool_pages, PAGE, share, on_demand), cache
 
 
 def test_pins_never_pass_their_share_and_keep_the_agents_due_soonest() -> None:
@@ -158,64 +158,83 @@ def test_a_partial_pin_is_hit_only_by_its_own_conversation() -> None:
     assert (pins.stats()["hit"], pins.stats()["active"]) == (1, 1)
 
 
-def test_no_pin_where_the_pages_evicted_before_it_cover_the_agents_time_away() -> None:
-    clock, radix, pins, cache = setup(pool_pages=64, share=0.5, retention_window_s=30.0)
-    cache(conversation(1))
-    assert pins.pin("ns", conversation(1), ttl_s=60.0, due_s=5.0) == 4 * PAGE  # no evictions
-    pins.on_admit("ns", conversation(1) + [1])
+def test_on_demand_a_pin_holds_nothing_until_eviction_reaches_its_conversation() -> None:
+    clock, radix, pins, cache = setup(on_demand=True)  # 16 pages
+    cache(conversation(1))  # page ids 0-3
+    assert pins.pin("ns", conversation(1), ttl_s=60.0, due_s=30.0) == 4 * PAGE  # cached
+    stats = pins.stats()
+    assert (stats["made"], stats["held"], stats["waiting"], stats["active"]) == (1, 0, 1, 0)
+    assert pins.pinned_pages == 0 and radix.size_info().pinned_pages == 0
     clock.now += 1.0
-    for index in range(2, 8):  # six one-shot prompts, 24 pages
-        cache(conversation(index))
-    clock.now += 29.0
-    assert len(radix.evict(6)) == 6  # 6 pages in 30 s: 0.2 a second
-    assert radix.eviction_rate(30.0) == 0.2
-    cache(conversation(8))
-    # ranked at its expiry in 60 s, behind 22 pages (18 one-shot, conversation 1 hinted to
-    # its earlier expiry): more than the 60 s x 0.2 = 12 evictions due first
-    assert pins.pin("ns", conversation(8), ttl_s=60.0, due_s=40.0) == 0
-    assert radix.pages_ranked_before(clock.now + 60.0) == 22
-    assert radix.pages_ranked_before(clock.now + 60.0, enough=13) == 13  # stops there
-    assert pins.stats()["not_needed"] == 1 and radix.size_info().pinned_pages == 0
-    # away up to 200 s: 40 evictions at that rate would reach it, pinned
-    assert pins.pin("ns", conversation(8), ttl_s=200.0) == 4 * PAGE
-    assert pins.stats()["made"] == 2
-    clock.now += 31.0  # the evictions leave the window: pressure unknown, pins made again
-    assert radix.eviction_rate(30.0) is None
-    cache(conversation(9))
-    assert pins.pin("ns", conversation(9), ttl_s=10.0) == 4 * PAGE
+    cache(conversation(2))  # a one-shot prompt (4-7), used after the agent's turn
+    assert sorted(radix.evict(4)) == [4, 5, 6, 7]  # ranked before the agent: still waiting
+    assert pins.stats()["waiting"] == 1
+    # eviction reaches the conversation: pinned then, and nothing else is left to evict
+    assert radix.evict(2) == []
+    stats = pins.stats()
+    assert (stats["held"], stats["waiting"], stats["active"], stats["pinned_pages"]) == (
+        1, 0, 1, 4,
+    )  # fmt: skip
+    assert radix.size_info().pinned_pages == 4
+    pins.on_admit("ns", conversation(1) + [1])
+    assert (pins.stats()["hit"], pins.stats()["not_needed"]) == (1, 0)
+    assert radix.size_info().pinned_pages == 0
 
 
-def test_a_conversation_ranked_behind_fewer_pages_than_will_be_evicted_is_pinned() -> None:
-    clock, radix, pins, cache = setup(pool_pages=64, share=0.5, retention_window_s=30.0)
-    for index in range(1, 4):  # 12 pages
-        cache(conversation(index))
-    clock.now += 10.0
-    assert len(radix.evict(8)) == 8  # 8 pages in 30 s
-    cache(conversation(4))
-    # 4 pages ranked before it, 8 / 30 x 20 s = 5.3 evictions due first: pinned
-    assert pins.pin("ns", conversation(4), ttl_s=20.0) == 4 * PAGE
-    assert radix.pages_ranked_before(clock.now + 20.0) == 4
-    assert pins.stats()["not_needed"] == 0
-
-
-def test_the_eviction_rate_spans_the_samples_kept_when_they_end_inside_the_window() -> None:
-    clock = Clock()
-    radix = RadixCache(PAGE, clock=clock)
-    radix.insert_prefix("ns", list(range(5000 * PAGE)), list(range(5000)))
-    for _ in range(50):  # 5,000 evictions over 10 s: the tree keeps the last 4,096
-        clock.now += 0.2
-        assert len(radix.evict(100)) == 100
-    rate = radix.eviction_rate(30.0)
-    assert rate is not None and abs(rate - 4096 / (0.2 * 40)) < 1e-9
-
-
-def test_with_no_retention_window_every_pin_is_made() -> None:
-    clock, radix, pins, cache = setup(pool_pages=64, share=0.5)
+def test_on_demand_a_conversation_the_cache_keeps_is_never_pinned() -> None:
+    clock, radix, pins, cache = setup(on_demand=True)
+    cache(conversation(1))
     cache(conversation(2))
-    clock.now += 40.0
-    assert len(radix.evict(4)) == 4
+    pins.pin("ns", conversation(1), ttl_s=60.0)
+    pins.pin("ns", conversation(2), ttl_s=10.0)
+    pins.on_admit("ns", conversation(1) + [1])  # back before anything was evicted
+    clock.now += 11.0  # the other agent never comes back
+    stats = pins.stats()
+    assert (stats["made"], stats["held"], stats["hit"], stats["expired_unused"]) == (2, 0, 1, 1)
+    assert stats["not_needed"] == 2 and stats["waiting"] == 0
+    assert len(radix.evict(8)) == 8  # nothing was held
+    assert pins.pin("ns", conversation(3), ttl_s=10.0) == 0  # never cached: refused
+    assert pins.stats()["refused"] == 1
+
+
+def test_on_demand_a_pin_reached_later_but_due_sooner_trims_the_held_one() -> None:
+    clock, radix, pins, cache = setup(on_demand=True)  # 16 pages
+    cache(conversation(1, pages=12))  # page ids 0-11
+    cache(conversation(2, pages=8))  # 12-19
+    pins.pin("ns", conversation(1, pages=12), ttl_s=30.0)  # ranked at 30 s: reached first
+    pins.pin("ns", conversation(2, pages=8), ttl_s=40.0, due_s=5.0)  # due back first
+    # the first is pinned when reached (12 pages); the second, due sooner, takes 4 of them
+    # from its end when reached, and those are evicted next
+    assert sorted(radix.evict(20)) == [8, 9, 10, 11]
+    stats = pins.stats()
+    assert (stats["held"], stats["trimmed"], stats["partial"], stats["active"]) == (2, 1, 0, 2)
+    assert pins.pinned_pages == 16 and radix.size_info().pinned_pages == 16
+
+
+def test_on_demand_a_pin_reached_when_the_share_is_held_by_agents_due_sooner() -> None:
+    clock, radix, pins, cache = setup(on_demand=True)  # 16 pages
+    cache(conversation(1, pages=12))  # page ids 0-11
+    cache(conversation(2, pages=8))  # 12-19
+    pins.pin("ns", conversation(1, pages=12), ttl_s=10.0)
+    pins.pin("ns", conversation(2, pages=8), ttl_s=60.0, due_s=40.0)
+    # the second gets the 4 pages left, its first; its end is evicted
+    assert sorted(radix.evict(20)) == [16, 17, 18, 19]
+    stats = pins.stats()
+    assert (stats["held"], stats["partial"], stats["active"]) == (2, 1, 2)
+    assert radix.match_prefix("ns", conversation(2, pages=8), touch=False).num_tokens == 4 * PAGE
+    # with the share full and nothing else to evict, an eviction that must not deadlock
+    # the pool takes no pin on demand
     cache(conversation(3))
-    assert pins.pin("ns", conversation(3), ttl_s=60.0, due_s=1.0) == 4 * PAGE
+    pins.pin("ns", conversation(3), ttl_s=60.0)
+    assert sorted(radix.evict(4, rescue=False)) == [20, 21, 22, 23]
+
+
+def test_path_of_a_node_names_its_namespace_and_tokens() -> None:
+    radix = RadixCache(PAGE)
+    radix.insert_prefix("a", conversation(1, pages=3), [0, 1, 2])
+    radix.insert_prefix("b", conversation(1, pages=2), [3, 4])
+    node = radix.match_prefix("a", conversation(1, pages=2), touch=False).node
+    assert radix.path_of(node) == ("a", tuple(conversation(1, pages=2)))
 
 
 def test_pages_of_an_agent_due_back_are_evicted_after_other_unused_pages() -> None:

@@ -12,13 +12,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from ragkv.cache.kv.digest import ROOT_DIGEST, chain_digest
-
-EVICTION_SAMPLES = 4096  # recent eviction times kept for `RadixCache.eviction_rate`
 
 
 class RadixNode:
@@ -77,9 +74,9 @@ class RadixCache:
         self.clock = clock
         self._roots: dict[str, RadixNode] = {}
         self._num_pages = 0
-        # When recent pages were evicted: the rate the load takes cached pages at (see
-        # `eviction_rate`).
-        self._evictions: deque[float] = deque(maxlen=EVICTION_SAMPLES)
+        # Asked before eviction takes a page (see `evict`): True when it pinned the page (or
+        # changed other pins); the tool pins made on demand (`engine/tool_pins.py`).
+        self.rescue: Callable[[RadixNode], bool] | None = None
 
     def namespaces(self) -> list[str]:
         """Namespaces that have (or had) a tree."""
@@ -213,57 +210,54 @@ class RadixCache:
     def _evictable(self, node: RadixNode, now: float) -> bool:
         return not node.children and node.lock_ref == 0 and node.pin_until <= now
 
-    def evict(self, num_pages: int) -> list[int]:
+    def evict(self, num_pages: int, rescue: bool = True) -> list[int]:
         """Remove up to `num_pages` least recently used unlocked, unpinned leaves.
 
-        Returns the page ids the tree let go of (the caller drops their pool reference).
+        Each page is offered to `self.rescue` first (with `rescue`): a page it pins stays,
+        and eviction goes on with the others. Returns the page ids the tree let go of (the
+        caller drops their pool reference).
         """
         now = self.clock()
         counter = itertools.count()
+        heap = self._eviction_heap(now, counter)
+        freed: list[int] = []
+        while heap and len(freed) < num_pages:
+            _, _, node = heapq.heappop(heap)
+            if not self._evictable(node, now):
+                continue  # pinned by a rescue since it was queued
+            if rescue and self.rescue is not None and self.rescue(node):
+                # A rescue pins at most once per waiting agent, and may have given up
+                # pages of other pins: queue again.
+                heap = self._eviction_heap(now, counter)
+                continue
+            parent = node.parent
+            assert parent is not None
+            del parent.children[node.key]
+            self._num_pages -= 1
+            freed.append(node.page_id)
+            if parent.parent is not None and self._evictable(parent, now):
+                heapq.heappush(heap, (parent.last_access, next(counter), parent))
+        return freed
+
+    def _eviction_heap(
+        self, now: float, counter: Iterator[int]
+    ) -> list[tuple[float, int, RadixNode]]:
         heap = [
             (node.last_access, next(counter), node)
             for node in self._all_nodes()
             if self._evictable(node, now)
         ]
         heapq.heapify(heap)
-        freed: list[int] = []
-        while heap and len(freed) < num_pages:
-            _, _, node = heapq.heappop(heap)
-            parent = node.parent
-            assert parent is not None
-            del parent.children[node.key]
-            self._num_pages -= 1
-            freed.append(node.page_id)
-            self._evictions.append(now)
-            if parent.parent is not None and self._evictable(parent, now):
-                heapq.heappush(heap, (parent.last_access, next(counter), parent))
-        return freed
+        return heap
 
-    def eviction_rate(self, window_s: float) -> float | None:
-        """Pages evicted per second over the last `window_s` seconds (over the span of the
-        samples kept when they do not reach that far back); None when nothing was evicted
-        then (no pressure seen: how soon a page would be evicted is unknown)."""
-        now = self.clock()
-        recent = [when for when in self._evictions if when >= now - window_s]
-        if not recent:
-            return None
-        span = window_s
-        if len(self._evictions) == self._evictions.maxlen and self._evictions[0] >= now - window_s:
-            span = max(now - self._evictions[0], 1e-3)  # the samples end inside the window
-        return len(recent) / span
-
-    def pages_ranked_before(self, until: float, enough: int | None = None) -> int:
-        """Pages eviction would take before pages ranked as used at `until` (see
-        `keep_until`): unlocked, unpinned pages last used (or hinted) before it; the count
-        stops at `enough` when given (the caller only needs to know it is reached)."""
-        now = self.clock()
-        count = 0
-        for node in self._iter_nodes():
-            if node.lock_ref == 0 and node.pin_until <= now and node.last_access < until:
-                count += 1
-                if enough is not None and count >= enough:
-                    break
-        return count
+    def path_of(self, node: RadixNode) -> tuple[str, tuple[int, ...]]:
+        """The namespace and token prefix that end with `node`'s page."""
+        keys: list[tuple[int, ...]] = []
+        while node.parent is not None:
+            keys.append(node.key)
+            node = node.parent
+        namespace = next(name for name, root in self._roots.items() if root is node)
+        return namespace, tuple(token for key in reversed(keys) for token in key)
 
     def flush(self, namespace: str | None = None) -> list[int]:
         """Drop every unlocked node (pins included) of `namespace`, or of all namespaces."""
