@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import statistics
 import tempfile
@@ -312,8 +313,25 @@ def main() -> None:
         help="chance that an agent never comes back from a tool call (its job ends there)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES),
+        help="comma-separated subset of the policies to run (the summary needs all three)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pin-log", type=Path, default=None,
+        help="write the engine's pin events (logger ragkv.engine.tool_pins, DEBUG) here",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
+    policies = args.policies.split(",")
+    if unknown := set(policies) - set(POLICIES):
+        parser.error(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
+    if args.pin_log is not None:
+        handler = logging.FileHandler(args.pin_log, mode="w")
+        handler.setFormatter(logging.Formatter("%(relativeCreated)d %(message)s"))
+        logger = logging.getLogger("ragkv.engine.tool_pins")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
     from ragkv.assets import generation_model_path, load_hf_tokenizer
 
     tokenizer = load_hf_tokenizer(generation_model_path())
@@ -325,15 +343,27 @@ def main() -> None:
     kv_cache_mb = pool_mb(args, first)
     print(f"KV pool {kv_cache_mb} MB (~{int(kv_cache_mb * 2**20 / KV_BYTES_PER_TOKEN)} tokens)")
     rows = {}
-    for name, overrides in POLICIES.items():
-        url, stop = policy_server(overrides, kv_cache_mb)
+    for name in policies:
+        logging.getLogger("ragkv.engine.tool_pins").debug("policy %s", name)
+        url, stop = policy_server(POLICIES[name], kv_cache_mb)
         try:
             rows[name] = asyncio.run(run_policy(url, args, systems))
         finally:
             stop()
         print(name, json.dumps({k: v for k, v in rows[name].items() if k != "pins"}))
+    summary = summarize(rows) if len(rows) == len(POLICIES) else {}
+    print_table(rows, summary)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    record = {"machine": machine(), "args": vars(args) | {"json": str(args.json),
+              "pin_log": str(args.pin_log)}, "kv_cache_mb": kv_cache_mb, "rows": rows,
+              "summary": summary}  # fmt: skip
+    args.json.write_text(json.dumps(record, indent=2))
+
+
+def summarize(rows: dict[str, dict]) -> dict:
+    """Tool-aware pins against the two baselines (issue 20's targets)."""
     base, fixed, aware = rows["none"], rows["fixed_60s"], rows["tool_aware"]
-    summary = {
+    return {
         "after_tool_ttft_p50_speedup_vs_none": base["after_tool_ttft_p50_s"]
         / max(1e-9, aware["after_tool_ttft_p50_s"]),
         "reuse_aware_minus_fixed": aware["reused_share"] - fixed["reused_share"],
@@ -342,6 +372,9 @@ def main() -> None:
             fixed["pinned_pages_mean"],
         ),
     }
+
+
+def print_table(rows: dict[str, dict], summary: dict) -> None:
     print(f"{'policy':12s} {'reused':>7s} {'after':>6s} {'ttft p50':>9s} {'ttft p99':>9s} "
           f"{'pinned':>7s} {'free':>6s} {'job s':>7s}")  # fmt: skip
     for name, row in rows.items():
@@ -350,10 +383,6 @@ def main() -> None:
               f"{row['pinned_pages_mean']:7.1f} {row['free_pages_mean']:6.1f} "
               f"{row['job_seconds_mean']:7.1f}")  # fmt: skip
     print(json.dumps(summary))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine(), "args": vars(args) | {"json": str(args.json)},
-              "kv_cache_mb": kv_cache_mb, "rows": rows, "summary": summary}  # fmt: skip
-    args.json.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,10 +39,14 @@ page used in between: a miss that fixed 60 s pins, hinting 60 s ahead, did not h
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ragkv.cache.kv.radix import RadixCache, RadixNode
+
+log = logging.getLogger(__name__)  # DEBUG: one line per pin event (benchmarks' --pin-log)
 
 
 @dataclass
@@ -108,6 +112,8 @@ class ToolPins:
             return self._hold(_Pin(namespace, (), conversation, until, due, pages))
         self._pins[(namespace, conversation)] = _Pin(namespace, (), conversation, until, due, 0)
         self.counts["made"] += 1
+        log.debug("wait %s ttl %.1f due %.1f cached %d", _tag(conversation), ttl_s, due - now,
+                  cached // self.page_size)  # fmt: skip
         return cached
 
     def _hold(self, pin: _Pin) -> int:
@@ -132,12 +138,15 @@ class ToolPins:
             # already, or prefix cache off)
             self.counts["refused"] += 1
             self._pins.pop(key, None)
+            log.debug("refused %s pinned %d", _tag(pin.conversation), self.pinned_pages)
             return 0
         path = pin.conversation[:pinned]
         self._pins[key] = replace(pin, path=path, pages=pinned // self.page_size)
         self.counts["made"] += not self.on_demand
         self.counts["held"] += 1
         self.counts["partial"] += room < pages
+        log.debug("hold %s %d/%d pages, pinned %d", _tag(pin.conversation),
+                  pinned // self.page_size, pages, self.pinned_pages)  # fmt: skip
         return pinned
 
     def _rescue(self, node: RadixNode) -> bool:
@@ -166,7 +175,9 @@ class ToolPins:
         and released."""
         for key in list(self._pins):
             if _same_conversation(key, namespace, token_ids):
-                self.counts["not_needed"] += not self._pins[key].path
+                pin = self._pins[key]
+                self.counts["not_needed"] += not pin.path
+                log.debug("hit %s held %d", _tag(pin.conversation), pin.pages)
                 self._drop(key)
                 self.counts["hit"] += 1
 
@@ -176,6 +187,7 @@ class ToolPins:
         for key, pin in list(self._pins.items()):
             if pin.until <= now:
                 del self._pins[key]
+                log.debug("expired %s held %d", _tag(pin.conversation), pin.pages)
                 self.counts["expired_unused"] += 1
                 self.counts["not_needed"] += not pin.path
 
@@ -188,6 +200,7 @@ class ToolPins:
         first = self._give_up_first()
         if first is None:
             return False
+        log.debug("yield %d", count)
         self._give_up(first, max(1, count))
         self.counts["yielded"] += 1
         return True
@@ -232,11 +245,14 @@ class ToolPins:
         self._drop(key)
         if pin.due <= self.clock() or keep <= 0:
             self.counts["displaced"] += 1
+            log.debug("displaced %s held %d overdue %s", _tag(pin.conversation), pin.pages,
+                      pin.due <= self.clock())  # fmt: skip
             return
         path = pin.path[: keep * self.page_size]
         pinned = self.radix.pin(pin.namespace, path, pin.until - self.clock())
         self._pins[key] = replace(pin, path=path, pages=pinned // self.page_size)
         self.counts["trimmed"] += 1
+        log.debug("trim %s %d -> %d", _tag(pin.conversation), pin.pages, pinned // self.page_size)
 
     def _drop(self, key: tuple[str, tuple[int, ...]]) -> None:
         pin = self._pins.pop(key)
@@ -261,3 +277,10 @@ def _same_conversation(key: tuple[str, tuple[int, ...]], namespace: str, tokens:
     pages still matches on the whole conversation: those pages may be a prefix that other
     conversations share (a system prompt, the tools block)."""
     return key[0] == namespace and tuple(tokens[: len(key[1])]) == key[1]
+
+
+def _tag(conversation: tuple[int, ...]) -> str:
+    """A short name of a conversation for the debug log: its first tokens' checksum (one per
+    agent when agents have their own system prompts) and its length in tokens."""
+    head = ",".join(map(str, conversation[:256])).encode()
+    return f"{zlib.crc32(head) % 10000:04d}/{len(conversation)}"
