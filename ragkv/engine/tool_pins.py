@@ -9,11 +9,14 @@ first is counted as expired unused. Pins never hold more than `max_share` of the
 
 Which pages go when room is short: a pin whose agent is overdue (past its due time, the high
 percentile of its tools' round trips: later than most trips, maybe never coming back; with
-no round trips seen yet, its TTL) goes first and whole, the most overdue first; then,
-Belady-like, the pin due last, since its pages would sit idle longest. That one is trimmed,
-not dropped: it gives up only the pages needed, from its end, and keeps its first pages (a
-prefix still saves its agent that much prefill: every pinned page saves one page of
-recompute, so the share is best filled by the agents due soonest, the last of them in part).
+no round trips seen yet, its TTL) goes first, the most overdue first; then, Belady-like, the
+pin due last, since its pages would sit idle longest. Either is trimmed, not dropped: it
+gives up only the pages needed, from its end, and keeps its first pages (a prefix still saves
+its agent that much prefill: every pinned page saves one page of recompute, so the share is
+best filled by the agents due soonest, the last of them in part). An overdue agent is often
+only late (every agent came back in the benchmark's runs without abandonment): dropped whole,
+its conversation was evicted and its return a full miss; trimmed, the pages it keeps block
+nothing, since it gives them up first whenever room is short.
 A new pin takes room from held pins in that order while they are overdue or due after it;
 when the ones left are all due sooner it gets what room is left, its first pages, and is
 refused only when none is. A running sequence short of pages takes them from pins in the
@@ -192,7 +195,7 @@ class ToolPins:
                 self.counts["not_needed"] += not pin.path
 
     def yield_pages(self, count: int) -> bool:
-        """Give up `count` pinned pages (the most overdue pin whole, else the end of the one due
+        """Give up `count` pinned pages (the end of the most overdue pin, else of the one due
         last, see the module docstring) for a running sequence that needs pages: it goes
         before a waiting agent, since unpinned pages cost that agent a prefill later and
         preempting costs the running one its progress now. False when no pin is held."""
@@ -212,9 +215,9 @@ class ToolPins:
     def stats(self) -> dict[str, object]:
         """Pins made, held (pages pinned: at once, or on demand once eviction reached them;
         partial: their first pages only), not needed (on demand: hit or expired without
-        holding a page), hit, expired unused, displaced (dropped whole: overdue, or every
-        page needed), trimmed (gave up their last pages), refused (not cached, or no room
-        before pins due sooner), yielded (to a running sequence short of pages); pins active
+        holding a page), hit, expired unused, displaced (dropped whole: every page needed),
+        trimmed (gave up their last pages), refused (not cached, or no room before pins due
+        sooner), yielded (to a running sequence short of pages); pins active
         (holding pages) and waiting (on demand, holding none yet), and pool share."""
         self.expire()
         held = sum(1 for pin in self._pins.values() if pin.path)
@@ -238,12 +241,12 @@ class ToolPins:
         return max(held, key=rank, default=None)
 
     def _give_up(self, key: tuple[str, tuple[int, ...]], count: int) -> None:
-        """Free `count` pages of pin `key`: the whole pin when it is overdue or has no more,
-        else its last `count` pages (its first ones stay pinned until its expiry)."""
+        """Free `count` pages of pin `key`: its last `count` pages (its first ones stay pinned
+        until its expiry), the whole pin when it has no more."""
         pin = self._pins[key]
         keep = pin.pages - count
         self._drop(key)
-        if pin.due <= self.clock() or keep <= 0:
+        if keep <= 0:
             self.counts["displaced"] += 1
             log.debug("displaced %s held %d overdue %s", _tag(pin.conversation), pin.pages,
                       pin.due <= self.clock())  # fmt: skip

@@ -1,5 +1,5 @@
-"""Tool-aware pins on a real radix tree: bounded share, overdue pins and then the end of the
-pin due back last go first (Belady-like, fractional: a trimmed pin keeps its first pages), a
+"""Tool-aware pins on a real radix tree: bounded share, the end of an overdue pin and then of
+the pin due back last go first (Belady-like, fractional: a trimmed pin keeps its first pages), a
 hit when the follow-up arrives, expiry that lets the pages go."""
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def test_an_overdue_pin_goes_first_then_the_end_of_the_one_due_last() -> None:
     assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0, due_s=60.0) == 4 * PAGE
     assert pins.stats()["partial"] == 1 and radix.size_info().pinned_pages == 16
     clock.now += 15.0  # the first agent is overdue (due at 10 s, its pin lasts to 30 s)
-    # pinned again (the older pin of the same conversation goes); the overdue pin goes whole
+    # pinned again (the older pin of the same conversation goes); the overdue pin gives up
+    # its pages first, here all 4 (displaced)
     assert pins.pin("ns", conversation(5, pages=8), ttl_s=90.0, due_s=60.0) == 8 * PAGE
     stats = pins.stats()
     assert (stats["displaced"], stats["refused"], stats["active"]) == (1, 0, 3)
@@ -81,6 +82,25 @@ def test_an_overdue_pin_goes_first_then_the_end_of_the_one_due_last() -> None:
     pins.on_admit("ns", conversation(2) + [1])
     pins.on_admit("ns", conversation(1) + [1])
     assert pins.stats()["hit"] == 3 and pins.pinned_pages == 0
+
+
+def test_an_overdue_pin_gives_up_its_end_first_and_keeps_its_first_pages() -> None:
+    clock, radix, pins, cache = setup(pool_pages=64, share=0.25)  # 16 pages
+    cache(conversation(0, pages=8))
+    assert pins.pin("ns", conversation(0, pages=8), ttl_s=30.0, due_s=10.0) == 8 * PAGE
+    cache(conversation(1, pages=8))
+    assert pins.pin("ns", conversation(1, pages=8), ttl_s=60.0, due_s=40.0) == 8 * PAGE
+    clock.now += 15.0  # the first agent is overdue, not gone: it may be only late
+    assert pins.yield_pages(3)  # a running sequence: the overdue pin's end, not the other's
+    cache(conversation(2))
+    assert pins.pin("ns", conversation(2), ttl_s=20.0, due_s=20.0) == 4 * PAGE
+    stats = pins.stats()
+    assert (stats["trimmed"], stats["displaced"], stats["active"]) == (2, 0, 3)
+    assert pins.pinned_pages == 16 and radix.size_info().pinned_pages == 16
+    assert sorted(radix.evict(16)) == [4, 5, 6, 7]  # only the overdue pin's last 4 pages
+    pins.on_admit("ns", conversation(0, pages=8) + [1])  # back late: a 4-page prefix hit
+    assert radix.match_prefix("ns", conversation(0, pages=8)).num_tokens == 4 * PAGE
+    assert pins.stats()["hit"] == 1
 
 
 def test_a_new_pin_due_sooner_trims_the_pin_due_last_instead_of_dropping_it() -> None:
@@ -268,12 +288,13 @@ def test_pages_a_pin_gives_up_are_evicted_after_pages_used_since_it_was_made() -
     assert sorted(radix.evict(4)) == list(range(12, 16))
     cached = radix.match_prefix("ns", conversation(1, pages=12), touch=False)  # not a use
     assert cached.num_tokens == 12 * PAGE
-    # an overdue pin given up whole: its pages too outlast pages used since it was made
+    # an overdue pin gives up its end first: those pages too outlast pages used since it
+    # was made
     clock.now += 70.0  # the first agent is overdue (due at 60 s, its pin lasts to 90 s)
     cache(conversation(4))
     cache(conversation(5, pages=14))
     assert pins.pin("ns", conversation(5, pages=14), ttl_s=30.0) == 14 * PAGE
-    assert pins.stats()["displaced"] == 1
+    assert (pins.stats()["trimmed"], pins.stats()["displaced"]) == (2, 0)
     # first the expired pin's pages (ranked at its expiry, 12 s) and the later one-shot
     # prompt; the overdue agent's pages, ranked at its expiry (90 s), are all still cached
     assert sorted(radix.evict(10)) == list(range(16, 26))
