@@ -327,7 +327,10 @@ def main() -> None:
     if unknown := set(policies) - set(POLICIES):
         parser.error(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
     if args.pin_log is not None:
-        handler = logging.FileHandler(args.pin_log, mode="w")
+        args.pin_log.write_text("")
+        # Appending: uvicorn's logging config closes every handler at each server start, and
+        # a closed handler opened "w" drops its records instead of opening the file again.
+        handler = logging.FileHandler(args.pin_log, mode="a")
         handler.setFormatter(logging.Formatter("%(relativeCreated)d %(message)s"))
         logger = logging.getLogger("ragkv.engine.tool_pins")
         logger.addHandler(handler)
