@@ -5,8 +5,12 @@ A call is recorded when the answer with it is sent; its round trip ends when a l
 of the same tenant carries a `tool` message answering that call id. The TTL for a new pin is
 a high percentile of the recent round trips of the tools called, times a margin, within
 `[min_s, max_s]`; with fewer than `min_samples` round trips seen it is `default_s`. The agent
-is due back by that percentile itself (`due`); with too few round trips seen it has no due
-time (a default TTL is not a prediction: nobody is overdue before it).
+is due back by that percentile itself (`due`). A tool with too few round trips seen is due
+by the same percentile of all the tenant's recent round trips, whatever the tool (the agents
+of a tenant call tools of like speed more often than not; without it, a first call of a tool
+was ranked due at its TTL, after every predicted pin, and its pages went first although its
+agent came back as soon as the others); with too few of those too, it has no due time (a
+default TTL is not a prediction: nobody is overdue before it).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class ToolLatency:
         self.clock = clock
         self._open: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._seen: dict[tuple[str, str], deque[float]] = {}
+        self._seen_by_tenant: dict[str, deque[float]] = {}  # every tool's, for `due`
         self._lock = threading.Lock()
 
     def issued(self, tenant: str, calls: Iterable[ToolCall]) -> None:
@@ -69,6 +74,8 @@ class ToolLatency:
                     name, started = opened
                     seen = self._seen.setdefault((tenant, name), deque(maxlen=self.window))
                     seen.append(now - started)
+                    pooled = self._seen_by_tenant.setdefault(tenant, deque(maxlen=self.window))
+                    pooled.append(now - started)
 
     def ttl(self, tenant: str, names: Iterable[str]) -> float:
         """The pin TTL for a turn calling `names`: the longest of their predictions."""
@@ -77,11 +84,13 @@ class ToolLatency:
 
     def due(self, tenant: str, names: Iterable[str]) -> float | None:
         """When a turn calling `names` is expected back at the latest: the longest of their
-        round trips' high percentiles (the TTL without its margin); None while one of them
-        has fewer than `min_samples` round trips seen (the default TTL predicts nothing, so
-        nothing is overdue before it)."""
+        round trips' high percentiles (the TTL without its margin; a tool with fewer than
+        `min_samples` round trips seen: the tenant's, any tool); None while one of them has
+        no such figure (the default TTL predicts nothing, so nothing is overdue before it)."""
         with self._lock:
+            pooled = self._percentile(self._seen_by_tenant.get(tenant, ()))
             highs = [self._high(tenant, name) for name in names]
+            highs = [pooled if high is None else high for high in highs]
         known = [high for high in highs if high is not None]
         if not known or len(known) < len(highs):
             return None
@@ -103,7 +112,11 @@ class ToolLatency:
 
     def _high(self, tenant: str, name: str) -> float | None:
         """The high percentile of the tool's recent round trips; None with too few seen."""
-        seen = sorted(self._seen.get((tenant, name), ()))
+        return self._percentile(self._seen.get((tenant, name), ()))
+
+    def _percentile(self, round_trips: Iterable[float]) -> float | None:
+        """The `quantile` of `round_trips`; None with fewer than `min_samples`."""
+        seen = sorted(round_trips)
         if len(seen) < self.min_samples:
             return None
         return seen[min(len(seen) - 1, int(self.quantile * len(seen)))]

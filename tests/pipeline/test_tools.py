@@ -174,12 +174,31 @@ def test_tool_round_trips_predict_the_pin_ttl() -> None:
     assert latency.ttl("t", ["calc"]) == 2.0  # clamped to the minimum
     assert latency.ttl("t", ["calc", "search"]) == 12.0  # the slowest tool of the turn
     assert latency.stats()["t/search"]["round_trips"] == 4
-    # due back by the 90th percentile itself; unknown while a tool of the turn is unseen
+    # due back by the 90th percentile itself; a tool not seen enough: the tenant's, any tool
+    # (4, 5, 6, 8 s and three 0.1 s trips: the 90th percentile of the seven is 8 s)
     assert latency.due("t", ["search"]) == 8.0
     assert latency.due("t", ["calc", "search"]) == 8.0
     assert latency.due("t", ["calc"]) == 2.0  # clamped to the minimum
-    assert latency.due("t", ["search", "new_tool"]) is None
-    assert latency.due("other-tenant", ["search"]) is None
+    assert latency.due("t", ["search", "new_tool"]) == 8.0
+    assert latency.due("t", ["new_tool"]) == 8.0
+    assert latency.ttl("t", ["new_tool"]) == 30.0  # the TTL still waits for its own trips
+    assert latency.due("other-tenant", ["search"]) is None  # nothing seen of that tenant
+
+
+def test_a_first_call_of_a_tool_is_due_by_the_tenants_round_trips() -> None:
+    now = [0.0]
+    latency = ToolLatency(default_s=60.0, min_s=1.0, max_s=100.0, clock=lambda: now[0])
+    for index, seconds in enumerate((20.0, 30.0)):
+        call = ToolCall.new(f"tool{index}", {})
+        latency.issued("t", [call])
+        now[0] += seconds
+        latency.returned("t", [{"role": "tool", "tool_call_id": call.id}])
+    assert latency.due("t", ["tool0"]) is None  # two round trips: not enough of anything
+    call = ToolCall.new("tool2", {})
+    latency.issued("t", [call])
+    now[0] += 10.0
+    latency.returned("t", [{"role": "tool", "tool_call_id": call.id}])
+    assert latency.due("t", ["tool0"]) == 30.0  # three of the tenant's: 10, 20, 30 s
 
 
 def test_only_tools_or_a_response_format_key_the_semantic_cache() -> None:
