@@ -59,6 +59,7 @@ BACKGROUND_IN_FLIGHT = 8  # background prompts outstanding at most (more arrival
 # all turns sits between the hits (under ~2 s) and the misses (5-8 s on 2 cores), so one miss
 # more moves it ~2x; the hits' own median says how fast a hit is served.
 HIT_SHARE = 0.8
+PIN_LOGGER = "ragkv.engine.tool_pins"  # the engine's pin events, at DEBUG (`--pin-log`)
 SHARE = {"tool_pin_max_share": 0.6}
 POLICIES = {
     "none": {"tool_pin_max_share": 0.0},
@@ -332,7 +333,7 @@ def main() -> None:
         # a closed handler opened "w" drops its records instead of opening the file again.
         handler = logging.FileHandler(args.pin_log, mode="a")
         handler.setFormatter(logging.Formatter("%(relativeCreated)d %(message)s"))
-        logger = logging.getLogger("ragkv.engine.tool_pins")
+        logger = logging.getLogger(PIN_LOGGER)
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
     from ragkv.assets import generation_model_path, load_hf_tokenizer
@@ -347,7 +348,7 @@ def main() -> None:
     print(f"KV pool {kv_cache_mb} MB (~{int(kv_cache_mb * 2**20 / KV_BYTES_PER_TOKEN)} tokens)")
     rows = {}
     for name in policies:
-        logging.getLogger("ragkv.engine.tool_pins").debug("policy %s", name)
+        logging.getLogger(PIN_LOGGER).debug("policy %s", name)
         url, stop = policy_server(POLICIES[name], kv_cache_mb)
         try:
             rows[name] = asyncio.run(run_policy(url, args, systems))

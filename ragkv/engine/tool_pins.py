@@ -115,7 +115,7 @@ class ToolPins:
             return self._hold(_Pin(namespace, (), conversation, until, due, pages))
         self._pins[(namespace, conversation)] = _Pin(namespace, (), conversation, until, due, 0)
         self.counts["made"] += 1
-        log.debug("wait %s ttl %.1f due %.1f cached %d", _tag(conversation), ttl_s, due - now,
+        log.debug("wait %s ttl %.1f due %.1f cached %d", _Tag(conversation), ttl_s, due - now,
                   cached // self.page_size)  # fmt: skip
         return cached
 
@@ -141,14 +141,14 @@ class ToolPins:
             # already, or prefix cache off)
             self.counts["refused"] += 1
             self._pins.pop(key, None)
-            log.debug("refused %s pinned %d", _tag(pin.conversation), self.pinned_pages)
+            log.debug("refused %s pinned %d", _Tag(pin.conversation), self.pinned_pages)
             return 0
         path = pin.conversation[:pinned]
         self._pins[key] = replace(pin, path=path, pages=pinned // self.page_size)
         self.counts["made"] += not self.on_demand
         self.counts["held"] += 1
         self.counts["partial"] += room < pages
-        log.debug("hold %s %d/%d pages, pinned %d", _tag(pin.conversation),
+        log.debug("hold %s %d/%d pages, pinned %d", _Tag(pin.conversation),
                   pinned // self.page_size, pages, self.pinned_pages)  # fmt: skip
         return pinned
 
@@ -180,7 +180,7 @@ class ToolPins:
             if _same_conversation(key, namespace, token_ids):
                 pin = self._pins[key]
                 self.counts["not_needed"] += not pin.path
-                log.debug("hit %s held %d", _tag(pin.conversation), pin.pages)
+                log.debug("hit %s held %d", _Tag(pin.conversation), pin.pages)
                 self._drop(key)
                 self.counts["hit"] += 1
 
@@ -190,7 +190,7 @@ class ToolPins:
         for key, pin in list(self._pins.items()):
             if pin.until <= now:
                 del self._pins[key]
-                log.debug("expired %s held %d", _tag(pin.conversation), pin.pages)
+                log.debug("expired %s held %d", _Tag(pin.conversation), pin.pages)
                 self.counts["expired_unused"] += 1
                 self.counts["not_needed"] += not pin.path
 
@@ -248,14 +248,14 @@ class ToolPins:
         self._drop(key)
         if keep <= 0:
             self.counts["displaced"] += 1
-            log.debug("displaced %s held %d overdue %s", _tag(pin.conversation), pin.pages,
+            log.debug("displaced %s held %d overdue %s", _Tag(pin.conversation), pin.pages,
                       pin.due <= self.clock())  # fmt: skip
             return
         path = pin.path[: keep * self.page_size]
         pinned = self.radix.pin(pin.namespace, path, pin.until - self.clock())
         self._pins[key] = replace(pin, path=path, pages=pinned // self.page_size)
         self.counts["trimmed"] += 1
-        log.debug("trim %s %d -> %d", _tag(pin.conversation), pin.pages, pinned // self.page_size)
+        log.debug("trim %s %d -> %d", _Tag(pin.conversation), pin.pages, pinned // self.page_size)
 
     def _drop(self, key: tuple[str, tuple[int, ...]]) -> None:
         pin = self._pins.pop(key)
@@ -282,8 +282,16 @@ def _same_conversation(key: tuple[str, tuple[int, ...]], namespace: str, tokens:
     return key[0] == namespace and tuple(tokens[: len(key[1])]) == key[1]
 
 
-def _tag(conversation: tuple[int, ...]) -> str:
+class _Tag:
     """A short name of a conversation for the debug log: its first tokens' checksum (one per
-    agent when agents have their own system prompts) and its length in tokens."""
-    head = ",".join(map(str, conversation[:256])).encode()
-    return f"{zlib.crc32(head) % 10000:04d}/{len(conversation)}"
+    agent when agents have their own system prompts) and its length in tokens. Lazy: made
+    only when a record is written, so pin events cost nothing with DEBUG off."""
+
+    __slots__ = ("conversation",)
+
+    def __init__(self, conversation: tuple[int, ...]) -> None:
+        self.conversation = conversation
+
+    def __str__(self) -> str:
+        head = ",".join(map(str, self.conversation[:256])).encode()
+        return f"{zlib.crc32(head) % 10000:04d}/{len(self.conversation)}"
